@@ -1,0 +1,103 @@
+//! What a run captured: plain `Vec<f32>` + shape per hook point, so that nothing outside the
+//! model runtime (the UI, the analysis code, the CLI) ever touches a tensor.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::point::{BlockSite, HookPoint};
+
+/// One captured activation, row-major.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Activation {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Activation {
+    /// The row at `pos` of a `[pos, width]` activation.
+    pub fn row(&self, pos: usize) -> &[f32] {
+        let width: usize = self.shape[1..].iter().product();
+        &self.data[pos * width..(pos + 1) * width]
+    }
+
+    pub fn max_abs(&self) -> f32 {
+        self.data.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m })
+    }
+}
+
+/// Which hook points a run keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Capture {
+    /// Keep nothing (the fastest run).
+    #[default]
+    Nothing,
+    /// Keep every hook point (what a probe in the viewer records).
+    All,
+    /// Keep exactly these points.
+    Points(BTreeSet<HookPoint>),
+    /// Keep these sites in every block.
+    Sites(BTreeSet<BlockSite>),
+}
+
+impl Capture {
+    pub fn points(points: impl IntoIterator<Item = HookPoint>) -> Self {
+        Capture::Points(points.into_iter().collect())
+    }
+
+    pub fn sites(sites: impl IntoIterator<Item = BlockSite>) -> Self {
+        Capture::Sites(sites.into_iter().collect())
+    }
+
+    pub fn wants(&self, point: HookPoint) -> bool {
+        match self {
+            Capture::Nothing => false,
+            Capture::All => true,
+            Capture::Points(set) => set.contains(&point),
+            Capture::Sites(sites) => match point {
+                HookPoint::Block { site, .. } => sites.contains(&site),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The activations of one run, in execution order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActivationRecord {
+    map: BTreeMap<HookPoint, Activation>,
+}
+
+impl ActivationRecord {
+    pub fn get(&self, point: HookPoint) -> Option<&Activation> {
+        self.map.get(&point)
+    }
+
+    pub fn insert(&mut self, point: HookPoint, activation: Activation) {
+        self.map.insert(point, activation);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HookPoint, &Activation)> {
+        self.map.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Moves in every entry of `earlier` that lies before layer `layer` (used by the
+    /// incremental re-run, which only recomputes from `layer` on).
+    pub fn fill_before_layer(&mut self, earlier: &ActivationRecord, layer: usize) {
+        for (point, act) in earlier.iter() {
+            let before = match point.layer() {
+                Some(l) => l < layer,
+                None => *point != HookPoint::LnFinal,
+            };
+            if before {
+                self.map.entry(*point).or_insert_with(|| act.clone());
+            }
+        }
+    }
+}

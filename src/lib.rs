@@ -1,0 +1,43 @@
+//! Hubel: a probe viewer for language models.
+//!
+//! Type a probe sentence, watch every layer respond, lesion or steer a feature and see the output
+//! change. This crate holds the runtime and everything around it:
+//! - [`model`]: loading GGUF files and HF folders, tokenizing, the hooked forward pass, incremental
+//!   re-runs and continuation (candle tensors live only here);
+//! - [`hooks`]: hook points with TransformerLens's names, recording, interventions;
+//! - [`analysis`]: distributions, losses and divergences over plain `f32` slices;
+//! - [`assets`]: fetching the default model and corpus by package name, with checksums;
+//! - [`probe`]: the `hubel probe` report; [`bench`]: the runtime benchmark.
+//!
+//! Failures: library modules return their own `thiserror` enums whose messages say what to do;
+//! the binary wraps them with `anyhow` context and prints the whole chain once. Nothing panics on
+//! bad input: corrupt or truncated files, unsupported architectures, empty or over-long text and
+//! malformed intervention specs are all errors with a message.
+
+pub mod analysis;
+pub mod assets;
+pub mod bench;
+pub mod hooks;
+pub mod model;
+pub mod npy;
+pub mod probe;
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,196 @@
+//! `hubel`: the probe viewer's command line. `hubel probe|fetch|bench …` run headless.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context};
+
+use hubel::assets::{self, Clients, Progress};
+use hubel::model::Model;
+use hubel::probe::{self, ProbeRequest};
+
+const USAGE: &str = "\
+hubel: a probe viewer for language models
+
+USAGE:
+  hubel fetch [--model] [--corpus]      fetch the default model (SmolLM2-135M) and corpus (WordNet 3.1)
+  hubel probe --text TEXT [--model PATH] [--ablate SPEC]... [--steer SPEC]...
+              [--top K] [--generate N] [--json] [--save-logits FILE.npy]
+  hubel bench [--model PATH] [--json] [--reps N]
+
+SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
+  blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
+
+--model takes a .gguf file or an HF folder (config.json, *.safetensors, tokenizer.json);
+the default is the fetched SmolLM2 under assets/models.";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Command-line words, consumed flag by flag.
+struct Args(Vec<String>);
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|a| a != name);
+        self.0.len() != before
+    }
+
+    fn values(&mut self, name: &str) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.0.len() {
+            if self.0[i] == name {
+                if i + 1 >= self.0.len() {
+                    bail!("{name} needs a value\n\n{USAGE}");
+                }
+                out.push(self.0.remove(i + 1));
+                self.0.remove(i);
+            } else if let Some(v) = self.0[i].strip_prefix(&format!("{name}=")) {
+                out.push(v.to_string());
+                self.0.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn value(&mut self, name: &str) -> anyhow::Result<Option<String>> {
+        let mut v = self.values(name)?;
+        if v.len() > 1 {
+            bail!("{name} was given {} times", v.len());
+        }
+        Ok(v.pop())
+    }
+
+    fn number(&mut self, name: &str, default: usize) -> anyhow::Result<usize> {
+        match self.value(name)? {
+            Some(v) => v.parse().with_context(|| format!("{name} expects a non-negative integer, got `{v}`")),
+            None => Ok(default),
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if let Some(extra) = self.0.first() {
+            bail!("unexpected argument `{extra}`\n\n{USAGE}");
+        }
+        Ok(())
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let mut words: Vec<String> = std::env::args().skip(1).collect();
+    if words.is_empty() {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let command = words.remove(0);
+    let mut args = Args(words);
+    if args.flag("--help") || args.flag("-h") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match command.as_str() {
+        "fetch" => fetch(args),
+        "probe" => probe_command(args),
+        "bench" => hubel::bench::command(
+            &open_model(args.value("--model")?)?,
+            args.number("--reps", 20)?,
+            args.flag("--json"),
+        )
+        .map(|_| ExitCode::SUCCESS),
+        "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn print_progress(p: Progress) {
+    match p.fraction() {
+        Some(f) => eprint!("\r{}: {:5.1}%", p.phase, f * 100.0),
+        None => eprintln!("{}", p.phase),
+    }
+}
+
+fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
+    let (model, corpus) = (args.flag("--model"), args.flag("--corpus"));
+    args.finish()?;
+    let (model, corpus) = if !model && !corpus { (true, true) } else { (model, corpus) };
+    let dir = assets::assets_dir();
+    let clients = Clients::default();
+    let cancel = AtomicBool::new(false);
+    if model {
+        let path = assets::fetch_model(&dir, &clients, &mut print_progress, &cancel).context("fetching the default model")?;
+        eprintln!();
+        println!("model  {} (sha256 {} verified)", path.display(), assets::MODEL_SHA256);
+    }
+    if corpus {
+        let path = assets::fetch_corpus(&dir, &clients, &mut print_progress, &cancel).context("fetching the WordNet corpus")?;
+        eprintln!();
+        println!("corpus {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_model(path: Option<String>) -> anyhow::Result<Model> {
+    let path = match path {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let p = assets::default_model_path(&assets::assets_dir());
+            if !p.is_file() {
+                bail!("the default model is not fetched yet ({}): run `hubel fetch --model`, or pass --model PATH", p.display());
+            }
+            p
+        }
+    };
+    Model::open(&path).with_context(|| format!("opening the model {}", path.display()))
+}
+
+fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {
+    let text = args.value("--text")?.context("probe needs --text TEXT")?;
+    let mut interventions = Vec::new();
+    for spec in args.values("--ablate")? {
+        interventions.push(hubel::hooks::spec::parse(&spec)?);
+    }
+    for spec in args.values("--steer")? {
+        let iv = hubel::hooks::spec::parse(&spec)?;
+        if iv.op == hubel::hooks::Op::Zero {
+            bail!("--steer `{spec}` needs a value, e.g. `{spec}+=8` (use --ablate to zero)");
+        }
+        interventions.push(iv);
+    }
+    let req = ProbeRequest {
+        text,
+        interventions,
+        top: args.number("--top", 10)?,
+        generate: args.number("--generate", 0)?,
+    };
+    let json = args.flag("--json");
+    let save = args.value("--save-logits")?;
+    let model_path = args.value("--model")?;
+    args.finish()?;
+    let model = open_model(model_path)?;
+    let report = probe::run(&model, &req)?;
+    if let Some(path) = save {
+        let path = PathBuf::from(path);
+        hubel::npy::write_f32(&path, &[report.last_logits.len()], &report.last_logits)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", probe::render_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,316 @@
+//! The transformer runtime: loading (GGUF, HF folders), tokenizing, the hooked forward pass,
+//! incremental re-runs and continuation. Knows nothing of egui; everything it hands out is
+//! plain data ([`RunOutput`], [`ActivationRecord`]), so no tensor leaves this module.
+
+pub mod config;
+pub mod generate;
+pub mod load;
+pub mod tokenizer;
+pub(crate) mod transformer;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+pub use config::{Arch, Config};
+pub use generate::{Generate, Sampling};
+pub use tokenizer::{Token, Tokenizer};
+pub use transformer::KvCache;
+
+use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Hooks, Intervention, InterventionError, Layout};
+use transformer::Weights;
+
+/// Everything that can go wrong in the runtime, each with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a usable model file: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("malformed weights: {0}")]
+    Format(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("the probe is empty: type some text")]
+    EmptyText,
+    #[error("the probe has {len} tokens but the model's context holds {n_ctx}; shorten the text")]
+    TooLong { len: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
+    BadToken { id: u32, vocab: usize },
+    #[error(transparent)]
+    Intervention(#[from] InterventionError),
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// What a user (and `hubel probe --json`) is told about a loaded model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub arch: String,
+    pub layers: usize,
+    pub d_model: usize,
+    pub d_mlp: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d_head: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub parameters: usize,
+    /// SHA-256 of the weights file (of all weight files, in name order, for an HF folder).
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// A loaded model with its tokenizer.
+pub struct Model {
+    weights: Weights,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+}
+
+/// The result of one run, as plain data.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// `[pos, vocab]`, row-major.
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+    pub record: ActivationRecord,
+    /// How many blocks were computed (all of them for a full run).
+    pub layers_computed: usize,
+}
+
+impl RunOutput {
+    pub fn len(&self) -> usize {
+        self.logits.len() / self.vocab.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logits.is_empty()
+    }
+
+    /// Logits at `pos`, `[vocab]`.
+    pub fn logits_at(&self, pos: usize) -> &[f32] {
+        &self.logits[pos * self.vocab..(pos + 1) * self.vocab]
+    }
+
+    pub fn last_logits(&self) -> &[f32] {
+        self.logits_at(self.len() - 1)
+    }
+}
+
+/// A probe's baseline run, kept so that changing only the interventions recomputes from the
+/// first block they touch (see [`Model::rerun`]).
+pub struct ProbeCache {
+    tokens: Vec<u32>,
+    /// The input of each block in the baseline (no-intervention) run, before its hooks.
+    resid_pre: Vec<Tensor>,
+    /// What the baseline run recorded.
+    pub baseline: RunOutput,
+}
+
+impl ProbeCache {
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+}
+
+/// Where a run has to start for a set of interventions.
+fn first_touched_block(interventions: &[Intervention], n_layers: usize) -> usize {
+    interventions
+        .iter()
+        .map(|iv| match iv.hook {
+            HookPoint::Embed | HookPoint::PosEmbed => 0,
+            HookPoint::Block { layer, .. } => layer,
+            HookPoint::LnFinal => n_layers,
+        })
+        .min()
+        .unwrap_or(n_layers)
+}
+
+impl Model {
+    pub(crate) fn new(weights: Weights, tokenizer: Tokenizer, mut info: ModelInfo) -> Result<Self> {
+        weights.cfg.validate().map_err(ModelError::Unsupported)?;
+        info.parameters = weights.param_count();
+        Ok(Model { weights, tokenizer, info })
+    }
+
+    /// Opens a GGUF file or an HF folder (config.json, *.safetensors, tokenizer.json).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        load::open(&path.into())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.weights.cfg
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenizes a probe, refusing empty text and text longer than the context.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<Token>> {
+        let tokens = self.tokenizer.encode(text)?;
+        self.check_tokens(&tokens.iter().map(|t| t.id).collect::<Vec<_>>())?;
+        Ok(tokens)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let cfg = self.config();
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyText);
+        }
+        if tokens.len() > cfg.n_ctx {
+            return Err(ModelError::TooLong { len: tokens.len(), n_ctx: cfg.n_ctx });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(ModelError::BadToken { id, vocab: cfg.vocab_size });
+        }
+        Ok(())
+    }
+
+    /// `(units, per_position)` of a hook point in this model for a probe of `len` tokens, or
+    /// `None` if the point does not exist here.
+    pub fn hook_size(&self, point: HookPoint, len: usize) -> Option<(usize, usize)> {
+        let cfg = self.config();
+        let width = |w: usize| Some((w, w));
+        match point {
+            HookPoint::Embed | HookPoint::LnFinal => width(cfg.d_model),
+            HookPoint::PosEmbed => (cfg.arch == Arch::Gpt2).then_some((cfg.d_model, cfg.d_model)),
+            HookPoint::Block { layer, .. } if layer >= cfg.n_layers => None,
+            HookPoint::Block { site, .. } => match site {
+                BlockSite::MlpPreLinear if cfg.arch != Arch::Llama => None,
+                BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => width(cfg.d_mlp),
+                BlockSite::Q | BlockSite::Z => Some((cfg.n_heads, cfg.n_heads * cfg.d_head)),
+                BlockSite::K | BlockSite::V => Some((cfg.n_kv_heads, cfg.n_kv_heads * cfg.d_head)),
+                BlockSite::AttnScores | BlockSite::Pattern => Some((cfg.n_heads, cfg.n_heads * len)),
+                _ => width(cfg.d_model),
+            },
+        }
+    }
+
+    /// Every hook point this model has, in execution order.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let mut all = vec![HookPoint::Embed, HookPoint::PosEmbed];
+        for layer in 0..self.config().n_layers {
+            all.extend(BlockSite::ALL.iter().map(|&site| HookPoint::block(layer, site)));
+        }
+        all.push(HookPoint::LnFinal);
+        all.retain(|&p| self.hook_size(p, 1).is_some());
+        all
+    }
+
+    /// Checks interventions against this model and a probe of `len` tokens.
+    pub fn check_interventions(&self, interventions: &[Intervention], len: usize) -> Result<()> {
+        for iv in interventions {
+            let (units, per_position) =
+                self.hook_size(iv.hook, len).ok_or(InterventionError::NoSuchHook { hook: iv.hook })?;
+            let unit = if iv.hook.layout() == Layout::PosWidth { "neurons or dimensions" } else { "heads" };
+            iv.check(units, per_position, unit)?;
+            iv.check_positions(len)?;
+        }
+        Ok(())
+    }
+
+    /// A full run: all-position logits, the captured activations, interventions applied.
+    pub fn run(&self, tokens: &[u32], capture: &Capture, interventions: &[Intervention]) -> Result<RunOutput> {
+        self.run_cancellable(tokens, capture, interventions, None)
+    }
+
+    pub fn run_cancellable(
+        &self,
+        tokens: &[u32],
+        capture: &Capture,
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<RunOutput> {
+        self.check_tokens(tokens)?;
+        self.check_interventions(interventions, tokens.len())?;
+        let mut hooks = Hooks::new(capture, interventions);
+        if let Some(flag) = cancel {
+            hooks = hooks.with_cancel(flag);
+        }
+        let x = self.weights.embed(tokens, &mut hooks)?;
+        let logits = self.weights.run_from(0, x, &mut hooks, None, None)?;
+        self.output(logits, hooks.record, self.config().n_layers)
+    }
+
+    /// Runs the baseline (no interventions) and keeps what an incremental re-run needs.
+    pub fn prepare(&self, tokens: &[u32], capture: &Capture, cancel: Option<Arc<AtomicBool>>) -> Result<ProbeCache> {
+        self.check_tokens(tokens)?;
+        let mut hooks = Hooks::new(capture, &[]);
+        if let Some(flag) = cancel {
+            hooks = hooks.with_cancel(flag);
+        }
+        let x = self.weights.embed(tokens, &mut hooks)?;
+        let mut resid_pre = Vec::with_capacity(self.config().n_layers + 1);
+        let logits = self.weights.run_from(0, x, &mut hooks, None, Some(&mut resid_pre))?;
+        let baseline = self.output(logits, hooks.record, self.config().n_layers)?;
+        Ok(ProbeCache { tokens: tokens.to_vec(), resid_pre, baseline })
+    }
+
+    /// Re-runs a prepared probe with new interventions, recomputing only from the first block
+    /// they touch and starting from the baseline's cached input of that block. Gives bitwise the
+    /// same logits as [`Model::run`]. Activations of the blocks before it are copied from the
+    /// baseline's record.
+    pub fn rerun(
+        &self,
+        cache: &ProbeCache,
+        capture: &Capture,
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<RunOutput> {
+        let n_layers = self.config().n_layers;
+        self.check_interventions(interventions, cache.tokens.len())?;
+        let start = first_touched_block(interventions, n_layers);
+        if start == 0 && interventions.iter().any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal) {
+            return self.run_cancellable(&cache.tokens, capture, interventions, cancel);
+        }
+        let mut hooks = Hooks::new(capture, interventions);
+        if let Some(flag) = cancel {
+            hooks = hooks.with_cancel(flag);
+        }
+        // resid_pre has n_layers + 1 entries: the last is the input of the final norm.
+        let x = cache.resid_pre[start].clone();
+        let logits = self.weights.run_from(start, x, &mut hooks, None, None)?;
+        let mut record = hooks.record;
+        record.fill_before_layer(&cache.baseline.record, start);
+        self.output(logits, record, n_layers - start)
+    }
+
+    fn output(&self, logits: Tensor, record: ActivationRecord, layers_computed: usize) -> Result<RunOutput> {
+        let vocab = self.config().vocab_size;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        Ok(RunOutput { logits, vocab, record, layers_computed })
+    }
+
+    /// What MLP neuron `neuron` of `layer` writes into the residual stream, `[d_model]`.
+    pub fn neuron_out_direction(&self, layer: usize, neuron: usize) -> Result<Vec<f32>> {
+        let w = self.weights.blocks[layer].mlp.out_weight().weight_out_in()?; // [d_model, d_mlp]
+        Ok(w.t()?.contiguous()?.get(neuron)?.to_vec1::<f32>()?)
+    }
+
+    /// Logit effect of adding `direction` (`[d_model]`) to the final residual, ignoring the final
+    /// norm's scale: `W_U · direction`, `[vocab]`.
+    pub fn direct_logit_effect(&self, direction: &[f32]) -> Result<Vec<f32>> {
+        let d = Tensor::from_slice(direction, (direction.len(), 1), &Device::Cpu)?;
+        Ok(self.weights.unembed.matmul(&d)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub(crate) fn weights(&self) -> &Weights {
+        &self.weights
+    }
+}
+

@@ -1,0 +1,456 @@
+//! The forward pass, written out so that every hook point is ours.
+//!
+//! One decoder-only transformer with two variants, chosen by [`Arch`]:
+//! - Llama (SmolLM2): pre-RMSNorm, rotary positions (HF's rotate-half convention), grouped-query
+//!   attention, SwiGLU MLP; as in HF transformers' `modeling_llama.py`.
+//! - GPT-2: pre-LayerNorm, learned positions, GELU (tanh) MLP, biases; as in `modeling_gpt2.py`.
+//!
+//! The two share the block structure, so the hook calls (and their order) are written once.
+//! The residual stream is explicit in [`Weights::block`]: resid_pre → attn → resid_mid → mlp →
+//! resid_post.
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+
+use super::config::Config;
+use super::Result;
+use crate::hooks::{BlockSite, HookPoint, Hooks};
+
+/// `y = x · Wᵀ + b`, with `Wᵀ` stored contiguous as `[in, out]`.
+pub(crate) struct Linear {
+    w_t: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    /// From an HF-layout weight `[out, in]`.
+    pub(crate) fn from_out_in(w: Tensor, b: Option<Tensor>) -> Result<Self> {
+        Ok(Linear { w_t: w.t()?.contiguous()?, b })
+    }
+
+    /// From a GPT-2 Conv1D weight, stored `[in, out]`.
+    pub(crate) fn from_in_out(w: Tensor, b: Option<Tensor>) -> Result<Self> {
+        Ok(Linear { w_t: w.contiguous()?, b })
+    }
+
+    /// `[pos, in] → [pos, out]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w_t)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The weight as `[out, in]` rows (one row per output unit).
+    pub(crate) fn weight_out_in(&self) -> Result<Tensor> {
+        Ok(self.w_t.t()?.contiguous()?)
+    }
+
+    fn elem_count(&self) -> usize {
+        self.w_t.elem_count() + self.b.as_ref().map_or(0, |b| b.elem_count())
+    }
+}
+
+pub(crate) enum Norm {
+    Rms { w: Tensor, eps: f64 },
+    Layer { w: Tensor, b: Tensor, eps: f64 },
+}
+
+impl Norm {
+    /// `[pos, d] → [pos, d]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Rms { w, eps } => {
+                let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+                let x = x.broadcast_mul(&(var + *eps)?.sqrt()?.recip()?)?;
+                Ok(x.broadcast_mul(w)?)
+            }
+            Norm::Layer { w, b, eps } => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centered = x.broadcast_sub(&mean)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let x = centered.broadcast_div(&(var + *eps)?.sqrt()?)?;
+                Ok(x.broadcast_mul(w)?.broadcast_add(b)?)
+            }
+        }
+    }
+
+    fn elem_count(&self) -> usize {
+        match self {
+            Norm::Rms { w, .. } => w.elem_count(),
+            Norm::Layer { w, b, .. } => w.elem_count() + b.elem_count(),
+        }
+    }
+}
+
+pub(crate) enum Mlp {
+    /// `down(silu(gate(x)) · up(x))`
+    Gated { gate: Linear, up: Linear, down: Linear },
+    /// `proj(gelu_tanh(fc(x)))`
+    Gelu { fc: Linear, proj: Linear },
+}
+
+impl Mlp {
+    /// The output projection as `[d_mlp, d_model]`: row n is what neuron n writes.
+    pub(crate) fn out_weight(&self) -> &Linear {
+        match self {
+            Mlp::Gated { down, .. } => down,
+            Mlp::Gelu { proj, .. } => proj,
+        }
+    }
+}
+
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+}
+
+pub(crate) struct Block {
+    pub(crate) ln1: Norm,
+    pub(crate) attn: Attention,
+    pub(crate) ln2: Norm,
+    pub(crate) mlp: Mlp,
+}
+
+/// Rotary tables `[n_ctx, d_head]` (the half-frequencies repeated twice, as HF builds them).
+pub(crate) struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub(crate) fn new(cfg: &Config, device: &Device) -> Result<Self> {
+        let half = cfg.d_head / 2;
+        // f32 throughout, like HF: inv_freq = 1 / base^(2i/d), angle = pos · inv_freq.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.d_head as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(cfg.n_ctx * cfg.d_head);
+        let mut sin = Vec::with_capacity(cfg.n_ctx * cfg.d_head);
+        for p in 0..cfg.n_ctx {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (cfg.n_ctx, cfg.d_head), device)?,
+            sin: Tensor::from_vec(sin, (cfg.n_ctx, cfg.d_head), device)?,
+        })
+    }
+
+    /// `x · cos + rotate_half(x) · sin` for `x: [heads, pos, d_head]` starting at `offset`.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, len, d) = x.dims3()?;
+        let cos = self.cos.narrow(0, offset, len)?;
+        let sin = self.sin.narrow(0, offset, len)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+}
+
+/// Keys and values of earlier positions, per layer, for continuation. Keys are stored after
+/// rotary embedding, `[kv_heads, pos, d_head]`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub(crate) struct Weights {
+    pub(crate) cfg: Config,
+    /// `[vocab, d_model]`
+    pub(crate) embed: Tensor,
+    /// `[n_ctx, d_model]` (GPT-2)
+    pub(crate) pos_embed: Option<Tensor>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_final: Norm,
+    /// `[vocab, d_model]`; the same tensor as `embed` when tied.
+    pub(crate) unembed: Tensor,
+    pub(crate) rope: Option<Rope>,
+}
+
+fn block_point(layer: usize, site: BlockSite) -> HookPoint {
+    HookPoint::block(layer, site)
+}
+
+impl Weights {
+    pub(crate) fn param_count(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let mlp = match &b.mlp {
+                    Mlp::Gated { gate, up, down } => gate.elem_count() + up.elem_count() + down.elem_count(),
+                    Mlp::Gelu { fc, proj } => fc.elem_count() + proj.elem_count(),
+                };
+                b.ln1.elem_count()
+                    + b.ln2.elem_count()
+                    + b.attn.q.elem_count()
+                    + b.attn.k.elem_count()
+                    + b.attn.v.elem_count()
+                    + b.attn.o.elem_count()
+                    + mlp
+            })
+            .sum();
+        let unembed = if self.cfg.tie_embeddings { 0 } else { self.unembed.elem_count() };
+        self.embed.elem_count()
+            + self.pos_embed.as_ref().map_or(0, |p| p.elem_count())
+            + blocks
+            + self.ln_final.elem_count()
+            + unembed
+    }
+
+    /// Token (and position) embeddings: the residual stream entering block 0, `[pos, d_model]`.
+    pub(crate) fn embed(&self, tokens: &[u32], hooks: &mut Hooks) -> Result<Tensor> {
+        let ids = Tensor::new(tokens, self.embed.device())?;
+        let x = hooks.hook(HookPoint::Embed, self.embed.index_select(&ids, 0)?)?;
+        match &self.pos_embed {
+            Some(pos_embed) => {
+                let pos = pos_embed.narrow(0, hooks.pos_offset, tokens.len())?;
+                let pos = hooks.hook(HookPoint::PosEmbed, pos)?;
+                Ok((x + pos)?)
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// Runs blocks `start..` and the unembedding. `resid_pre`, when given, receives each block's
+    /// input (before its hooks) and finally the input of the final norm: the cache that makes
+    /// an incremental re-run possible.
+    pub(crate) fn run_from(
+        &self,
+        start: usize,
+        mut x: Tensor,
+        hooks: &mut Hooks,
+        mut cache: Option<&mut KvCache>,
+        mut resid_pre: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize_with(self.blocks.len(), || None);
+        }
+        for layer in start..self.blocks.len() {
+            if hooks.is_cancelled() {
+                return Err(super::ModelError::Cancelled);
+            }
+            if let Some(saved) = resid_pre.as_deref_mut() {
+                saved.push(x.clone());
+            }
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
+            x = self.block(layer, x, hooks, kv)?;
+        }
+        if let Some(saved) = resid_pre {
+            saved.push(x.clone());
+        }
+        let x = hooks.hook(HookPoint::LnFinal, self.ln_final.forward(&x)?)?;
+        Ok(x.matmul(&self.unembed.t()?)?)
+    }
+
+    fn block(&self, layer: usize, x: Tensor, hooks: &mut Hooks, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let b = &self.blocks[layer];
+        let x = hooks.hook(block_point(layer, BlockSite::ResidPre), x)?;
+        let h = hooks.hook(block_point(layer, BlockSite::Ln1Normalized), b.ln1.forward(&x)?)?;
+        let attn_out = self.attention(layer, &h, hooks, kv)?;
+        let x = hooks.hook(block_point(layer, BlockSite::ResidMid), (x + attn_out)?)?;
+        let h = hooks.hook(block_point(layer, BlockSite::Ln2Normalized), b.ln2.forward(&x)?)?;
+        let mlp_out = self.mlp(layer, &h, hooks)?;
+        hooks.hook(block_point(layer, BlockSite::ResidPost), (x + mlp_out)?)
+    }
+
+    fn mlp(&self, layer: usize, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let p = |site| block_point(layer, site);
+        let post = match &self.blocks[layer].mlp {
+            Mlp::Gated { gate, up, .. } => {
+                let pre = hooks.hook(p(BlockSite::MlpPre), gate.forward(x)?)?;
+                let pre_linear = hooks.hook(p(BlockSite::MlpPreLinear), up.forward(x)?)?;
+                (candle_core::Tensor::silu(&pre)? * pre_linear)?
+            }
+            Mlp::Gelu { fc, .. } => {
+                let pre = hooks.hook(p(BlockSite::MlpPre), fc.forward(x)?)?;
+                pre.gelu()?
+            }
+        };
+        let post = hooks.hook(p(BlockSite::MlpPost), post)?;
+        let out = self.blocks[layer].mlp.out_weight().forward(&post)?;
+        hooks.hook(p(BlockSite::MlpOut), out)
+    }
+
+    fn attention(&self, layer: usize, x: &Tensor, hooks: &mut Hooks, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let p = |site| block_point(layer, site);
+        let a = &self.blocks[layer].attn;
+        let (len, _) = x.dims2()?;
+        let (nh, nkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let offset = hooks.pos_offset;
+        let q = hooks.hook(p(BlockSite::Q), a.q.forward(x)?.reshape((len, nh, dh))?)?;
+        let k = hooks.hook(p(BlockSite::K), a.k.forward(x)?.reshape((len, nkv, dh))?)?;
+        let v = hooks.hook(p(BlockSite::V), a.v.forward(x)?.reshape((len, nkv, dh))?)?;
+        // Heads first: [heads, pos, d_head].
+        let mut q = q.transpose(0, 1)?.contiguous()?;
+        let mut k = k.transpose(0, 1)?.contiguous()?;
+        let mut v = v.transpose(0, 1)?.contiguous()?;
+        if let Some(rope) = &self.rope {
+            q = rope.apply(&q, offset)?;
+            k = rope.apply(&k, offset)?;
+        }
+        if let Some(slot) = kv {
+            if let Some((k_past, v_past)) = slot.as_ref() {
+                k = Tensor::cat(&[k_past, &k], 1)?;
+                v = Tensor::cat(&[v_past, &v], 1)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dims()[1];
+        // Grouped-query attention without copying keys: query heads h = g·rep + r share kv head g,
+        // so [heads, pos, d] viewed as [kv_heads, rep·pos, d] lines each group up with its keys.
+        let rep = nh / nkv;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let scores = q.reshape((nkv, rep * len, dh))?.matmul(&k.t()?)?.reshape((nh, len, keys))?;
+        let scores = (scores * scale)?;
+        let scores = if len > 1 || offset + len < keys {
+            scores.broadcast_add(&causal_mask(len, keys, offset, x.device())?)?
+        } else {
+            scores
+        };
+        let scores = hooks.hook(p(BlockSite::AttnScores), scores)?;
+        let pattern = hooks.hook(p(BlockSite::Pattern), softmax_last(&scores)?)?;
+        let z = pattern.reshape((nkv, rep * len, keys))?.matmul(&v)?.reshape((nh, len, dh))?;
+        let z = hooks.hook(p(BlockSite::Z), z.transpose(0, 1)?.contiguous()?)?;
+        let out = a.o.forward(&z.reshape((len, nh * dh))?)?;
+        hooks.hook(p(BlockSite::AttnOut), out)
+    }
+}
+
+/// `[q, k]` with 0 where query `offset + i` may see key `j` and -inf elsewhere.
+fn causal_mask(len: usize, keys: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| (0..keys).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (len, keys), device)?)
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// Checks that a weight has the expected shape, naming it when it does not.
+pub(crate) fn expect_shape(name: &str, t: Tensor, dims: &[usize]) -> Result<Tensor> {
+    if t.dims() != dims {
+        return Err(super::ModelError::Format(format!("tensor `{name}` has shape {:?}, expected {dims:?}", t.dims())));
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// Builds a Llama model's weights from HF-named tensors (`model.layers.{l}.self_attn.q_proj.weight`).
+pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>, device: &Device) -> Result<Weights> {
+    let (d, dm, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
+    let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
+        let t = get(name)?.ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?;
+        expect_shape(name, t, dims)
+    };
+    let embed = need("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let pre = format!("model.layers.{l}");
+        let lin = |need: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, dims: &[usize]| {
+            Linear::from_out_in(need(&format!("{pre}.{name}"), dims)?, None)
+        };
+        blocks.push(Block {
+            ln1: Norm::Rms { w: need(&format!("{pre}.input_layernorm.weight"), &[d])?, eps: cfg.norm_eps },
+            attn: Attention {
+                q: lin(&mut need, "self_attn.q_proj.weight", &[cfg.n_heads * dh, d])?,
+                k: lin(&mut need, "self_attn.k_proj.weight", &[cfg.n_kv_heads * dh, d])?,
+                v: lin(&mut need, "self_attn.v_proj.weight", &[cfg.n_kv_heads * dh, d])?,
+                o: lin(&mut need, "self_attn.o_proj.weight", &[d, cfg.n_heads * dh])?,
+            },
+            ln2: Norm::Rms { w: need(&format!("{pre}.post_attention_layernorm.weight"), &[d])?, eps: cfg.norm_eps },
+            mlp: Mlp::Gated {
+                gate: lin(&mut need, "mlp.gate_proj.weight", &[dm, d])?,
+                up: lin(&mut need, "mlp.up_proj.weight", &[dm, d])?,
+                down: lin(&mut need, "mlp.down_proj.weight", &[d, dm])?,
+            },
+        });
+    }
+    let ln_final = Norm::Rms { w: need("model.norm.weight", &[d])?, eps: cfg.norm_eps };
+    let unembed = if cfg.tie_embeddings {
+        embed.clone()
+    } else {
+        match get("lm_head.weight")? {
+            Some(t) => expect_shape("lm_head.weight", t, &[cfg.vocab_size, d])?,
+            None => embed.clone(),
+        }
+    };
+    Ok(Weights { cfg: cfg.clone(), embed, pos_embed: None, blocks, ln_final, unembed, rope: Some(Rope::new(cfg, device)?) })
+}
+
+/// Builds a GPT-2 model's weights from HF-named tensors (`h.{l}.attn.c_attn.weight`, with or
+/// without the `transformer.` prefix). Conv1D weights are stored `[in, out]`.
+pub(crate) fn build_gpt2(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>) -> Result<Weights> {
+    let (d, dm) = (cfg.d_model, cfg.d_mlp);
+    let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
+        let t = match get(name)? {
+            Some(t) => t,
+            None => get(&format!("transformer.{name}"))?
+                .ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?,
+        };
+        expect_shape(name, t, dims)
+    };
+    let embed = need("wte.weight", &[cfg.vocab_size, d])?;
+    let pos_embed = need("wpe.weight", &[cfg.n_ctx, d])?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let pre = format!("h.{l}");
+        let mut ln = |name: &str| -> Result<Norm> {
+            Ok(Norm::Layer {
+                w: need(&format!("{pre}.{name}.weight"), &[d])?,
+                b: need(&format!("{pre}.{name}.bias"), &[d])?,
+                eps: cfg.norm_eps,
+            })
+        };
+        let ln1 = ln("ln_1")?;
+        let ln2 = ln("ln_2")?;
+        let c_attn = need(&format!("{pre}.attn.c_attn.weight"), &[d, 3 * d])?;
+        let c_attn_b = need(&format!("{pre}.attn.c_attn.bias"), &[3 * d])?;
+        let split = |i: usize| -> Result<Linear> {
+            Linear::from_in_out(c_attn.narrow(1, i * d, d)?, Some(c_attn_b.narrow(0, i * d, d)?.contiguous()?))
+        };
+        let attn = Attention {
+            q: split(0)?,
+            k: split(1)?,
+            v: split(2)?,
+            o: Linear::from_in_out(need(&format!("{pre}.attn.c_proj.weight"), &[d, d])?, Some(need(&format!("{pre}.attn.c_proj.bias"), &[d])?))?,
+        };
+        let mlp = Mlp::Gelu {
+            fc: Linear::from_in_out(need(&format!("{pre}.mlp.c_fc.weight"), &[d, dm])?, Some(need(&format!("{pre}.mlp.c_fc.bias"), &[dm])?))?,
+            proj: Linear::from_in_out(need(&format!("{pre}.mlp.c_proj.weight"), &[dm, d])?, Some(need(&format!("{pre}.mlp.c_proj.bias"), &[d])?))?,
+        };
+        blocks.push(Block { ln1, attn, ln2, mlp });
+    }
+    let ln_final = Norm::Layer { w: need("ln_f.weight", &[d])?, b: need("ln_f.bias", &[d])?, eps: cfg.norm_eps };
+    Ok(Weights { cfg: cfg.clone(), unembed: embed.clone(), embed, pos_embed: Some(pos_embed), blocks, ln_final, rope: None })
+}
+
+/// Logits of the last row, `[vocab]`.
+pub(crate) fn last_row(logits: &Tensor) -> Result<Tensor> {
+    let (len, _) = logits.dims2()?;
+    Ok(logits.i(len - 1)?)
+}

@@ -1,0 +1,204 @@
+//! `hubel probe`: run a probe, optionally with interventions, and report what changed.
+//! The report's JSON shape is a public interface (see the README).
+
+use serde::Serialize;
+
+use crate::analysis;
+use crate::hooks::{Capture, Intervention};
+use crate::model::{Generate, Model, ModelInfo, Result, RunOutput, Token};
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeRequest {
+    pub text: String,
+    pub interventions: Vec<Intervention>,
+    pub top: usize,
+    /// Tokens of continuation; 0 for none.
+    pub generate: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub arch: String,
+    pub layers: usize,
+    pub d_model: usize,
+    pub d_mlp: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub parameters: usize,
+    pub sha256: String,
+}
+
+impl From<&ModelInfo> for ModelSummary {
+    fn from(i: &ModelInfo) -> Self {
+        ModelSummary {
+            name: i.name.clone(),
+            arch: i.arch.clone(),
+            layers: i.layers,
+            d_model: i.d_model,
+            d_mlp: i.d_mlp,
+            heads: i.heads,
+            kv_heads: i.kv_heads,
+            vocab: i.vocab,
+            context_length: i.context_length,
+            parameters: i.parameters,
+            sha256: i.sha256.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopToken {
+    pub id: u32,
+    pub token: String,
+    pub logit: f32,
+    pub prob: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub top_next: Vec<TopToken>,
+    /// Mean of `token_nll`; null for a one-token probe.
+    pub mean_nll: Option<f32>,
+    /// `-log p(token[i+1] | tokens[..=i])` for each position but the last.
+    pub token_nll: Vec<f32>,
+    pub continuation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_from_baseline: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub model: ModelSummary,
+    pub tokens: Vec<Token>,
+    pub interventions: Vec<String>,
+    pub baseline: RunSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intervened: Option<RunSummary>,
+    /// The last position's logits of the intervened run when there is one, else the baseline's.
+    #[serde(skip)]
+    pub last_logits: Vec<f32>,
+}
+
+fn summarize(model: &Model, out: &RunOutput, ids: &[u32], top: usize, continuation: Option<String>) -> RunSummary {
+    let top_next = analysis::top_k(out.last_logits(), top)
+        .into_iter()
+        .map(|(id, logit, prob)| TopToken { id, token: model.tokenizer().token_text(id), logit, prob })
+        .collect();
+    let token_nll = analysis::token_nll(&out.logits, out.vocab, ids);
+    RunSummary { top_next, mean_nll: analysis::mean(&token_nll), token_nll, continuation, kl_from_baseline: None }
+}
+
+/// Runs the probe (and the intervened probe, incrementally, when there are interventions).
+pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
+    let tokens = model.tokenize(&req.text)?;
+    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+    model.check_interventions(&req.interventions, ids.len())?;
+    let cache = model.prepare(&ids, &Capture::Nothing, None)?;
+    let opts = Generate { max_tokens: req.generate, ..Generate::default() };
+    let continue_with = |ivs: &[Intervention]| -> Result<Option<String>> {
+        if req.generate == 0 {
+            return Ok(None);
+        }
+        let new = model.generate(&ids, ivs, &opts, None)?;
+        Ok(Some(model.tokenizer().decode(&new)?))
+    };
+    let baseline = summarize(model, &cache.baseline, &ids, req.top, continue_with(&[])?);
+    let (intervened, last_logits) = if req.interventions.is_empty() {
+        (None, cache.baseline.last_logits().to_vec())
+    } else {
+        let out = model.rerun(&cache, &Capture::Nothing, &req.interventions, None)?;
+        let mut s = summarize(model, &out, &ids, req.top, continue_with(&req.interventions)?);
+        s.kl_from_baseline = Some(analysis::kl_divergence(cache.baseline.last_logits(), out.last_logits()));
+        (Some(s), out.last_logits().to_vec())
+    };
+    Ok(ProbeReport {
+        model: ModelSummary::from(model.info()),
+        tokens,
+        interventions: req.interventions.iter().map(describe).collect(),
+        baseline,
+        intervened,
+        last_logits,
+    })
+}
+
+/// A one-line description of an intervention, e.g. `blocks.10.mlp.hook_post[123] zero`.
+pub fn describe(iv: &Intervention) -> String {
+    use crate::hooks::Op;
+    let list = |v: &[usize]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let mut s = iv.hook.to_string();
+    if let Some(ix) = &iv.indices {
+        s.push_str(&format!("[{}]", list(ix)));
+    }
+    if let Some(pos) = &iv.positions {
+        s.push_str(&format!("@{}", list(pos)));
+    }
+    let op = match &iv.op {
+        Op::Zero => " zero".to_string(),
+        Op::Mean => " mean".to_string(),
+        Op::MeanOf { .. } => " mean (given)".to_string(),
+        Op::Set { value } => format!(" = {value}"),
+        Op::Add { value } => format!(" += {value}"),
+        Op::AddDirection { alpha, .. } => format!(" += {alpha}·direction"),
+        Op::Scale { factor } => format!(" *= {factor}"),
+    };
+    s + &op
+}
+
+/// The report as a readable table.
+pub fn render_table(r: &ProbeReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let m = &r.model;
+    let _ = writeln!(
+        s,
+        "model  {} ({}, {} layers, d_model {}, d_mlp {}, {} heads / {} kv, {:.1}M params)",
+        m.name,
+        m.arch,
+        m.layers,
+        m.d_model,
+        m.d_mlp,
+        m.heads,
+        m.kv_heads,
+        m.parameters as f64 / 1e6
+    );
+    let toks: Vec<String> = r.tokens.iter().enumerate().map(|(i, t)| format!("{i}:{:?}", t.text)).collect();
+    let _ = writeln!(s, "tokens ({}) {}", r.tokens.len(), toks.join(" "));
+    for iv in &r.interventions {
+        let _ = writeln!(s, "edit   {iv}");
+    }
+    let nll = |v: Option<f32>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let _ = writeln!(s);
+    match &r.intervened {
+        None => {
+            let _ = writeln!(s, "{:>4}  {:<20} {:>9} {:>8}", "rank", "next token", "logit", "prob");
+            for (i, t) in r.baseline.top_next.iter().enumerate() {
+                let _ = writeln!(s, "{:>4}  {:<20} {:>9.3} {:>8.4}", i + 1, format!("{:?}", t.token), t.logit, t.prob);
+            }
+            let _ = writeln!(s, "\nmean NLL {}", nll(r.baseline.mean_nll));
+        }
+        Some(iv) => {
+            let _ = writeln!(s, "{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "baseline", "prob", "intervened", "prob");
+            for i in 0..r.baseline.top_next.len().max(iv.top_next.len()) {
+                let cell = |v: &Vec<TopToken>| {
+                    v.get(i).map_or((String::new(), String::new()), |t| (format!("{:?}", t.token), format!("{:.4}", t.prob)))
+                };
+                let (a, pa) = cell(&r.baseline.top_next);
+                let (b, pb) = cell(&iv.top_next);
+                let _ = writeln!(s, "{:>4}  {:<20} {:>8}   {:<20} {:>8}", i + 1, a, pa, b, pb);
+            }
+            let _ = writeln!(s, "\nmean NLL {} → {}", nll(r.baseline.mean_nll), nll(iv.mean_nll));
+            let _ = writeln!(s, "KL(baseline ‖ intervened) at the last position {:.6} nats", iv.kl_from_baseline.unwrap_or(0.0));
+        }
+    }
+    if let Some(c) = &r.baseline.continuation {
+        let _ = writeln!(s, "continuation (baseline)   {c:?}");
+    }
+    if let Some(c) = r.intervened.as_ref().and_then(|i| i.continuation.as_ref()) {
+        let _ = writeln!(s, "continuation (intervened) {c:?}");
+    }
+    s
+}
