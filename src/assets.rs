@@ -193,7 +193,7 @@ fn write_verified(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let part = dest.with_extension("part");
+    let part = dest.with_extension(format!("{}.part", std::process::id()));
     let result = (|| {
         let mut out = File::create(&part).map_err(io(&part))?;
         let mut hasher = Sha256::new();

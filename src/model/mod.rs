@@ -5,6 +5,7 @@
 pub mod config;
 pub mod generate;
 pub mod load;
+pub mod random;
 pub mod tokenizer;
 pub(crate) mod transformer;
 

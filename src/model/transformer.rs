@@ -361,10 +361,10 @@ pub(crate) fn expect_shape(name: &str, t: Tensor, dims: &[usize]) -> Result<Tens
 }
 
 /// Builds a Llama model's weights from HF-named tensors (`model.layers.{l}.self_attn.q_proj.weight`).
-pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>, device: &Device) -> Result<Weights> {
+pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>, device: &Device) -> Result<Weights> {
     let (d, dm, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
     let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
-        let t = get(name)?.ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?;
+        let t = get(name, dims)?.ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?;
         expect_shape(name, t, dims)
     };
     let embed = need("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
@@ -394,7 +394,7 @@ pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Opti
     let unembed = if cfg.tie_embeddings {
         embed.clone()
     } else {
-        match get("lm_head.weight")? {
+        match get("lm_head.weight", &[cfg.vocab_size, d])? {
             Some(t) => expect_shape("lm_head.weight", t, &[cfg.vocab_size, d])?,
             None => embed.clone(),
         }
@@ -404,12 +404,12 @@ pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Opti
 
 /// Builds a GPT-2 model's weights from HF-named tensors (`h.{l}.attn.c_attn.weight`, with or
 /// without the `transformer.` prefix). Conv1D weights are stored `[in, out]`.
-pub(crate) fn build_gpt2(cfg: &Config, get: &mut dyn FnMut(&str) -> Result<Option<Tensor>>) -> Result<Weights> {
+pub(crate) fn build_gpt2(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>) -> Result<Weights> {
     let (d, dm) = (cfg.d_model, cfg.d_mlp);
     let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
-        let t = match get(name)? {
+        let t = match get(name, dims)? {
             Some(t) => t,
-            None => get(&format!("transformer.{name}"))?
+            None => get(&format!("transformer.{name}"), dims)?
                 .ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?,
         };
         expect_shape(name, t, dims)

@@ -145,7 +145,7 @@ pub fn load(path: &Path) -> Result<Model> {
 
     let device = Device::Cpu;
     let (dh, nh, nkv) = (cfg.d_head, cfg.n_heads, cfg.n_kv_heads);
-    let mut get = |name: &str| -> Result<Option<Tensor>> {
+    let mut get = |name: &str, _dims: &[usize]| -> Result<Option<Tensor>> {
         let Some((gguf_name, unpermute_heads)) = gguf_name(name, nh, nkv) else {
             return Ok(None);
         };

@@ -49,7 +49,7 @@ pub fn load(dir: &Path) -> Result<Model> {
         tensors.extend(loaded);
     }
     let tokenizer = Tokenizer::from_hf_file(&tokenizer_path)?;
-    let mut get = |name: &str| -> Result<Option<Tensor>> { Ok(tensors.get(name).cloned()) };
+    let mut get = |name: &str, _dims: &[usize]| -> Result<Option<Tensor>> { Ok(tensors.get(name).cloned()) };
     let weights = match cfg.arch {
         Arch::Llama => build_llama(&cfg, &mut get, &device)?,
         Arch::Gpt2 => build_gpt2(&cfg, &mut get)?,

@@ -1,0 +1,107 @@
+//! Tiny random models built in memory, for tests and demos that must not download anything.
+//! Same code path as a loaded model from the weight builders on: only the tensors are random.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::config::{Arch, Config};
+use super::tokenizer::{GgufVocab, Tokenizer};
+use super::transformer::{build_gpt2, build_llama};
+use super::{Model, ModelInfo, Result};
+
+/// A tiny config of `arch`: 3 layers, d_model 32, 4 heads (2 kv heads for Llama), vocab 260.
+pub fn tiny_config(arch: Arch) -> Config {
+    Config {
+        arch,
+        n_layers: 3,
+        d_model: 32,
+        d_mlp: 64,
+        n_heads: 4,
+        n_kv_heads: if arch == Arch::Llama { 2 } else { 4 },
+        d_head: 8,
+        vocab_size: 260,
+        n_ctx: 64,
+        norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_embeddings: arch == Arch::Gpt2,
+    }
+}
+
+/// A byte-level tokenizer with one token per byte and `<|endoftext|>` as a control token:
+/// GGUF-style metadata, so it goes through the same builder as SmolLM2's.
+pub fn byte_vocab() -> GgufVocab {
+    let mut tokens: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    tokens.sort();
+    tokens.push("<|endoftext|>".into());
+    let mut token_types = vec![1; tokens.len()];
+    let eos = (tokens.len() - 1) as u32;
+    token_types[eos as usize] = 3;
+    GgufVocab {
+        model: "gpt2".into(),
+        pre: Some("smollm".into()),
+        tokens,
+        token_types,
+        merges: Vec::new(),
+        bos: None,
+        eos: Some(eos),
+        add_bos: false,
+    }
+}
+
+fn normal(rng: &mut rand::rngs::StdRng) -> f32 {
+    let u1: f32 = rng.random::<f32>().max(1e-7);
+    let u2: f32 = rng.random::<f32>();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// A random model of `cfg` (seeded), and its tensors by HF name.
+pub fn random_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, Tensor>)> {
+    let device = Device::Cpu;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut made = BTreeMap::new();
+    let mut get = |name: &str, dims: &[usize]| -> Result<Option<Tensor>> {
+        let n: usize = dims.iter().product();
+        let is_norm = dims.len() == 1 && (name.contains("norm") || name.contains("ln_"));
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let z = normal(&mut rng);
+                if is_norm {
+                    1.0 + 0.2 * z
+                } else if dims.len() == 1 {
+                    0.1 * z
+                } else {
+                    0.3 * z
+                }
+            })
+            .collect();
+        let t = Tensor::from_vec(data, dims, &device)?;
+        made.insert(name.to_string(), t.clone());
+        Ok(Some(t))
+    };
+    let weights = match cfg.arch {
+        Arch::Llama => build_llama(cfg, &mut get, &device)?,
+        Arch::Gpt2 => build_gpt2(cfg, &mut get)?,
+    };
+    let tokenizer = Tokenizer::from_gguf(byte_vocab())?;
+    let info = ModelInfo {
+        name: format!("tiny random {} (seed {seed})", cfg.arch.name()),
+        arch: cfg.arch.name().to_string(),
+        layers: cfg.n_layers,
+        d_model: cfg.d_model,
+        d_mlp: cfg.d_mlp,
+        heads: cfg.n_heads,
+        kv_heads: cfg.n_kv_heads,
+        d_head: cfg.d_head,
+        vocab: cfg.vocab_size,
+        context_length: cfg.n_ctx,
+        parameters: 0,
+        sha256: String::new(),
+        path: Default::default(),
+    };
+    Ok((Model::new(weights, tokenizer, info)?, made))
+}

@@ -1,0 +1,77 @@
+//! Shared test harness: fixtures, the real default model (fetched by the program's own code),
+//! and tolerance checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, OnceLock};
+
+use hubel::model::Model;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub meta: serde_json::Value,
+}
+
+impl Fixture {
+    pub fn open(dir: PathBuf) -> Self {
+        let text = std::fs::read_to_string(dir.join("meta.json")).expect("meta.json");
+        Fixture { meta: serde_json::from_str(&text).expect("valid meta.json"), dir }
+    }
+
+    pub fn array(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        hubel::npy::read_f32(&self.dir.join(format!("{name}.npy"))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn usizes(&self, key: &str) -> Vec<usize> {
+        self.meta[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
+    }
+
+    pub fn ids(&self, key: &str) -> Vec<Vec<usize>> {
+        self.meta[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect())
+            .collect()
+    }
+}
+
+/// The default model, fetched through `hubel::assets` (idempotent: a verified copy is reused).
+pub fn default_model_path() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = hubel::assets::assets_dir();
+    hubel::assets::fetch_model(&dir, &hubel::assets::Clients::default(), &mut |_| {}, &AtomicBool::new(false))
+        .unwrap_or_else(|e| panic!("fetching the default model: {e}"))
+}
+
+pub fn smollm2() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::open(default_model_path()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// `max |got - want| ≤ tol`, with the worst index in the message.
+pub fn assert_max_abs(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (i, d) = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    if std::env::var_os("HUBEL_SHOW_DIFFS").is_some() {
+        eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.3e})");
+    }
+    assert!(d <= tol, "{what}: max abs diff {d} at {i} (got {}, want {}) > {tol}", got[i], want[i]);
+}
+
+/// `max |got - want| ≤ rel · max |want|`.
+pub fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_max_abs(what, got, want, rel * scale);
+}
