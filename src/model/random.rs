@@ -23,7 +23,8 @@ pub fn tiny_config(arch: Arch) -> Config {
         d_head: 8,
         vocab_size: 260,
         n_ctx: 64,
-        norm_eps: 1e-5,
+        // The f32 value widened, as GGUF metadata and HF configs carry it.
+        norm_eps: f64::from(1e-5f32),
         rope_theta: 10_000.0,
         tie_embeddings: arch == Arch::Gpt2,
     }
