@@ -15,6 +15,7 @@
 //! malformed intervention specs are all errors with a message.
 
 pub mod analysis;
+pub mod features;
 pub mod assets;
 pub mod bench;
 pub mod hooks;

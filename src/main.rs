@@ -26,6 +26,12 @@ SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
 the default is the fetched SmolLM2 under assets/models.";
 
 fn main() -> ExitCode {
+    // candle asks rayon's thread count on every matmul; without the variable that means reading
+    // /proc and cgroup files each time (measurable in a 1-token generation step).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     match run() {
         Ok(code) => code,
         Err(e) => {

@@ -1,5 +1,8 @@
 //! What an activation or an edit means for the output: distributions, losses, divergences,
-//! top tokens. Plain `f32` slices in, plain numbers out; no tensors, no egui.
+//! top tokens, and the whole-probe maps the viewer draws ([`maps`]). Plain data in, plain numbers
+//! out; no tensors, no egui.
+
+pub mod maps;
 
 /// `log softmax(logits)`, computed stably in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {

@@ -126,7 +126,7 @@ mod tests {
         let at = parse("blocks.10.mlp.hook_post[123,124]@3").unwrap();
         assert_eq!((at.indices, at.positions), (Some(vec![123, 124]), Some(vec![3])));
         let head = parse("L5H3").unwrap();
-        assert_eq!((head.hook, head.indices), (HookPoint::block(5, BlockSite::Z), Some(vec![3])));
+        assert_eq!((head.hook, head.indices.clone()), (HookPoint::block(5, BlockSite::Z), Some(vec![3])));
         assert_eq!(parse("blocks.5.attn.hook_z[3]").unwrap(), head);
         let steer = parse("blocks.6.hook_resid_post[17]+=8").unwrap();
         assert_eq!((steer.hook, steer.op), (HookPoint::block(6, BlockSite::ResidPost), Op::Add { value: 8.0 }));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
-use super::transformer::{last_row, KvCache};
+use super::transformer::KvCache;
 use super::{Model, Result};
 use crate::hooks::{Capture, Hooks, Intervention, Layout, Op};
 
@@ -60,7 +60,7 @@ impl Model {
             hooks = hooks.with_cancel(flag.clone());
         }
         let x = w.embed(prompt, &mut hooks)?;
-        let mut logits = last_row(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?.to_vec1::<f32>()?;
+        let mut logits = w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
 
         // Hold `Mean` fixed at its prompt value for the cached steps.
         let resolved: Vec<Intervention> = interventions
@@ -107,7 +107,7 @@ impl Model {
             }
             hooks.pos_offset = len - 1;
             let x = w.embed(&[next], &mut hooks)?;
-            logits = last_row(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?.to_vec1::<f32>()?;
+            logits = w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
         }
         Ok(out)
     }

@@ -291,15 +291,15 @@ impl Model {
         self.output(logits, record, n_layers - start)
     }
 
-    fn output(&self, logits: Tensor, record: ActivationRecord, layers_computed: usize) -> Result<RunOutput> {
+    fn output(&self, final_resid: Tensor, record: ActivationRecord, layers_computed: usize) -> Result<RunOutput> {
         let vocab = self.config().vocab_size;
-        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let logits = self.weights.unembed_all(&final_resid)?;
         Ok(RunOutput { logits, vocab, record, layers_computed })
     }
 
     /// What MLP neuron `neuron` of `layer` writes into the residual stream, `[d_model]`.
     pub fn neuron_out_direction(&self, layer: usize, neuron: usize) -> Result<Vec<f32>> {
-        let w = self.weights.blocks[layer].mlp.out_weight().weight_out_in()?; // [d_model, d_mlp]
+        let w = self.weights.blocks[layer].mlp.out_weight().weight_out_in(); // [d_model, d_mlp]
         Ok(w.t()?.contiguous()?.get(neuron)?.to_vec1::<f32>()?)
     }
 

@@ -1,0 +1,68 @@
+//! Feature bases: what a "feature" is when a user clicks one. MLP neurons and attention heads
+//! now; dictionary features (sparse codes of the residual stream) get their own basis later.
+
+use crate::hooks::{BlockSite, HookPoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Basis {
+    /// MLP neurons: `blocks.{l}.mlp.hook_post[n]`, labelled `L{l}N{n}`.
+    Neurons,
+    /// Attention heads: `blocks.{l}.attn.hook_z[h]`, labelled `L{l}H{h}`; a head's activation at a
+    /// token is the norm of its output `z`.
+    Heads,
+}
+
+impl Basis {
+    pub const ALL: [Basis; 2] = [Basis::Neurons, Basis::Heads];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Basis::Neurons => "MLP neurons",
+            Basis::Heads => "Attention heads",
+        }
+    }
+
+    pub fn site(self) -> BlockSite {
+        match self {
+            Basis::Neurons => BlockSite::MlpPost,
+            Basis::Heads => BlockSite::Z,
+        }
+    }
+}
+
+/// One feature: a basis, a layer and an index, shown as TransformerLens labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct FeatureId {
+    pub basis: Basis,
+    pub layer: usize,
+    pub index: usize,
+}
+
+impl FeatureId {
+    pub fn neuron(layer: usize, index: usize) -> Self {
+        FeatureId { basis: Basis::Neurons, layer, index }
+    }
+
+    pub fn head(layer: usize, index: usize) -> Self {
+        FeatureId { basis: Basis::Heads, layer, index }
+    }
+
+    /// `L10N123` or `L5H3`.
+    pub fn label(&self) -> String {
+        match self.basis {
+            Basis::Neurons => format!("L{}N{}", self.layer, self.index),
+            Basis::Heads => format!("L{}H{}", self.layer, self.index),
+        }
+    }
+
+    /// The hook point an intervention on this feature edits.
+    pub fn hook(&self) -> HookPoint {
+        HookPoint::block(self.layer, self.basis.site())
+    }
+}
+
+impl std::fmt::Display for FeatureId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
