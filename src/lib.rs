@@ -15,21 +15,30 @@
 //! malformed intervention specs are all errors with a message.
 
 pub mod analysis;
-pub mod features;
+pub mod app;
 pub mod assets;
 pub mod bench;
+pub mod corpus;
+pub mod features;
 pub mod hooks;
 pub mod model;
 pub mod npy;
 pub mod probe;
+pub mod session;
 
 use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

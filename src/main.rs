@@ -1,4 +1,4 @@
-//! `hubel`: the probe viewer's command line. `hubel probe|fetch|bench …` run headless.
+//! `hubel`: with no arguments opens the viewer; `hubel probe|fetch|bench …` run headless.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,9 @@ const USAGE: &str = "\
 hubel: a probe viewer for language models
 
 USAGE:
+  hubel                                 open the viewer
+  hubel --screenshots DIR [--model PATH]  walk through the viewer and save screenshots into DIR
+  hubel --bench-ui [--model PATH]         measure the viewer (click to output, frame times, idle CPU)
   hubel fetch [--model] [--corpus]      fetch the default model (SmolLM2-135M) and corpus (WordNet 3.1)
   hubel probe --text TEXT [--model PATH] [--ablate SPEC]... [--steer SPEC]...
               [--top K] [--generate N] [--json] [--save-logits FILE.npy]
@@ -81,7 +84,9 @@ impl Args {
 
     fn number(&mut self, name: &str, default: usize) -> anyhow::Result<usize> {
         match self.value(name)? {
-            Some(v) => v.parse().with_context(|| format!("{name} expects a non-negative integer, got `{v}`")),
+            Some(v) => v
+                .parse()
+                .with_context(|| format!("{name} expects a non-negative integer, got `{v}`")),
             None => Ok(default),
         }
     }
@@ -97,7 +102,7 @@ impl Args {
 fn run() -> anyhow::Result<ExitCode> {
     let mut words: Vec<String> = std::env::args().skip(1).collect();
     if words.is_empty() {
-        println!("{USAGE}");
+        hubel::app::run_native()?;
         return Ok(ExitCode::SUCCESS);
     }
     let command = words.remove(0);
@@ -107,6 +112,31 @@ fn run() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match command.as_str() {
+        "--screenshots" | "--bench-ui" => {
+            let dir = if command == "--screenshots" {
+                let dir = args
+                    .0
+                    .first()
+                    .cloned()
+                    .context("--screenshots needs a folder")?;
+                args.0.remove(0);
+                PathBuf::from(dir)
+            } else {
+                PathBuf::new()
+            };
+            let model = match args.value("--model")? {
+                Some(p) => PathBuf::from(p),
+                None => assets::default_model_path(&assets::assets_dir()),
+            };
+            args.finish()?;
+            let mode = if command == "--bench-ui" {
+                hubel::app::tour::Mode::BenchUi
+            } else {
+                hubel::app::tour::Mode::Screenshots
+            };
+            hubel::app::tour::run(mode, model, dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         "fetch" => fetch(args),
         "probe" => probe_command(args),
         "bench" => hubel::bench::command(
@@ -133,17 +163,27 @@ fn print_progress(p: Progress) {
 fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
     let (model, corpus) = (args.flag("--model"), args.flag("--corpus"));
     args.finish()?;
-    let (model, corpus) = if !model && !corpus { (true, true) } else { (model, corpus) };
+    let (model, corpus) = if !model && !corpus {
+        (true, true)
+    } else {
+        (model, corpus)
+    };
     let dir = assets::assets_dir();
     let clients = Clients::default();
     let cancel = AtomicBool::new(false);
     if model {
-        let path = assets::fetch_model(&dir, &clients, &mut print_progress, &cancel).context("fetching the default model")?;
+        let path = assets::fetch_model(&dir, &clients, &mut print_progress, &cancel)
+            .context("fetching the default model")?;
         eprintln!();
-        println!("model  {} (sha256 {} verified)", path.display(), assets::MODEL_SHA256);
+        println!(
+            "model  {} (sha256 {} verified)",
+            path.display(),
+            assets::MODEL_SHA256
+        );
     }
     if corpus {
-        let path = assets::fetch_corpus(&dir, &clients, &mut print_progress, &cancel).context("fetching the WordNet corpus")?;
+        let path = assets::fetch_corpus(&dir, &clients, &mut print_progress, &cancel)
+            .context("fetching the WordNet corpus")?;
         eprintln!();
         println!("corpus {}", path.display());
     }

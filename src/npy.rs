@@ -7,16 +7,26 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a float32 .npy file: {reason}")]
     Format { path: String, reason: String },
 }
 
 /// Writes `data` with `shape` atomically (temp file + rename).
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    let io = |source| NpyError::Io { path: path.display().to_string(), source };
+    let io = |source| NpyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_str = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
     // Pad so that magic (6) + version (2) + len (2) + header + '\n' is a multiple of 64.
     let unpadded = 10 + header.len() + 1;
@@ -35,18 +45,31 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
 /// Reads a float32 `.npy` file: `(shape, data)`.
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: p.clone(), source })?;
-    let fail = |reason: &str| NpyError::Format { path: p.clone(), reason: reason.to_string() };
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let fail = |reason: &str| NpyError::Format {
+        path: p.clone(),
+        reason: reason.to_string(),
+    };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fail("bad magic"));
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         _ => return Err(fail("unsupported version")),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| fail("truncated header"))?)
-        .map_err(|_| fail("header is not text"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + header_len)
+            .ok_or_else(|| fail("truncated header"))?,
+    )
+    .map_err(|_| fail("header is not text"))?;
     if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
         return Err(fail("only little-endian float32 in C order is supported"));
     }
@@ -67,7 +90,10 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
     if body.len() != n * 4 {
         return Err(fail("data length does not match the shape"));
     }
-    let data = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Ok((shape, data))
 }
 

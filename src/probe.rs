@@ -83,13 +83,30 @@ pub struct ProbeReport {
     pub last_logits: Vec<f32>,
 }
 
-fn summarize(model: &Model, out: &RunOutput, ids: &[u32], top: usize, continuation: Option<String>) -> RunSummary {
+fn summarize(
+    model: &Model,
+    out: &RunOutput,
+    ids: &[u32],
+    top: usize,
+    continuation: Option<String>,
+) -> RunSummary {
     let top_next = analysis::top_k(out.last_logits(), top)
         .into_iter()
-        .map(|(id, logit, prob)| TopToken { id, token: model.tokenizer().token_text(id), logit, prob })
+        .map(|(id, logit, prob)| TopToken {
+            id,
+            token: model.tokenizer().token_text(id),
+            logit,
+            prob,
+        })
         .collect();
     let token_nll = analysis::token_nll(&out.logits, out.vocab, ids);
-    RunSummary { top_next, mean_nll: analysis::mean(&token_nll), token_nll, continuation, kl_from_baseline: None }
+    RunSummary {
+        top_next,
+        mean_nll: analysis::mean(&token_nll),
+        token_nll,
+        continuation,
+        kl_from_baseline: None,
+    }
 }
 
 /// Runs the probe (and the intervened probe, incrementally, when there are interventions).
@@ -98,7 +115,10 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     model.check_interventions(&req.interventions, ids.len())?;
     let cache = model.prepare(&ids, &Capture::Nothing, None)?;
-    let opts = Generate { max_tokens: req.generate, ..Generate::default() };
+    let opts = Generate {
+        max_tokens: req.generate,
+        ..Generate::default()
+    };
     let continue_with = |ivs: &[Intervention]| -> Result<Option<String>> {
         if req.generate == 0 {
             return Ok(None);
@@ -111,8 +131,17 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
         (None, cache.baseline.last_logits().to_vec())
     } else {
         let out = model.rerun(&cache, &Capture::Nothing, &req.interventions, None)?;
-        let mut s = summarize(model, &out, &ids, req.top, continue_with(&req.interventions)?);
-        s.kl_from_baseline = Some(analysis::kl_divergence(cache.baseline.last_logits(), out.last_logits()));
+        let mut s = summarize(
+            model,
+            &out,
+            &ids,
+            req.top,
+            continue_with(&req.interventions)?,
+        );
+        s.kl_from_baseline = Some(analysis::kl_divergence(
+            cache.baseline.last_logits(),
+            out.last_logits(),
+        ));
         (Some(s), out.last_logits().to_vec())
     };
     Ok(ProbeReport {
@@ -128,7 +157,12 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
 /// A one-line description of an intervention, e.g. `blocks.10.mlp.hook_post[123] zero`.
 pub fn describe(iv: &Intervention) -> String {
     use crate::hooks::Op;
-    let list = |v: &[usize]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut s = iv.hook.to_string();
     if let Some(ix) = &iv.indices {
         s.push_str(&format!("[{}]", list(ix)));
@@ -165,7 +199,12 @@ pub fn render_table(r: &ProbeReport) -> String {
         m.kv_heads,
         m.parameters as f64 / 1e6
     );
-    let toks: Vec<String> = r.tokens.iter().enumerate().map(|(i, t)| format!("{i}:{:?}", t.text)).collect();
+    let toks: Vec<String> = r
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{i}:{:?}", t.text))
+        .collect();
     let _ = writeln!(s, "tokens ({}) {}", r.tokens.len(), toks.join(" "));
     for iv in &r.interventions {
         let _ = writeln!(s, "edit   {iv}");
@@ -174,24 +213,50 @@ pub fn render_table(r: &ProbeReport) -> String {
     let _ = writeln!(s);
     match &r.intervened {
         None => {
-            let _ = writeln!(s, "{:>4}  {:<20} {:>9} {:>8}", "rank", "next token", "logit", "prob");
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<20} {:>9} {:>8}",
+                "rank", "next token", "logit", "prob"
+            );
             for (i, t) in r.baseline.top_next.iter().enumerate() {
-                let _ = writeln!(s, "{:>4}  {:<20} {:>9.3} {:>8.4}", i + 1, format!("{:?}", t.token), t.logit, t.prob);
+                let _ = writeln!(
+                    s,
+                    "{:>4}  {:<20} {:>9.3} {:>8.4}",
+                    i + 1,
+                    format!("{:?}", t.token),
+                    t.logit,
+                    t.prob
+                );
             }
             let _ = writeln!(s, "\nmean NLL {}", nll(r.baseline.mean_nll));
         }
         Some(iv) => {
-            let _ = writeln!(s, "{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "baseline", "prob", "intervened", "prob");
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<20} {:>8}   {:<20} {:>8}",
+                "rank", "baseline", "prob", "intervened", "prob"
+            );
             for i in 0..r.baseline.top_next.len().max(iv.top_next.len()) {
                 let cell = |v: &Vec<TopToken>| {
-                    v.get(i).map_or((String::new(), String::new()), |t| (format!("{:?}", t.token), format!("{:.4}", t.prob)))
+                    v.get(i).map_or((String::new(), String::new()), |t| {
+                        (format!("{:?}", t.token), format!("{:.4}", t.prob))
+                    })
                 };
                 let (a, pa) = cell(&r.baseline.top_next);
                 let (b, pb) = cell(&iv.top_next);
                 let _ = writeln!(s, "{:>4}  {:<20} {:>8}   {:<20} {:>8}", i + 1, a, pa, b, pb);
             }
-            let _ = writeln!(s, "\nmean NLL {} → {}", nll(r.baseline.mean_nll), nll(iv.mean_nll));
-            let _ = writeln!(s, "KL(baseline ‖ intervened) at the last position {:.6} nats", iv.kl_from_baseline.unwrap_or(0.0));
+            let _ = writeln!(
+                s,
+                "\nmean NLL {} → {}",
+                nll(r.baseline.mean_nll),
+                nll(iv.mean_nll)
+            );
+            let _ = writeln!(
+                s,
+                "KL(baseline ‖ intervened) at the last position {:.6} nats",
+                iv.kl_from_baseline.unwrap_or(0.0)
+            );
         }
     }
     if let Some(c) = &r.baseline.continuation {

@@ -36,8 +36,12 @@ fn write_gguf(path: &Path, arch: &str, dtype: GgmlDType) -> Model {
                 let (l, part) = rest.split_once('.').unwrap();
                 let (g, t) = match part {
                     "input_layernorm.weight" => ("attn_norm", t.clone()),
-                    "self_attn.q_proj.weight" => ("attn_q", permute(t, cfg.n_heads, cfg.d_head).unwrap()),
-                    "self_attn.k_proj.weight" => ("attn_k", permute(t, cfg.n_kv_heads, cfg.d_head).unwrap()),
+                    "self_attn.q_proj.weight" => {
+                        ("attn_q", permute(t, cfg.n_heads, cfg.d_head).unwrap())
+                    }
+                    "self_attn.k_proj.weight" => {
+                        ("attn_k", permute(t, cfg.n_kv_heads, cfg.d_head).unwrap())
+                    }
                     "self_attn.v_proj.weight" => ("attn_v", t.clone()),
                     "self_attn.o_proj.weight" => ("attn_output", t.clone()),
                     "post_attention_layernorm.weight" => ("ffn_norm", t.clone()),
@@ -54,7 +58,8 @@ fn write_gguf(path: &Path, arch: &str, dtype: GgmlDType) -> Model {
         named.push((name, QTensor::quantize(&t, ty).unwrap()));
     }
     let v = byte_vocab();
-    let strings = |xs: &[String]| Value::Array(xs.iter().map(|s| Value::String(s.clone())).collect());
+    let strings =
+        |xs: &[String]| Value::Array(xs.iter().map(|s| Value::String(s.clone())).collect());
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String(arch.into())),
         ("general.name", Value::String("tiny gguf".into())),
@@ -63,14 +68,23 @@ fn write_gguf(path: &Path, arch: &str, dtype: GgmlDType) -> Model {
         ("llama.embedding_length", Value::U32(cfg.d_model as u32)),
         ("llama.feed_forward_length", Value::U32(cfg.d_mlp as u32)),
         ("llama.attention.head_count", Value::U32(cfg.n_heads as u32)),
-        ("llama.attention.head_count_kv", Value::U32(cfg.n_kv_heads as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(cfg.norm_eps as f32)),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(cfg.n_kv_heads as u32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.norm_eps as f32),
+        ),
         ("llama.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
         ("llama.vocab_size", Value::U32(cfg.vocab_size as u32)),
         ("tokenizer.ggml.model", Value::String(v.model.clone())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
         ("tokenizer.ggml.tokens", strings(&v.tokens)),
-        ("tokenizer.ggml.token_type", Value::Array(v.token_types.iter().map(|&t| Value::I32(t)).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(v.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
         ("tokenizer.ggml.merges", strings(&v.merges)),
         ("tokenizer.ggml.eos_token_id", Value::U32(v.eos.unwrap())),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
@@ -83,7 +97,12 @@ fn write_gguf(path: &Path, arch: &str, dtype: GgmlDType) -> Model {
 }
 
 fn logits(m: &Model) -> Vec<f32> {
-    let ids: Vec<u32> = m.tokenize("Hello, 世界! 42").unwrap().iter().map(|t| t.id).collect();
+    let ids: Vec<u32> = m
+        .tokenize("Hello, 世界! 42")
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
     m.run(&ids, &Capture::Nothing, &[]).unwrap().logits
 }
 
@@ -95,7 +114,11 @@ fn gguf_f32_round_trip_gives_bitwise_the_same_model() {
     let loaded = Model::open(&path).unwrap();
     assert_eq!(loaded.info().name, "tiny gguf");
     assert_eq!(loaded.config(), original.config());
-    assert_eq!(logits(&loaded), logits(&original), "un-permuted q/k and dequantized weights equal the originals");
+    assert_eq!(
+        logits(&loaded),
+        logits(&original),
+        "un-permuted q/k and dequantized weights equal the originals"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -105,7 +128,11 @@ fn gguf_quantized_types_load_close_to_the_original() {
     // The random model amplifies weight error, so compare by correlation with the original
     // logits, a bound that loosens as bits shrink (Q4_1 of the real model is checked against
     // transformers in tests/reference.rs).
-    for (ty, min_corr) in [(GgmlDType::F16, 0.9999), (GgmlDType::Q8_0, 0.995), (GgmlDType::Q4_1, 0.6)] {
+    for (ty, min_corr) in [
+        (GgmlDType::F16, 0.9999),
+        (GgmlDType::Q8_0, 0.995),
+        (GgmlDType::Q4_1, 0.6),
+    ] {
         let path = dir.join(format!("tiny-{ty:?}.gguf"));
         let original = write_gguf(&path, "llama", ty);
         let loaded = Model::open(&path).unwrap_or_else(|e| panic!("{ty:?}: {e}"));
@@ -120,7 +147,10 @@ fn gguf_quantized_types_load_close_to_the_original() {
 
 fn correlation(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
-    let (ma, mb) = (a.iter().map(|&x| x as f64).sum::<f64>() / n, b.iter().map(|&x| x as f64).sum::<f64>() / n);
+    let (ma, mb) = (
+        a.iter().map(|&x| x as f64).sum::<f64>() / n,
+        b.iter().map(|&x| x as f64).sum::<f64>() / n,
+    );
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
     for (&x, &y) in a.iter().zip(b) {
         let (dx, dy) = (x as f64 - ma, y as f64 - mb);
@@ -162,7 +192,10 @@ fn bad_model_files_are_clear_errors() {
     let p = dir.join("qwen.gguf");
     write_gguf(&p, "qwen2", GgmlDType::F32);
     let e = open_err(&p);
-    assert!(e.contains("unsupported model") && e.contains("`qwen2`"), "{e}");
+    assert!(
+        e.contains("unsupported model") && e.contains("`qwen2`"),
+        "{e}"
+    );
 
     let e = open_err(&dir.join("missing.gguf"));
     assert!(e.contains("cannot read"), "{e}");
@@ -189,7 +222,11 @@ fn bad_hf_folders_are_clear_errors() {
     let e = open_err(&copy("no-weights", "model.safetensors"));
     assert!(e.contains("no *.safetensors"), "{e}");
     let d = copy("other-arch", "");
-    std::fs::write(d.join("config.json"), r#"{"model_type": "mamba", "vocab_size": 10}"#).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model_type": "mamba", "vocab_size": 10}"#,
+    )
+    .unwrap();
     let e = open_err(&d);
     assert!(e.contains("model_type `mamba` is not supported"), "{e}");
     std::fs::write(d.join("config.json"), "{ not json").unwrap();

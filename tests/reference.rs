@@ -13,7 +13,11 @@ const ACT_REL_TOL: f32 = 1e-4;
 
 /// Logits at (every position, the fixture's vocab ids) of `out`.
 fn pick(out: &RunOutput, ids_per_pos: &[Vec<usize>]) -> Vec<f32> {
-    ids_per_pos.iter().enumerate().flat_map(|(p, ids)| ids.iter().map(move |&i| out.logits_at(p)[i])).collect()
+    ids_per_pos
+        .iter()
+        .enumerate()
+        .flat_map(|(p, ids)| ids.iter().map(move |&i| out.logits_at(p)[i]))
+        .collect()
 }
 
 fn check_probe(model: &Model, fx: &Fixture) {
@@ -24,8 +28,19 @@ fn check_probe(model: &Model, fx: &Fixture) {
     assert_eq!(tokens, want, "{name}: token ids");
 
     let layers = fx.usizes("layers");
-    let sites = [BlockSite::ResidPre, BlockSite::Z, BlockSite::Pattern, BlockSite::AttnOut, BlockSite::MlpPost, BlockSite::ResidPost];
-    let capture = Capture::points(layers.iter().flat_map(|&l| sites.iter().map(move |&s| HookPoint::block(l, s))));
+    let sites = [
+        BlockSite::ResidPre,
+        BlockSite::Z,
+        BlockSite::Pattern,
+        BlockSite::AttnOut,
+        BlockSite::MlpPost,
+        BlockSite::ResidPost,
+    ];
+    let capture = Capture::points(
+        layers
+            .iter()
+            .flat_map(|&l| sites.iter().map(move |&s| HookPoint::block(l, s))),
+    );
     let cache = model.prepare(&tokens, &capture, None).unwrap();
     let out = &cache.baseline;
     let n = tokens.len();
@@ -33,8 +48,18 @@ fn check_probe(model: &Model, fx: &Fixture) {
     let top = fx.ids("top_ids");
     let random = fx.usizes("random_ids");
     let random_rows = vec![random.clone(); n];
-    assert_max_abs(&format!("{name}: top logits"), &pick(out, &top), &fx.array("logits_top").1, LOGIT_TOL);
-    assert_max_abs(&format!("{name}: logits at random ids"), &pick(out, &random_rows), &fx.array("logits_random").1, LOGIT_TOL);
+    assert_max_abs(
+        &format!("{name}: top logits"),
+        &pick(out, &top),
+        &fx.array("logits_top").1,
+        LOGIT_TOL,
+    );
+    assert_max_abs(
+        &format!("{name}: logits at random ids"),
+        &pick(out, &random_rows),
+        &fx.array("logits_random").1,
+        LOGIT_TOL,
+    );
 
     let positions = fx.usizes("positions");
     for &l in &layers {
@@ -44,21 +69,54 @@ fn check_probe(model: &Model, fx: &Fixture) {
             let got: Vec<f32> = if site == BlockSite::Pattern {
                 // ours [head, q, k]; the fixture keeps the stored query positions
                 let heads = act.shape[0];
-                (0..heads).flat_map(|h| positions.iter().flat_map(move |&q| act.data[(h * n + q) * n..(h * n + q + 1) * n].iter().copied())).collect()
+                (0..heads)
+                    .flat_map(|h| {
+                        positions.iter().flat_map(move |&q| {
+                            act.data[(h * n + q) * n..(h * n + q + 1) * n]
+                                .iter()
+                                .copied()
+                        })
+                    })
+                    .collect()
             } else {
-                positions.iter().flat_map(|&p| act.row(p).iter().copied()).collect()
+                positions
+                    .iter()
+                    .flat_map(|&p| act.row(p).iter().copied())
+                    .collect()
             };
             let (shape, want) = fx.array(&point.to_string());
-            assert_eq!(got.len(), want.len(), "{name}: {point} size (fixture shape {shape:?})");
+            assert_eq!(
+                got.len(),
+                want.len(),
+                "{name}: {point} size (fixture shape {shape:?})"
+            );
             assert_rel(&format!("{name}: {point}"), &got, &want, ACT_REL_TOL);
         }
     }
 
-    let (layer, neuron) = (fx.meta["ablate"]["layer"].as_u64().unwrap() as usize, fx.meta["ablate"]["neuron"].as_u64().unwrap() as usize);
-    let ablate = [Intervention::zero(HookPoint::block(layer, BlockSite::MlpPost), vec![neuron])];
-    let ab = model.rerun(&cache, &Capture::Nothing, &ablate, None).unwrap();
-    assert_max_abs(&format!("{name}: ablated top logits"), &pick(&ab, &fx.ids("ablated_top_ids")), &fx.array("ablated_logits_top").1, LOGIT_TOL);
-    assert_max_abs(&format!("{name}: ablated logits at random ids"), &pick(&ab, &random_rows), &fx.array("ablated_logits_random").1, LOGIT_TOL);
+    let (layer, neuron) = (
+        fx.meta["ablate"]["layer"].as_u64().unwrap() as usize,
+        fx.meta["ablate"]["neuron"].as_u64().unwrap() as usize,
+    );
+    let ablate = [Intervention::zero(
+        HookPoint::block(layer, BlockSite::MlpPost),
+        vec![neuron],
+    )];
+    let ab = model
+        .rerun(&cache, &Capture::Nothing, &ablate, None)
+        .unwrap();
+    assert_max_abs(
+        &format!("{name}: ablated top logits"),
+        &pick(&ab, &fx.ids("ablated_top_ids")),
+        &fx.array("ablated_logits_top").1,
+        LOGIT_TOL,
+    );
+    assert_max_abs(
+        &format!("{name}: ablated logits at random ids"),
+        &pick(&ab, &random_rows),
+        &fx.array("ablated_logits_random").1,
+        LOGIT_TOL,
+    );
     assert_ne!(ab.logits, out.logits, "{name}: the ablation has an effect");
 }
 
@@ -71,7 +129,12 @@ fn tiny_fixture(kind: &str) {
     // Every logit of the last position.
     let tokens: Vec<u32> = fx.usizes("tokens").iter().map(|&i| i as u32).collect();
     let out = model.run(&tokens, &Capture::Nothing, &[]).unwrap();
-    assert_max_abs("last logits", out.last_logits(), &fx.array("last_logits").1, LOGIT_TOL);
+    assert_max_abs(
+        "last logits",
+        out.last_logits(),
+        &fx.array("last_logits").1,
+        LOGIT_TOL,
+    );
 }
 
 #[test]
@@ -123,10 +186,25 @@ fn smollm2_matches_transformers_420_tokens() {
 fn smollm2_full_last_logits_and_model_facts() {
     let model = common::smollm2();
     let info = model.info();
-    assert_eq!((info.layers, info.d_model, info.d_mlp, info.heads, info.kv_heads, info.vocab), (30, 576, 1536, 9, 3, 49152));
+    assert_eq!(
+        (
+            info.layers,
+            info.d_model,
+            info.d_mlp,
+            info.heads,
+            info.kv_heads,
+            info.vocab
+        ),
+        (30, 576, 1536, 9, 3, 49152)
+    );
     assert_eq!(info.sha256, hubel::assets::MODEL_SHA256);
     let fx = Fixture::open(fixtures().join("smollm2").join("left_party"));
     let tokens: Vec<u32> = fx.usizes("tokens").iter().map(|&i| i as u32).collect();
     let out = model.run(&tokens, &Capture::Nothing, &[]).unwrap();
-    assert_max_abs("last logits", out.last_logits(), &fx.array("last_logits").1, LOGIT_TOL);
+    assert_max_abs(
+        "last logits",
+        out.last_logits(),
+        &fx.array("last_logits").1,
+        LOGIT_TOL,
+    );
 }

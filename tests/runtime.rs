@@ -19,7 +19,12 @@ fn tiny(arch: Arch) -> Model {
 const TEXT: &str = "The cat sat. 苹果 🍎 12";
 
 fn ids(model: &Model) -> Vec<u32> {
-    model.tokenize(TEXT).unwrap().into_iter().map(|t| t.id).collect()
+    model
+        .tokenize(TEXT)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
 }
 
 #[test]
@@ -30,14 +35,20 @@ fn every_hook_point_has_its_documented_shape() {
         let tokens = ids(&m);
         let n = tokens.len();
         let out = m.run(&tokens, &Capture::All, &[]).unwrap();
-        assert_eq!(out.record.len(), m.hook_points().len(), "{arch:?}: every point recorded");
+        assert_eq!(
+            out.record.len(),
+            m.hook_points().len(),
+            "{arch:?}: every point recorded"
+        );
         for (point, act) in out.record.iter() {
             let want: Vec<usize> = match point {
                 HookPoint::Block { site, .. } => match site {
                     BlockSite::Q | BlockSite::Z => vec![n, c.n_heads, c.d_head],
                     BlockSite::K | BlockSite::V => vec![n, c.n_kv_heads, c.d_head],
                     BlockSite::AttnScores | BlockSite::Pattern => vec![c.n_heads, n, n],
-                    BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => vec![n, c.d_mlp],
+                    BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => {
+                        vec![n, c.d_mlp]
+                    }
                     _ => vec![n, c.d_model],
                 },
                 _ => vec![n, c.d_model],
@@ -47,9 +58,15 @@ fn every_hook_point_has_its_documented_shape() {
         }
         let has = |p| out.record.get(p).is_some();
         assert_eq!(has(HookPoint::PosEmbed), arch == Arch::Gpt2);
-        assert_eq!(has(HookPoint::block(0, BlockSite::MlpPreLinear)), arch == Arch::Llama);
+        assert_eq!(
+            has(HookPoint::block(0, BlockSite::MlpPreLinear)),
+            arch == Arch::Llama
+        );
         // Attention rows are distributions over visible keys only.
-        let pattern = out.record.get(HookPoint::block(1, BlockSite::Pattern)).unwrap();
+        let pattern = out
+            .record
+            .get(HookPoint::block(1, BlockSite::Pattern))
+            .unwrap();
         for q in 0..n {
             let row = &pattern.data[q * n..(q + 1) * n];
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -65,7 +82,10 @@ fn recording_and_empty_interventions_change_nothing() {
         let t = ids(&m);
         let bare = m.run(&t, &Capture::Nothing, &[]).unwrap();
         let all = m.run(&t, &Capture::All, &[]).unwrap();
-        assert_eq!(bare.logits, all.logits, "{arch:?}: recording is bitwise invisible");
+        assert_eq!(
+            bare.logits, all.logits,
+            "{arch:?}: recording is bitwise invisible"
+        );
         let cache = m.prepare(&t, &Capture::Nothing, None).unwrap();
         let empty = m.rerun(&cache, &Capture::Nothing, &[], None).unwrap();
         assert_eq!(bare.logits, empty.logits);
@@ -99,25 +119,64 @@ fn incremental_rerun_is_bitwise_equal_to_a_full_run() {
         let t = ids(&m);
         let cache = m.prepare(&t, &Capture::All, None).unwrap();
         let sets: Vec<Vec<Intervention>> = vec![
-            vec![Intervention::zero(HookPoint::block(2, BlockSite::MlpPost), vec![1])],
-            vec![Intervention { hook: HookPoint::block(1, BlockSite::Z), positions: Some(vec![2]), indices: Some(vec![0]), op: Op::Mean }],
+            vec![Intervention::zero(
+                HookPoint::block(2, BlockSite::MlpPost),
+                vec![1],
+            )],
+            vec![Intervention {
+                hook: HookPoint::block(1, BlockSite::Z),
+                positions: Some(vec![2]),
+                indices: Some(vec![0]),
+                op: Op::Mean,
+            }],
             vec![
-                Intervention { hook: HookPoint::block(1, BlockSite::ResidPost), positions: None, indices: Some(vec![4]), op: Op::Add { value: 3.0 } },
-                Intervention { hook: HookPoint::block(2, BlockSite::Pattern), positions: None, indices: Some(vec![1]), op: Op::Scale { factor: 0.5 } },
+                Intervention {
+                    hook: HookPoint::block(1, BlockSite::ResidPost),
+                    positions: None,
+                    indices: Some(vec![4]),
+                    op: Op::Add { value: 3.0 },
+                },
+                Intervention {
+                    hook: HookPoint::block(2, BlockSite::Pattern),
+                    positions: None,
+                    indices: Some(vec![1]),
+                    op: Op::Scale { factor: 0.5 },
+                },
             ],
-            vec![Intervention { hook: HookPoint::LnFinal, positions: None, indices: Some(vec![0]), op: Op::Set { value: 2.0 } }],
+            vec![Intervention {
+                hook: HookPoint::LnFinal,
+                positions: None,
+                indices: Some(vec![0]),
+                op: Op::Set { value: 2.0 },
+            }],
             vec![Intervention::zero(HookPoint::Embed, vec![0])],
-            vec![Intervention::zero(HookPoint::block(0, BlockSite::ResidPre), vec![2])],
+            vec![Intervention::zero(
+                HookPoint::block(0, BlockSite::ResidPre),
+                vec![2],
+            )],
         ];
         for ivs in sets {
             let full = m.run(&t, &Capture::All, &ivs).unwrap();
             let inc = m.rerun(&cache, &Capture::All, &ivs, None).unwrap();
             assert_eq!(full.logits, inc.logits, "{arch:?} {ivs:?}");
-            assert_ne!(full.logits, cache.baseline.logits, "{arch:?} {ivs:?} had an effect");
+            assert_ne!(
+                full.logits, cache.baseline.logits,
+                "{arch:?} {ivs:?} had an effect"
+            );
             // The record is complete: earlier layers come from the baseline.
             assert_eq!(full.record, inc.record, "{arch:?} {ivs:?}");
         }
-        let from_2 = m.rerun(&cache, &Capture::Nothing, &[Intervention::zero(HookPoint::block(2, BlockSite::MlpPost), vec![1])], None).unwrap();
+        let from_2 = m
+            .rerun(
+                &cache,
+                &Capture::Nothing,
+                &[Intervention::zero(
+                    HookPoint::block(2, BlockSite::MlpPost),
+                    vec![1],
+                )],
+                None,
+            )
+            .unwrap();
         assert_eq!(from_2.layers_computed, 1);
     }
 }
@@ -127,8 +186,18 @@ fn kv_cache_continuation_matches_rerunning_the_whole_sequence() {
     for arch in [Arch::Llama, Arch::Gpt2] {
         let m = tiny(arch);
         let t = ids(&m);
-        for ivs in [vec![], vec![Intervention::zero(HookPoint::block(1, BlockSite::MlpPost), vec![2, 7])]] {
-            let opts = Generate { max_tokens: 8, stop_at_eos: false, ..Generate::default() };
+        for ivs in [
+            vec![],
+            vec![Intervention::zero(
+                HookPoint::block(1, BlockSite::MlpPost),
+                vec![2, 7],
+            )],
+        ] {
+            let opts = Generate {
+                max_tokens: 8,
+                stop_at_eos: false,
+                ..Generate::default()
+            };
             let cached = m.generate(&t, &ivs, &opts, None).unwrap();
             let mut seq = t.clone();
             for _ in 0..8 {
@@ -144,7 +213,15 @@ fn kv_cache_continuation_matches_rerunning_the_whole_sequence() {
 fn seeded_sampling_repeats_and_seeds_differ() {
     let m = tiny(Arch::Llama);
     let t = ids(&m);
-    let opts = |seed| Generate { max_tokens: 12, stop_at_eos: false, sampling: Sampling::Temperature { temperature: 1.5, top_p: 0.95, seed } };
+    let opts = |seed| Generate {
+        max_tokens: 12,
+        stop_at_eos: false,
+        sampling: Sampling::Temperature {
+            temperature: 1.5,
+            top_p: 0.95,
+            seed,
+        },
+    };
     let a = m.generate(&t, &[], &opts(1), None).unwrap();
     assert_eq!(a, m.generate(&t, &[], &opts(1), None).unwrap());
     assert_ne!(a, m.generate(&t, &[], &opts(2), None).unwrap());
@@ -154,7 +231,9 @@ fn seeded_sampling_repeats_and_seeds_differ() {
 fn a_cancelled_run_stops_with_cancelled() {
     let m = tiny(Arch::Llama);
     let flag = Arc::new(AtomicBool::new(true));
-    let err = m.run_cancellable(&ids(&m), &Capture::Nothing, &[], Some(flag)).unwrap_err();
+    let err = m
+        .run_cancellable(&ids(&m), &Capture::Nothing, &[], Some(flag))
+        .unwrap_err();
     assert!(matches!(err, ModelError::Cancelled));
 }
 
@@ -164,13 +243,31 @@ fn bad_probes_and_interventions_are_clear_errors() {
     assert!(matches!(m.tokenize(""), Err(ModelError::EmptyText)));
     let long = "a".repeat(200);
     let err = m.tokenize(&long).unwrap_err();
-    assert!(err.to_string().contains("the model's context holds 64"), "{err}");
+    assert!(
+        err.to_string().contains("the model's context holds 64"),
+        "{err}"
+    );
     let t = ids(&m);
     let bad = |iv: Intervention| m.run(&t, &Capture::Nothing, &[iv]).unwrap_err().to_string();
-    assert!(bad(Intervention::zero(HookPoint::block(1, BlockSite::MlpPost), vec![64])).contains("index 64 is out of range"));
-    assert!(bad(Intervention::zero(HookPoint::block(3, BlockSite::MlpPost), vec![0])).contains("does not exist"));
+    assert!(bad(Intervention::zero(
+        HookPoint::block(1, BlockSite::MlpPost),
+        vec![64]
+    ))
+    .contains("index 64 is out of range"));
+    assert!(bad(Intervention::zero(
+        HookPoint::block(3, BlockSite::MlpPost),
+        vec![0]
+    ))
+    .contains("does not exist"));
     assert!(bad(Intervention::zero(HookPoint::PosEmbed, vec![0])).contains("does not exist"));
-    assert!(bad(Intervention::zero(HookPoint::block(1, BlockSite::Z), vec![4])).contains("4 heads"));
-    let at = Intervention { positions: Some(vec![99]), ..Intervention::zero(HookPoint::block(0, BlockSite::MlpPost), vec![0]) };
+    assert!(bad(Intervention::zero(
+        HookPoint::block(1, BlockSite::Z),
+        vec![4]
+    ))
+    .contains("4 heads"));
+    let at = Intervention {
+        positions: Some(vec![99]),
+        ..Intervention::zero(HookPoint::block(0, BlockSite::MlpPost), vec![0])
+    };
     assert!(bad(at).contains("position 99 is out of range"));
 }

@@ -20,8 +20,13 @@ pub enum Measure {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 5] =
-        [Measure::StrongestNeuron, Measure::ActiveNeurons, Measure::ResidNorm, Measure::AttnOutNorm, Measure::Selected];
+    pub const ALL: [Measure; 5] = [
+        Measure::StrongestNeuron,
+        Measure::ActiveNeurons,
+        Measure::ResidNorm,
+        Measure::AttnOutNorm,
+        Measure::Selected,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -49,12 +54,20 @@ fn norm(v: &[f32]) -> f32 {
 }
 
 /// `[layer][token]`; `None` where the record lacks the data.
-pub fn layer_map(record: &ActivationRecord, measure: Measure, n_layers: usize, selected: Option<FeatureId>) -> Vec<Vec<Option<f32>>> {
+pub fn layer_map(
+    record: &ActivationRecord,
+    measure: Measure,
+    n_layers: usize,
+    selected: Option<FeatureId>,
+) -> Vec<Vec<Option<f32>>> {
     (0..n_layers)
         .map(|layer| {
             if measure == Measure::Selected {
                 return match selected {
-                    Some(f) if f.layer == layer => feature_activations(record, f).into_iter().map(Some).collect(),
+                    Some(f) if f.layer == layer => feature_activations(record, f)
+                        .into_iter()
+                        .map(Some)
+                        .collect(),
                     _ => Vec::new(),
                 };
             }
@@ -63,10 +76,16 @@ pub fn layer_map(record: &ActivationRecord, measure: Measure, n_layers: usize, s
             };
             let n = act.shape[0];
             match measure {
-                Measure::StrongestNeuron => (0..n).map(|t| Some(act.row(t).iter().fold(0f32, |m, v| m.max(v.abs())))).collect(),
+                Measure::StrongestNeuron => (0..n)
+                    .map(|t| Some(act.row(t).iter().fold(0f32, |m, v| m.max(v.abs()))))
+                    .collect(),
                 Measure::ActiveNeurons => {
                     let threshold = 0.1 * act.max_abs();
-                    (0..n).map(|t| Some(act.row(t).iter().filter(|v| v.abs() > threshold).count() as f32)).collect()
+                    (0..n)
+                        .map(|t| {
+                            Some(act.row(t).iter().filter(|v| v.abs() > threshold).count() as f32)
+                        })
+                        .collect()
                 }
                 _ => (0..n).map(|t| Some(norm(act.row(t)))).collect(),
             }
@@ -81,17 +100,30 @@ pub fn feature_activations(record: &ActivationRecord, f: FeatureId) -> Vec<f32> 
     };
     let n = act.shape[0];
     match f.basis {
-        Basis::Neurons => (0..n).map(|t| act.row(t).get(f.index).copied().unwrap_or(0.0)).collect(),
+        Basis::Neurons => (0..n)
+            .map(|t| act.row(t).get(f.index).copied().unwrap_or(0.0))
+            .collect(),
         Basis::Heads => {
             let d_head = act.shape[2];
-            (0..n).map(|t| act.row(t).get(f.index * d_head..(f.index + 1) * d_head).map_or(0.0, norm)).collect()
+            (0..n)
+                .map(|t| {
+                    act.row(t)
+                        .get(f.index * d_head..(f.index + 1) * d_head)
+                        .map_or(0.0, norm)
+                })
+                .collect()
         }
     }
 }
 
 /// The `k` features of `layer` with the largest peak |activation| over the probe, strongest first
 /// (ties by index).
-pub fn top_features(record: &ActivationRecord, layer: usize, basis: Basis, k: usize) -> Vec<FeatureId> {
+pub fn top_features(
+    record: &ActivationRecord,
+    layer: usize,
+    basis: Basis,
+    k: usize,
+) -> Vec<FeatureId> {
     let Some(act) = record.get(HookPoint::block(layer, basis.site())) else {
         return Vec::new();
     };
@@ -101,18 +133,39 @@ pub fn top_features(record: &ActivationRecord, layer: usize, basis: Basis, k: us
     };
     let mut peaks: Vec<(usize, f32)> = (0..units)
         .map(|i| {
-            let f = FeatureId { basis, layer, index: i };
-            (i, feature_activations(record, f).iter().fold(0f32, |m, v| m.max(v.abs())))
+            let f = FeatureId {
+                basis,
+                layer,
+                index: i,
+            };
+            (
+                i,
+                feature_activations(record, f)
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs())),
+            )
         })
         .collect();
     peaks.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    peaks.into_iter().take(k).map(|(index, _)| FeatureId { basis, layer, index }).collect()
+    peaks
+        .into_iter()
+        .take(k)
+        .map(|(index, _)| FeatureId {
+            basis,
+            layer,
+            index,
+        })
+        .collect()
 }
 
 /// A robust colour scale: the `q` quantile of |values| (finite ones), at least `floor`.
 /// SmolLM2 has a few huge residual dimensions; scaling to the maximum would wash out the rest.
 pub fn robust_scale(values: impl IntoIterator<Item = f32>, q: f32) -> f32 {
-    let mut abs: Vec<f32> = values.into_iter().filter(|v| v.is_finite()).map(f32::abs).collect();
+    let mut abs: Vec<f32> = values
+        .into_iter()
+        .filter(|v| v.is_finite())
+        .map(f32::abs)
+        .collect();
     if abs.is_empty() {
         return 1.0;
     }
@@ -133,7 +186,11 @@ pub fn head_pattern(record: &ActivationRecord, layer: usize, head: usize) -> Opt
     if head >= heads {
         return None;
     }
-    Some((0..q).map(|i| act.data[(head * q + i) * k..(head * q + i + 1) * k].to_vec()).collect())
+    Some(
+        (0..q)
+            .map(|i| act.data[(head * q + i) * k..(head * q + i + 1) * k].to_vec())
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -144,9 +201,21 @@ mod tests {
     fn record() -> ActivationRecord {
         let mut r = ActivationRecord::default();
         // 2 tokens, 3 neurons
-        r.insert(HookPoint::block(1, BlockSite::MlpPost), Activation { shape: vec![2, 3], data: vec![0.1, -5.0, 1.0, 0.2, 0.3, 2.0] });
+        r.insert(
+            HookPoint::block(1, BlockSite::MlpPost),
+            Activation {
+                shape: vec![2, 3],
+                data: vec![0.1, -5.0, 1.0, 0.2, 0.3, 2.0],
+            },
+        );
         // 2 tokens, 2 heads, d_head 2
-        r.insert(HookPoint::block(1, BlockSite::Z), Activation { shape: vec![2, 2, 2], data: vec![3.0, 4.0, 0.0, 1.0, 0.0, 0.0, 6.0, 8.0] });
+        r.insert(
+            HookPoint::block(1, BlockSite::Z),
+            Activation {
+                shape: vec![2, 2, 2],
+                data: vec![3.0, 4.0, 0.0, 1.0, 0.0, 0.0, 6.0, 8.0],
+            },
+        );
         r
     }
 
@@ -155,8 +224,14 @@ mod tests {
         let r = record();
         let top = top_features(&r, 1, Basis::Neurons, 2);
         assert_eq!(top, vec![FeatureId::neuron(1, 1), FeatureId::neuron(1, 2)]);
-        assert_eq!(feature_activations(&r, FeatureId::head(1, 1)), vec![1.0, 10.0]);
-        assert_eq!(top_features(&r, 1, Basis::Heads, 5), vec![FeatureId::head(1, 1), FeatureId::head(1, 0)]);
+        assert_eq!(
+            feature_activations(&r, FeatureId::head(1, 1)),
+            vec![1.0, 10.0]
+        );
+        assert_eq!(
+            top_features(&r, 1, Basis::Heads, 5),
+            vec![FeatureId::head(1, 1), FeatureId::head(1, 0)]
+        );
         assert!(top_features(&r, 0, Basis::Neurons, 5).is_empty());
     }
 
@@ -167,7 +242,11 @@ mod tests {
         assert!(m[0].is_empty());
         assert_eq!(m[1], vec![Some(5.0), Some(2.0)]);
         let a = layer_map(&r, Measure::ActiveNeurons, 2, None);
-        assert_eq!(a[1], vec![Some(2.0), Some(1.0)], "above 10% of the peak 5.0");
+        assert_eq!(
+            a[1],
+            vec![Some(2.0), Some(1.0)],
+            "above 10% of the peak 5.0"
+        );
         let s = layer_map(&r, Measure::Selected, 2, Some(FeatureId::neuron(1, 2)));
         assert_eq!(s[1], vec![Some(1.0), Some(2.0)]);
     }

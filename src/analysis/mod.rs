@@ -7,7 +7,12 @@ pub mod maps;
 /// `log softmax(logits)`, computed stably in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
@@ -15,7 +20,11 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     let lp = log_softmax(p_logits);
     let lq = log_softmax(q_logits);
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+    lp.iter()
+        .zip(&lq)
+        .map(|(a, b)| a.exp() * (a - b))
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// Per-token negative log-likelihood of a probe: entry `i` is `-log p(token[i+1] | ..=i)`.
@@ -31,7 +40,8 @@ pub fn token_nll(logits: &[f32], vocab: usize, tokens: &[u32]) -> Vec<f32> {
 
 /// Mean of a slice, `None` when empty.
 pub fn mean(values: &[f32]) -> Option<f32> {
-    (!values.is_empty()).then(|| (values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64) as f32)
+    (!values.is_empty())
+        .then(|| (values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64) as f32)
 }
 
 /// The `k` highest logits as `(id, logit, probability)`, highest first.
@@ -42,10 +52,14 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    ids.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    ids.select_nth_unstable_by(k - 1, |&a, &b| {
+        logits[b].total_cmp(&logits[a]).then(a.cmp(&b))
+    });
     ids.truncate(k);
     ids.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    ids.into_iter().map(|i| (i as u32, logits[i], lp[i].exp() as f32)).collect()
+    ids.into_iter()
+        .map(|i| (i as u32, logits[i], lp[i].exp() as f32))
+        .collect()
 }
 
 #[cfg(test)]
@@ -57,7 +71,10 @@ mod tests {
         assert!(kl_divergence(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
         // p = softmax([0, ln 3]) = [0.25, 0.75], q = uniform: KL = 0.25 ln 0.5 + 0.75 ln 1.5
         let kl = kl_divergence(&[0.0, 3f32.ln()], &[0.0, 0.0]);
-        assert!((kl - (0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln())).abs() < 1e-6, "{kl}");
+        assert!(
+            (kl - (0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln())).abs() < 1e-6,
+            "{kl}"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use crate::hooks::{BlockSite, HookPoint};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Basis {
     /// MLP neurons: `blocks.{l}.mlp.hook_post[n]`, labelled `L{l}N{n}`.
     Neurons,
@@ -31,7 +33,9 @@ impl Basis {
 }
 
 /// One feature: a basis, a layer and an index, shown as TransformerLens labels it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FeatureId {
     pub basis: Basis,
     pub layer: usize,
@@ -40,11 +44,19 @@ pub struct FeatureId {
 
 impl FeatureId {
     pub fn neuron(layer: usize, index: usize) -> Self {
-        FeatureId { basis: Basis::Neurons, layer, index }
+        FeatureId {
+            basis: Basis::Neurons,
+            layer,
+            index,
+        }
     }
 
     pub fn head(layer: usize, index: usize) -> Self {
-        FeatureId { basis: Basis::Heads, layer, index }
+        FeatureId {
+            basis: Basis::Heads,
+            layer,
+            index,
+        }
     }
 
     /// `L10N123` or `L5H3`.

@@ -44,11 +44,24 @@ pub struct Intervention {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InterventionError {
     #[error("{hook}: index {index} is out of range (this hook point has {count} {unit})")]
-    IndexOutOfRange { hook: HookPoint, index: usize, count: usize, unit: &'static str },
+    IndexOutOfRange {
+        hook: HookPoint,
+        index: usize,
+        count: usize,
+        unit: &'static str,
+    },
     #[error("{hook}: position {position} is out of range (the probe has {len} tokens)")]
-    PositionOutOfRange { hook: HookPoint, position: usize, len: usize },
+    PositionOutOfRange {
+        hook: HookPoint,
+        position: usize,
+        len: usize,
+    },
     #[error("{hook}: a vector of {got} values was given, {expected} are needed")]
-    WrongLength { hook: HookPoint, got: usize, expected: usize },
+    WrongLength {
+        hook: HookPoint,
+        got: usize,
+        expected: usize,
+    },
     #[error("{hook} does not exist in this model")]
     NoSuchHook { hook: HookPoint },
 }
@@ -68,7 +81,13 @@ impl View {
     /// Builds the view of a tensor with `shape` at a point with `layout`.
     pub fn new(layout: Layout, shape: &[usize]) -> Self {
         match layout {
-            Layout::PosWidth => View { outer: 1, pos: shape[0], inner: shape[1], layout, units: shape[1] },
+            Layout::PosWidth => View {
+                outer: 1,
+                pos: shape[0],
+                inner: shape[1],
+                layout,
+                units: shape[1],
+            },
             Layout::PosHeadDim => View {
                 outer: 1,
                 pos: shape[0],
@@ -76,7 +95,13 @@ impl View {
                 layout,
                 units: shape[1],
             },
-            Layout::HeadQueryKey => View { outer: shape[0], pos: shape[1], inner: shape[2], layout, units: shape[0] },
+            Layout::HeadQueryKey => View {
+                outer: shape[0],
+                pos: shape[1],
+                inner: shape[2],
+                layout,
+                units: shape[0],
+            },
         }
     }
 
@@ -108,16 +133,31 @@ impl View {
 impl Intervention {
     /// Zero-ablates `indices` at `hook`, at every position.
     pub fn zero(hook: HookPoint, indices: Vec<usize>) -> Self {
-        Intervention { hook, positions: None, indices: Some(indices), op: Op::Zero }
+        Intervention {
+            hook,
+            positions: None,
+            indices: Some(indices),
+            op: Op::Zero,
+        }
     }
 
     /// Checks indices against the hook point's size and vectors against its width.
     /// `units` is the number of indexable units, `per_position` the elements of one
     /// position's slice (both from the model's dimensions).
-    pub fn check(&self, units: usize, per_position: usize, unit_name: &'static str) -> Result<(), InterventionError> {
+    pub fn check(
+        &self,
+        units: usize,
+        per_position: usize,
+        unit_name: &'static str,
+    ) -> Result<(), InterventionError> {
         if let Some(indices) = &self.indices {
             if let Some(&index) = indices.iter().find(|&&i| i >= units) {
-                return Err(InterventionError::IndexOutOfRange { hook: self.hook, index, count: units, unit: unit_name });
+                return Err(InterventionError::IndexOutOfRange {
+                    hook: self.hook,
+                    index,
+                    count: units,
+                    unit: unit_name,
+                });
             }
         }
         let vector_len = match &self.op {
@@ -126,9 +166,11 @@ impl Intervention {
             _ => None,
         };
         match vector_len {
-            Some(got) if got != per_position => {
-                Err(InterventionError::WrongLength { hook: self.hook, got, expected: per_position })
-            }
+            Some(got) if got != per_position => Err(InterventionError::WrongLength {
+                hook: self.hook,
+                got,
+                expected: per_position,
+            }),
             _ => Ok(()),
         }
     }
@@ -136,14 +178,23 @@ impl Intervention {
     /// Checks positions against the probe length.
     pub fn check_positions(&self, len: usize) -> Result<(), InterventionError> {
         if let Some(&position) = self.positions.iter().flatten().find(|&&p| p >= len) {
-            return Err(InterventionError::PositionOutOfRange { hook: self.hook, position, len });
+            return Err(InterventionError::PositionOutOfRange {
+                hook: self.hook,
+                position,
+                len,
+            });
         }
         Ok(())
     }
 
     /// Applies the edit in place to `data`, laid out as `view`, whose position axis starts at
     /// absolute position `pos_offset` (non-zero during a cached continuation).
-    pub fn apply(&self, data: &mut [f32], view: View, pos_offset: usize) -> Result<(), InterventionError> {
+    pub fn apply(
+        &self,
+        data: &mut [f32],
+        view: View,
+        pos_offset: usize,
+    ) -> Result<(), InterventionError> {
         self.check(view.units, view.per_position(), view.unit_name())?;
         let per_pos = view.per_position();
         // Column means over every position of this run, for `Op::Mean`.
@@ -157,7 +208,9 @@ impl Intervention {
                     }
                 }
             }
-            sums.iter().map(|s| (*s / view.pos.max(1) as f64) as f32).collect()
+            sums.iter()
+                .map(|s| (*s / view.pos.max(1) as f64) as f32)
+                .collect()
         } else {
             Vec::new()
         };
@@ -213,7 +266,12 @@ mod tests {
     fn zero_touches_only_the_chosen_neuron_and_positions() {
         let mut data: Vec<f32> = (1..=6).map(|v| v as f32).collect(); // [3 pos, 2 neurons]
         let view = View::new(Layout::PosWidth, &[3, 2]);
-        let iv = Intervention { hook: mlp(), positions: Some(vec![1, 2]), indices: Some(vec![1]), op: Op::Zero };
+        let iv = Intervention {
+            hook: mlp(),
+            positions: Some(vec![1, 2]),
+            indices: Some(vec![1]),
+            op: Op::Zero,
+        };
         iv.apply(&mut data, view, 0).unwrap();
         assert_eq!(data, vec![1.0, 2.0, 3.0, 0.0, 5.0, 0.0]);
     }
@@ -222,7 +280,12 @@ mod tests {
     fn mean_uses_every_position_and_offsets_shift_positions() {
         let mut data = vec![1.0, 10.0, 3.0, 20.0]; // [2 pos, 2]
         let view = View::new(Layout::PosWidth, &[2, 2]);
-        let iv = Intervention { hook: mlp(), positions: Some(vec![5]), indices: Some(vec![0]), op: Op::Mean };
+        let iv = Intervention {
+            hook: mlp(),
+            positions: Some(vec![5]),
+            indices: Some(vec![0]),
+            op: Op::Mean,
+        };
         iv.apply(&mut data, view, 4).unwrap(); // rows are positions 4 and 5
         assert_eq!(data, vec![1.0, 10.0, 2.0, 20.0]);
     }
@@ -231,19 +294,32 @@ mod tests {
     fn head_index_covers_all_of_its_d_head_values() {
         let mut data = vec![1.0f32; 2 * 3 * 2]; // [2 pos, 3 heads, 2 d_head]
         let view = View::new(Layout::PosHeadDim, &[2, 3, 2]);
-        Intervention { hook: HookPoint::block(0, BlockSite::Z), positions: None, indices: Some(vec![1]), op: Op::Scale { factor: 3.0 } }
-            .apply(&mut data, view, 0)
-            .unwrap();
-        assert_eq!(data, vec![1.0, 1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 1.0, 1.0]);
+        Intervention {
+            hook: HookPoint::block(0, BlockSite::Z),
+            positions: None,
+            indices: Some(vec![1]),
+            op: Op::Scale { factor: 3.0 },
+        }
+        .apply(&mut data, view, 0)
+        .unwrap();
+        assert_eq!(
+            data,
+            vec![1.0, 1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 1.0, 1.0]
+        );
     }
 
     #[test]
     fn pattern_index_is_a_head_and_positions_are_queries() {
         let mut data = vec![1.0f32; 2 * 2 * 2]; // [2 heads, 2 q, 2 k]
         let view = View::new(Layout::HeadQueryKey, &[2, 2, 2]);
-        Intervention { hook: HookPoint::block(0, BlockSite::Pattern), positions: Some(vec![1]), indices: Some(vec![0]), op: Op::Set { value: 0.5 } }
-            .apply(&mut data, view, 0)
-            .unwrap();
+        Intervention {
+            hook: HookPoint::block(0, BlockSite::Pattern),
+            positions: Some(vec![1]),
+            indices: Some(vec![0]),
+            op: Op::Set { value: 0.5 },
+        }
+        .apply(&mut data, view, 0)
+        .unwrap();
         assert_eq!(data, vec![1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]);
     }
 
@@ -251,9 +327,17 @@ mod tests {
     fn steering_adds_alpha_times_direction() {
         let mut data = vec![0.0f32; 4];
         let view = View::new(Layout::PosWidth, &[2, 2]);
-        Intervention { hook: mlp(), positions: None, indices: None, op: Op::AddDirection { direction: vec![1.0, -1.0], alpha: 2.0 } }
-            .apply(&mut data, view, 0)
-            .unwrap();
+        Intervention {
+            hook: mlp(),
+            positions: None,
+            indices: None,
+            op: Op::AddDirection {
+                direction: vec![1.0, -1.0],
+                alpha: 2.0,
+            },
+        }
+        .apply(&mut data, view, 0)
+        .unwrap();
         assert_eq!(data, vec![2.0, -2.0, 2.0, -2.0]);
     }
 
@@ -261,11 +345,25 @@ mod tests {
     fn bad_indices_and_lengths_are_errors() {
         let view = View::new(Layout::PosWidth, &[2, 2]);
         let mut data = vec![0.0f32; 4];
-        let err = Intervention::zero(mlp(), vec![2]).apply(&mut data, view, 0).unwrap_err();
-        assert!(err.to_string().contains("index 2 is out of range"), "{err}");
-        let err = Intervention { hook: mlp(), positions: None, indices: None, op: Op::MeanOf { values: vec![1.0] } }
+        let err = Intervention::zero(mlp(), vec![2])
             .apply(&mut data, view, 0)
             .unwrap_err();
-        assert!(matches!(err, InterventionError::WrongLength { got: 1, expected: 2, .. }));
+        assert!(err.to_string().contains("index 2 is out of range"), "{err}");
+        let err = Intervention {
+            hook: mlp(),
+            positions: None,
+            indices: None,
+            op: Op::MeanOf { values: vec![1.0] },
+        }
+        .apply(&mut data, view, 0)
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            InterventionError::WrongLength {
+                got: 1,
+                expected: 2,
+                ..
+            }
+        ));
     }
 }

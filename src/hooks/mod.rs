@@ -31,7 +31,13 @@ pub struct Hooks<'a> {
 
 impl<'a> Hooks<'a> {
     pub fn new(capture: &'a Capture, interventions: &'a [Intervention]) -> Self {
-        Hooks { capture, interventions, pos_offset: 0, cancel: None, record: ActivationRecord::default() }
+        Hooks {
+            capture,
+            interventions,
+            pos_offset: 0,
+            cancel: None,
+            record: ActivationRecord::default(),
+        }
     }
 
     /// A run that records and changes nothing.
@@ -52,20 +58,32 @@ impl<'a> Hooks<'a> {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     /// Records `t` at `point` if asked, then applies the interventions aimed at `point`.
     pub fn hook(&mut self, point: HookPoint, t: Tensor) -> crate::model::Result<Tensor> {
         let wants = self.capture.wants(point);
-        let mut edits = self.interventions.iter().filter(|iv| iv.hook == point).peekable();
+        let mut edits = self
+            .interventions
+            .iter()
+            .filter(|iv| iv.hook == point)
+            .peekable();
         if !wants && edits.peek().is_none() {
             return Ok(t);
         }
         let shape = t.dims().to_vec();
         let mut data = t.flatten_all()?.to_vec1::<f32>()?;
         if wants {
-            self.record.insert(point, Activation { shape: shape.clone(), data: data.clone() });
+            self.record.insert(
+                point,
+                Activation {
+                    shape: shape.clone(),
+                    data: data.clone(),
+                },
+            );
         }
         if edits.peek().is_none() {
             return Ok(t);

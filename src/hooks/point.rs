@@ -8,7 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One site inside a transformer block, in execution order (the derived `Ord` relies on it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum BlockSite {
     /// `[pos, d_model]` the residual stream entering the block.
     ResidPre,
@@ -114,7 +116,10 @@ pub enum HookPoint {
     Embed,
     /// `[pos, d_model]` learned position embeddings (GPT-2 only).
     PosEmbed,
-    Block { layer: usize, site: BlockSite },
+    Block {
+        layer: usize,
+        site: BlockSite,
+    },
     /// `[pos, d_model]` the final norm's output, the input of the unembedding.
     LnFinal,
 }
@@ -225,7 +230,15 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        for bad in ["", "blocks", "blocks.x.hook_resid_pre", "blocks.1.mlp.hook_postt", "blocks.-1.hook_resid_pre", "hook_embeds", "blocks.1"] {
+        for bad in [
+            "",
+            "blocks",
+            "blocks.x.hook_resid_pre",
+            "blocks.1.mlp.hook_postt",
+            "blocks.-1.hook_resid_pre",
+            "hook_embeds",
+            "blocks.1",
+        ] {
             assert!(bad.parse::<HookPoint>().is_err(), "{bad}");
         }
     }
@@ -235,7 +248,9 @@ mod tests {
         let a = HookPoint::block(3, BlockSite::MlpPost);
         assert!(HookPoint::Embed < a);
         assert!(a < HookPoint::block(3, BlockSite::ResidPost));
-        assert!(HookPoint::block(3, BlockSite::ResidPost) < HookPoint::block(4, BlockSite::ResidPre));
+        assert!(
+            HookPoint::block(3, BlockSite::ResidPost) < HookPoint::block(4, BlockSite::ResidPre)
+        );
         assert!(HookPoint::block(40, BlockSite::ResidPost) < HookPoint::LnFinal);
     }
 }

@@ -20,7 +20,10 @@ impl Activation {
     }
 
     pub fn max_abs(&self) -> f32 {
-        self.data.iter().fold(0.0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m })
+        self.data.iter().fold(
+            0.0f32,
+            |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
+        )
     }
 }
 

@@ -21,42 +21,74 @@ pub struct SpecError {
 
 /// Parses one intervention spec.
 pub fn parse(spec: &str) -> Result<Intervention, SpecError> {
-    let err = |reason: &str| SpecError { spec: spec.to_string(), reason: reason.to_string() };
+    let err = |reason: &str| SpecError {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    };
     let s = spec.trim();
     // Split off the operation: the first of "+=", "*=", "=" outside brackets.
     let (target, op) = if let Some(i) = s.find("+=") {
-        (&s[..i], Op::Add { value: number(&s[i + 2..]).map_err(|r| err(&r))? })
+        (
+            &s[..i],
+            Op::Add {
+                value: number(&s[i + 2..]).map_err(|r| err(&r))?,
+            },
+        )
     } else if let Some(i) = s.find("*=") {
-        (&s[..i], Op::Scale { factor: number(&s[i + 2..]).map_err(|r| err(&r))? })
+        (
+            &s[..i],
+            Op::Scale {
+                factor: number(&s[i + 2..]).map_err(|r| err(&r))?,
+            },
+        )
     } else if let Some(i) = s.find('=') {
         let value = s[i + 1..].trim();
         let op = match value {
             "zero" | "0" => Op::Zero,
             "mean" => Op::Mean,
-            v => Op::Set { value: number(v).map_err(|r| err(&r))? },
+            v => Op::Set {
+                value: number(v).map_err(|r| err(&r))?,
+            },
         };
         (&s[..i], op)
     } else {
         (s, Op::Zero)
     };
     let (target, positions) = match target.split_once('@') {
-        Some((t, p)) => (t, Some(list(p).map_err(|r| err(&format!("bad positions: {r}")))?)),
+        Some((t, p)) => (
+            t,
+            Some(list(p).map_err(|r| err(&format!("bad positions: {r}")))?),
+        ),
         None => (target, None),
     };
     let (hook, indices) = if let Some((name, rest)) = target.split_once('[') {
         let inner = rest.strip_suffix(']').ok_or_else(|| err("missing `]`"))?;
-        let hook: HookPoint = name.trim().parse().map_err(|e: super::point::UnknownHookPoint| err(&e.to_string()))?;
-        (hook, Some(list(inner).map_err(|r| err(&format!("bad indices: {r}")))?))
+        let hook: HookPoint = name
+            .trim()
+            .parse()
+            .map_err(|e: super::point::UnknownHookPoint| err(&e.to_string()))?;
+        (
+            hook,
+            Some(list(inner).map_err(|r| err(&format!("bad indices: {r}")))?),
+        )
     } else if let Some((hook, index)) = shorthand(target.trim()) {
         (hook, Some(vec![index]))
     } else {
-        let hook: HookPoint = target.trim().parse().map_err(|e: super::point::UnknownHookPoint| err(&e.to_string()))?;
+        let hook: HookPoint = target
+            .trim()
+            .parse()
+            .map_err(|e: super::point::UnknownHookPoint| err(&e.to_string()))?;
         (hook, None)
     };
     if indices.as_ref().is_some_and(|i| i.is_empty()) {
         return Err(err("no indices between the brackets"));
     }
-    Ok(Intervention { hook, positions, indices, op })
+    Ok(Intervention {
+        hook,
+        positions,
+        indices,
+        op,
+    })
 }
 
 impl FromStr for Intervention {
@@ -72,7 +104,11 @@ fn shorthand(s: &str) -> Option<(HookPoint, usize)> {
     let split = rest.find(['N', 'H'])?;
     let layer: usize = digits(&rest[..split])?;
     let index: usize = digits(&rest[split + 1..])?;
-    let site = if rest.as_bytes()[split] == b'N' { BlockSite::MlpPost } else { BlockSite::Z };
+    let site = if rest.as_bytes()[split] == b'N' {
+        BlockSite::MlpPost
+    } else {
+        BlockSite::Z
+    };
     Some((HookPoint::block(layer, site), index))
 }
 
@@ -97,7 +133,10 @@ fn list(s: &str) -> Result<Vec<usize>, String> {
     for part in s.split(',') {
         let part = part.trim();
         if let Some((a, b)) = part.split_once("..") {
-            let (a, b) = (digits(a).ok_or(format!("`{part}`"))?, digits(b).ok_or(format!("`{part}`"))?);
+            let (a, b) = (
+                digits(a).ok_or(format!("`{part}`"))?,
+                digits(b).ok_or(format!("`{part}`"))?,
+            );
             if b <= a {
                 return Err(format!("empty range `{part}`"));
             }
@@ -119,26 +158,64 @@ mod tests {
 
     #[test]
     fn parses_every_documented_form() {
-        assert_eq!(parse("blocks.10.mlp.hook_post[123]").unwrap(), Intervention::zero(mlp(10), vec![123]));
-        assert_eq!(parse("L10N123").unwrap(), Intervention::zero(mlp(10), vec![123]));
-        assert_eq!(parse("blocks.10.mlp.hook_post[123]=mean").unwrap().op, Op::Mean);
+        assert_eq!(
+            parse("blocks.10.mlp.hook_post[123]").unwrap(),
+            Intervention::zero(mlp(10), vec![123])
+        );
+        assert_eq!(
+            parse("L10N123").unwrap(),
+            Intervention::zero(mlp(10), vec![123])
+        );
+        assert_eq!(
+            parse("blocks.10.mlp.hook_post[123]=mean").unwrap().op,
+            Op::Mean
+        );
         assert_eq!(parse("L10N123=4.5").unwrap().op, Op::Set { value: 4.5 });
         let at = parse("blocks.10.mlp.hook_post[123,124]@3").unwrap();
-        assert_eq!((at.indices, at.positions), (Some(vec![123, 124]), Some(vec![3])));
+        assert_eq!(
+            (at.indices, at.positions),
+            (Some(vec![123, 124]), Some(vec![3]))
+        );
         let head = parse("L5H3").unwrap();
-        assert_eq!((head.hook, head.indices.clone()), (HookPoint::block(5, BlockSite::Z), Some(vec![3])));
+        assert_eq!(
+            (head.hook, head.indices.clone()),
+            (HookPoint::block(5, BlockSite::Z), Some(vec![3]))
+        );
         assert_eq!(parse("blocks.5.attn.hook_z[3]").unwrap(), head);
         let steer = parse("blocks.6.hook_resid_post[17]+=8").unwrap();
-        assert_eq!((steer.hook, steer.op), (HookPoint::block(6, BlockSite::ResidPost), Op::Add { value: 8.0 }));
-        assert_eq!(parse("L1N2@0,4..6*=2").unwrap().positions, Some(vec![0, 4, 5]));
+        assert_eq!(
+            (steer.hook, steer.op),
+            (
+                HookPoint::block(6, BlockSite::ResidPost),
+                Op::Add { value: 8.0 }
+            )
+        );
+        assert_eq!(
+            parse("L1N2@0,4..6*=2").unwrap().positions,
+            Some(vec![0, 4, 5])
+        );
         assert_eq!(parse("blocks.2.hook_resid_pre").unwrap().indices, None);
     }
 
     #[test]
     fn malformed_specs_say_what_is_expected() {
-        for bad in ["", "L10", "L10X3", "blocks.10.mlp.hook_post[", "blocks.10.mlp.hook_post[]", "blocks.10.mlp.hook_post[a]", "blocks.99.nope[1]", "L1N2=abc", "L1N2@", "L1N2+=inf"] {
+        for bad in [
+            "",
+            "L10",
+            "L10X3",
+            "blocks.10.mlp.hook_post[",
+            "blocks.10.mlp.hook_post[]",
+            "blocks.10.mlp.hook_post[a]",
+            "blocks.99.nope[1]",
+            "L1N2=abc",
+            "L1N2@",
+            "L1N2+=inf",
+        ] {
             let e = parse(bad).unwrap_err();
-            assert!(e.to_string().contains("expected HOOK[INDICES]"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("expected HOOK[INDICES]"),
+                "{bad}: {e}"
+            );
         }
     }
 }

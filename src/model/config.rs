@@ -45,13 +45,22 @@ impl Config {
             return Err(format!("empty dimensions in {self:?}"));
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
-            return Err(format!("{} query heads cannot share {} key/value heads", self.n_heads, self.n_kv_heads));
+            return Err(format!(
+                "{} query heads cannot share {} key/value heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.d_head * self.n_heads != self.d_model {
-            return Err(format!("d_head {} × heads {} != d_model {}", self.d_head, self.n_heads, self.d_model));
+            return Err(format!(
+                "d_head {} × heads {} != d_model {}",
+                self.d_head, self.n_heads, self.d_model
+            ));
         }
         if self.arch == Arch::Llama && self.d_head % 2 != 0 {
-            return Err(format!("rotary embedding needs an even d_head, got {}", self.d_head));
+            return Err(format!(
+                "rotary embedding needs an even d_head, got {}",
+                self.d_head
+            ));
         }
         Ok(())
     }
@@ -88,7 +97,8 @@ pub struct HfConfig {
 impl HfConfig {
     /// Converts to a [`Config`], or says which field is missing or unsupported.
     pub fn to_config(&self) -> Result<Config, String> {
-        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| format!("config.json has no `{name}`"));
+        let need =
+            |v: Option<usize>, name: &str| v.ok_or_else(|| format!("config.json has no `{name}`"));
         match self.model_type.as_deref() {
             Some("llama") => {
                 if let Some(scaling) = &self.rope_scaling {
@@ -121,7 +131,9 @@ impl HfConfig {
             Some("gpt2") => {
                 if let Some(act) = self.activation_function.as_deref() {
                     if act != "gelu_new" && act != "gelu_pytorch_tanh" {
-                        return Err(format!("activation_function `{act}` is not supported (only gelu_new)"));
+                        return Err(format!(
+                            "activation_function `{act}` is not supported (only gelu_new)"
+                        ));
                     }
                 }
                 let d_model = need(self.n_embd, "n_embd")?;
@@ -141,7 +153,9 @@ impl HfConfig {
                     tie_embeddings: true,
                 })
             }
-            Some(other) => Err(format!("model_type `{other}` is not supported (llama and gpt2 are)")),
+            Some(other) => Err(format!(
+                "model_type `{other}` is not supported (llama and gpt2 are)"
+            )),
             None => Err("config.json has no `model_type`".to_string()),
         }
     }

@@ -15,7 +15,11 @@ pub enum Sampling {
     Greedy,
     /// Softmax at `temperature`, keep the smallest set of tokens whose mass reaches `top_p`,
     /// draw with a generator seeded by `seed` (the same seed gives the same text).
-    Temperature { temperature: f32, top_p: f32, seed: u64 },
+    Temperature {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,7 +32,11 @@ pub struct Generate {
 
 impl Default for Generate {
     fn default() -> Self {
-        Generate { max_tokens: 20, sampling: Sampling::Greedy, stop_at_eos: true }
+        Generate {
+            max_tokens: 20,
+            sampling: Sampling::Greedy,
+            stop_at_eos: true,
+        }
     }
 }
 
@@ -60,7 +68,8 @@ impl Model {
             hooks = hooks.with_cancel(flag.clone());
         }
         let x = w.embed(prompt, &mut hooks)?;
-        let mut logits = w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
+        let mut logits =
+            w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
 
         // Hold `Mean` fixed at its prompt value for the cached steps.
         let resolved: Vec<Intervention> = interventions
@@ -76,7 +85,10 @@ impl Model {
                         }
                     }
                     let values = values.iter().map(|s| (*s / rows as f64) as f32).collect();
-                    Intervention { op: Op::MeanOf { values }, ..iv.clone() }
+                    Intervention {
+                        op: Op::MeanOf { values },
+                        ..iv.clone()
+                    }
                 }
                 _ => iv.clone(),
             })
@@ -91,7 +103,9 @@ impl Model {
         for step in 0..opts.max_tokens {
             let next = match opts.sampling {
                 Sampling::Greedy => argmax(&logits),
-                Sampling::Temperature { temperature, top_p, .. } => sample(&logits, temperature, top_p, &mut rng),
+                Sampling::Temperature {
+                    temperature, top_p, ..
+                } => sample(&logits, temperature, top_p, &mut rng),
             };
             out.push(next);
             let len = prompt.len() + out.len();

@@ -20,14 +20,19 @@ pub use generate::{Generate, Sampling};
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
 
-use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Hooks, Intervention, InterventionError, Layout};
+use crate::hooks::{
+    ActivationRecord, BlockSite, Capture, HookPoint, Hooks, Intervention, InterventionError, Layout,
+};
 use transformer::Weights;
 
 /// Everything that can go wrong in the runtime, each with a message a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a usable model file: {reason}")]
     BadFile { path: PathBuf, reason: String },
     #[error("unsupported model: {0}")]
@@ -141,7 +146,11 @@ impl Model {
     pub(crate) fn new(weights: Weights, tokenizer: Tokenizer, mut info: ModelInfo) -> Result<Self> {
         weights.cfg.validate().map_err(ModelError::Unsupported)?;
         info.parameters = weights.param_count();
-        Ok(Model { weights, tokenizer, info })
+        Ok(Model {
+            weights,
+            tokenizer,
+            info,
+        })
     }
 
     /// Opens a GGUF file or an HF folder (config.json, *.safetensors, tokenizer.json).
@@ -174,10 +183,16 @@ impl Model {
             return Err(ModelError::EmptyText);
         }
         if tokens.len() > cfg.n_ctx {
-            return Err(ModelError::TooLong { len: tokens.len(), n_ctx: cfg.n_ctx });
+            return Err(ModelError::TooLong {
+                len: tokens.len(),
+                n_ctx: cfg.n_ctx,
+            });
         }
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(ModelError::BadToken { id, vocab: cfg.vocab_size });
+            return Err(ModelError::BadToken {
+                id,
+                vocab: cfg.vocab_size,
+            });
         }
         Ok(())
     }
@@ -193,10 +208,14 @@ impl Model {
             HookPoint::Block { layer, .. } if layer >= cfg.n_layers => None,
             HookPoint::Block { site, .. } => match site {
                 BlockSite::MlpPreLinear if cfg.arch != Arch::Llama => None,
-                BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => width(cfg.d_mlp),
+                BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => {
+                    width(cfg.d_mlp)
+                }
                 BlockSite::Q | BlockSite::Z => Some((cfg.n_heads, cfg.n_heads * cfg.d_head)),
                 BlockSite::K | BlockSite::V => Some((cfg.n_kv_heads, cfg.n_kv_heads * cfg.d_head)),
-                BlockSite::AttnScores | BlockSite::Pattern => Some((cfg.n_heads, cfg.n_heads * len)),
+                BlockSite::AttnScores | BlockSite::Pattern => {
+                    Some((cfg.n_heads, cfg.n_heads * len))
+                }
                 _ => width(cfg.d_model),
             },
         }
@@ -206,7 +225,11 @@ impl Model {
     pub fn hook_points(&self) -> Vec<HookPoint> {
         let mut all = vec![HookPoint::Embed, HookPoint::PosEmbed];
         for layer in 0..self.config().n_layers {
-            all.extend(BlockSite::ALL.iter().map(|&site| HookPoint::block(layer, site)));
+            all.extend(
+                BlockSite::ALL
+                    .iter()
+                    .map(|&site| HookPoint::block(layer, site)),
+            );
         }
         all.push(HookPoint::LnFinal);
         all.retain(|&p| self.hook_size(p, 1).is_some());
@@ -216,9 +239,14 @@ impl Model {
     /// Checks interventions against this model and a probe of `len` tokens.
     pub fn check_interventions(&self, interventions: &[Intervention], len: usize) -> Result<()> {
         for iv in interventions {
-            let (units, per_position) =
-                self.hook_size(iv.hook, len).ok_or(InterventionError::NoSuchHook { hook: iv.hook })?;
-            let unit = if iv.hook.layout() == Layout::PosWidth { "neurons or dimensions" } else { "heads" };
+            let (units, per_position) = self
+                .hook_size(iv.hook, len)
+                .ok_or(InterventionError::NoSuchHook { hook: iv.hook })?;
+            let unit = if iv.hook.layout() == Layout::PosWidth {
+                "neurons or dimensions"
+            } else {
+                "heads"
+            };
             iv.check(units, per_position, unit)?;
             iv.check_positions(len)?;
         }
@@ -226,7 +254,12 @@ impl Model {
     }
 
     /// A full run: all-position logits, the captured activations, interventions applied.
-    pub fn run(&self, tokens: &[u32], capture: &Capture, interventions: &[Intervention]) -> Result<RunOutput> {
+    pub fn run(
+        &self,
+        tokens: &[u32],
+        capture: &Capture,
+        interventions: &[Intervention],
+    ) -> Result<RunOutput> {
         self.run_cancellable(tokens, capture, interventions, None)
     }
 
@@ -249,7 +282,12 @@ impl Model {
     }
 
     /// Runs the baseline (no interventions) and keeps what an incremental re-run needs.
-    pub fn prepare(&self, tokens: &[u32], capture: &Capture, cancel: Option<Arc<AtomicBool>>) -> Result<ProbeCache> {
+    pub fn prepare(
+        &self,
+        tokens: &[u32],
+        capture: &Capture,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<ProbeCache> {
         self.check_tokens(tokens)?;
         let mut hooks = Hooks::new(capture, &[]);
         if let Some(flag) = cancel {
@@ -257,9 +295,15 @@ impl Model {
         }
         let x = self.weights.embed(tokens, &mut hooks)?;
         let mut resid_pre = Vec::with_capacity(self.config().n_layers + 1);
-        let logits = self.weights.run_from(0, x, &mut hooks, None, Some(&mut resid_pre))?;
+        let logits = self
+            .weights
+            .run_from(0, x, &mut hooks, None, Some(&mut resid_pre))?;
         let baseline = self.output(logits, hooks.record, self.config().n_layers)?;
-        Ok(ProbeCache { tokens: tokens.to_vec(), resid_pre, baseline })
+        Ok(ProbeCache {
+            tokens: tokens.to_vec(),
+            resid_pre,
+            baseline,
+        })
     }
 
     /// Re-runs a prepared probe with new interventions, recomputing only from the first block
@@ -276,7 +320,11 @@ impl Model {
         let n_layers = self.config().n_layers;
         self.check_interventions(interventions, cache.tokens.len())?;
         let start = first_touched_block(interventions, n_layers);
-        if start == 0 && interventions.iter().any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal) {
+        if start == 0
+            && interventions
+                .iter()
+                .any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal)
+        {
             return self.run_cancellable(&cache.tokens, capture, interventions, cancel);
         }
         let mut hooks = Hooks::new(capture, interventions);
@@ -291,10 +339,20 @@ impl Model {
         self.output(logits, record, n_layers - start)
     }
 
-    fn output(&self, final_resid: Tensor, record: ActivationRecord, layers_computed: usize) -> Result<RunOutput> {
+    fn output(
+        &self,
+        final_resid: Tensor,
+        record: ActivationRecord,
+        layers_computed: usize,
+    ) -> Result<RunOutput> {
         let vocab = self.config().vocab_size;
         let logits = self.weights.unembed_all(&final_resid)?;
-        Ok(RunOutput { logits, vocab, record, layers_computed })
+        Ok(RunOutput {
+            logits,
+            vocab,
+            record,
+            layers_computed,
+        })
     }
 
     /// What MLP neuron `neuron` of `layer` writes into the residual stream, `[d_model]`.
@@ -307,11 +365,15 @@ impl Model {
     /// norm's scale: `W_U · direction`, `[vocab]`.
     pub fn direct_logit_effect(&self, direction: &[f32]) -> Result<Vec<f32>> {
         let d = Tensor::from_slice(direction, (direction.len(), 1), &Device::Cpu)?;
-        Ok(self.weights.unembed.matmul(&d)?.flatten_all()?.to_vec1::<f32>()?)
+        Ok(self
+            .weights
+            .unembed
+            .matmul(&d)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 
     pub(crate) fn weights(&self) -> &Weights {
         &self.weights
     }
 }
-

@@ -50,8 +50,14 @@ impl Tokenizer {
     pub fn from_hf_file(path: &std::path::Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let eos = ["<|endoftext|>", "</s>", "<|im_end|>"].iter().find_map(|t| inner.token_to_id(t));
-        Ok(Tokenizer { inner, bos: None, eos })
+        let eos = ["<|endoftext|>", "</s>", "<|im_end|>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t));
+        Ok(Tokenizer {
+            inner,
+            bos: None,
+            eos,
+        })
     }
 
     /// Rebuilds a byte-level BPE tokenizer from GGUF metadata.
@@ -64,7 +70,9 @@ impl Tokenizer {
         }
         let byte_level = ByteLevel::new(false, true, true);
         let pre: PreTokenizerWrapper = match v.pre.as_deref() {
-            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            Some("smollm") => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+            }
             None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
             Some(other) => {
                 return Err(ModelError::Unsupported(format!(
@@ -72,13 +80,23 @@ impl Tokenizer {
                 )))
             }
         };
-        let vocab: ahash::AHashMap<String, u32> = v.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: ahash::AHashMap<String, u32> = v
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut merges = Vec::with_capacity(v.merges.len());
         for m in &v.merges {
-            let (a, b) = m.split_once(' ').ok_or_else(|| tok_err(format!("malformed merge `{m}`")))?;
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| tok_err(format!("malformed merge `{m}`")))?;
             merges.push((a.to_string(), b.to_string()));
         }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -99,14 +117,28 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(special).map_err(tok_err)?;
         inner.add_tokens(user).map_err(tok_err)?;
-        Ok(Tokenizer { inner, bos: if v.add_bos { v.bos } else { None }, eos: v.eos })
+        Ok(Tokenizer {
+            inner,
+            bos: if v.add_bos { v.bos } else { None },
+            eos: v.eos,
+        })
     }
 
     /// Token ids and texts of `text` (special-token strings such as `<|im_start|>` map to their ids).
     pub fn encode(&self, text: &str) -> Result<Vec<Token>> {
         let enc = self.inner.encode(text, true).map_err(tok_err)?;
-        let ids: Vec<u32> = self.bos.into_iter().chain(enc.get_ids().iter().copied()).collect();
-        Ok(ids.into_iter().map(|id| Token { id, text: self.token_text(id) }).collect())
+        let ids: Vec<u32> = self
+            .bos
+            .into_iter()
+            .chain(enc.get_ids().iter().copied())
+            .collect();
+        Ok(ids
+            .into_iter()
+            .map(|id| Token {
+                id,
+                text: self.token_text(id),
+            })
+            .collect())
     }
 
     pub fn encode_ids(&self, text: &str) -> Result<Vec<u32>> {
@@ -115,7 +147,9 @@ impl Tokenizer {
 
     /// One token's text.
     pub fn token_text(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
+        self.inner
+            .decode(&[id], false)
+            .unwrap_or_else(|_| format!("<{id}>"))
     }
 
     /// A sequence's text.

@@ -28,22 +28,32 @@ fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (pos, k) = x.dims2()?;
     let (out, k_w) = w.dims2()?;
     if k != k_w {
-        return Err(super::ModelError::Format(format!("matmul of [{pos}, {k}] by [{out}, {k_w}]ᵀ")));
+        return Err(super::ModelError::Format(format!(
+            "matmul of [{pos}, {k}] by [{out}, {k_w}]ᵀ"
+        )));
     }
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
-        return Err(super::ModelError::Format("the runtime computes on the CPU".into()));
+        return Err(super::ModelError::Format(
+            "the runtime computes on the CPU".into(),
+        ));
     };
     let xs = &xs.as_slice::<f32>()?[xl.start_offset()..];
     let ws = &ws.as_slice::<f32>()?[wl.start_offset()..];
     if !wl.is_contiguous() || xs.len() < pos * k || ws.len() < out * k {
-        return Err(super::ModelError::Format("matmul operands are not contiguous".into()));
+        return Err(super::ModelError::Format(
+            "matmul operands are not contiguous".into(),
+        ));
     }
     let mut y = vec![0f32; pos * out];
     let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the three buffers hold at least pos·k, out·k and pos·out elements (checked above);
     // strides describe x as [pos, k] row-major, Wᵀ as [k, out] (W row-major) and y as [pos, out].
     unsafe {
@@ -75,12 +85,18 @@ fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 impl Linear {
     /// From an HF-layout weight `[out, in]`.
     pub(crate) fn from_out_in(w: Tensor, b: Option<Tensor>) -> Result<Self> {
-        Ok(Linear { w: w.contiguous()?, b })
+        Ok(Linear {
+            w: w.contiguous()?,
+            b,
+        })
     }
 
     /// From a GPT-2 Conv1D weight, stored `[in, out]`.
     pub(crate) fn from_in_out(w: Tensor, b: Option<Tensor>) -> Result<Self> {
-        Ok(Linear { w: w.t()?.contiguous()?, b })
+        Ok(Linear {
+            w: w.t()?.contiguous()?,
+            b,
+        })
     }
 
     /// `[pos, in] → [pos, out]`
@@ -136,7 +152,11 @@ impl Norm {
 
 pub(crate) enum Mlp {
     /// `down(silu(gate(x)) · up(x))`
-    Gated { gate: Linear, up: Linear, down: Linear },
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
     /// `proj(gelu_tanh(fc(x)))`
     Gelu { fc: Linear, proj: Linear },
 }
@@ -216,7 +236,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[1])
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[1])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -248,7 +271,9 @@ impl Weights {
             .iter()
             .map(|b| {
                 let mlp = match &b.mlp {
-                    Mlp::Gated { gate, up, down } => gate.elem_count() + up.elem_count() + down.elem_count(),
+                    Mlp::Gated { gate, up, down } => {
+                        gate.elem_count() + up.elem_count() + down.elem_count()
+                    }
                     Mlp::Gelu { fc, proj } => fc.elem_count() + proj.elem_count(),
                 };
                 b.ln1.elem_count()
@@ -260,7 +285,11 @@ impl Weights {
                     + mlp
             })
             .sum();
-        let unembed = if self.cfg.tie_embeddings { 0 } else { self.unembed.elem_count() };
+        let unembed = if self.cfg.tie_embeddings {
+            0
+        } else {
+            self.unembed.elem_count()
+        };
         self.embed.elem_count()
             + self.pos_embed.as_ref().map_or(0, |p| p.elem_count())
             + blocks
@@ -315,7 +344,9 @@ impl Weights {
 
     /// Logits at every position, `[pos, vocab]` row-major.
     pub(crate) fn unembed_all(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Ok(matmul_wt(x, &self.unembed)?.flatten_all()?.to_vec1::<f32>()?)
+        Ok(matmul_wt(x, &self.unembed)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
     }
 
     /// Logits at the last position, `[vocab]`.
@@ -324,13 +355,25 @@ impl Weights {
         self.unembed_all(&x.narrow(0, pos - 1, 1)?)
     }
 
-    fn block(&self, layer: usize, x: Tensor, hooks: &mut Hooks, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn block(
+        &self,
+        layer: usize,
+        x: Tensor,
+        hooks: &mut Hooks,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let b = &self.blocks[layer];
         let x = hooks.hook(block_point(layer, BlockSite::ResidPre), x)?;
-        let h = hooks.hook(block_point(layer, BlockSite::Ln1Normalized), b.ln1.forward(&x)?)?;
+        let h = hooks.hook(
+            block_point(layer, BlockSite::Ln1Normalized),
+            b.ln1.forward(&x)?,
+        )?;
         let attn_out = self.attention(layer, &h, hooks, kv)?;
         let x = hooks.hook(block_point(layer, BlockSite::ResidMid), (x + attn_out)?)?;
-        let h = hooks.hook(block_point(layer, BlockSite::Ln2Normalized), b.ln2.forward(&x)?)?;
+        let h = hooks.hook(
+            block_point(layer, BlockSite::Ln2Normalized),
+            b.ln2.forward(&x)?,
+        )?;
         let mlp_out = self.mlp(layer, &h, hooks)?;
         hooks.hook(block_point(layer, BlockSite::ResidPost), (x + mlp_out)?)
     }
@@ -353,7 +396,13 @@ impl Weights {
         hooks.hook(p(BlockSite::MlpOut), out)
     }
 
-    fn attention(&self, layer: usize, x: &Tensor, hooks: &mut Hooks, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        hooks: &mut Hooks,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let p = |site| block_point(layer, site);
         let a = &self.blocks[layer].attn;
@@ -383,7 +432,10 @@ impl Weights {
         // so [heads, pos, d] viewed as [kv_heads, rep·pos, d] lines each group up with its keys.
         let rep = nh / nkv;
         let scale = 1.0 / (dh as f64).sqrt();
-        let scores = q.reshape((nkv, rep * len, dh))?.matmul(&k.t()?)?.reshape((nh, len, keys))?;
+        let scores = q
+            .reshape((nkv, rep * len, dh))?
+            .matmul(&k.t()?)?
+            .reshape((nh, len, keys))?;
         let scores = (scores * scale)?;
         let scores = if len > 1 || offset + len < keys {
             scores.broadcast_add(&causal_mask(len, keys, offset, x.device())?)?
@@ -392,7 +444,10 @@ impl Weights {
         };
         let scores = hooks.hook(p(BlockSite::AttnScores), scores)?;
         let pattern = hooks.hook(p(BlockSite::Pattern), softmax_last(&scores)?)?;
-        let z = pattern.reshape((nkv, rep * len, keys))?.matmul(&v)?.reshape((nh, len, dh))?;
+        let z = pattern
+            .reshape((nkv, rep * len, keys))?
+            .matmul(&v)?
+            .reshape((nh, len, dh))?;
         let z = hooks.hook(p(BlockSite::Z), z.transpose(0, 1)?.contiguous()?)?;
         let out = a.o.forward(&z.reshape((len, nh * dh))?)?;
         hooks.hook(p(BlockSite::AttnOut), out)
@@ -402,7 +457,15 @@ impl Weights {
 /// `[q, k]` with 0 where query `offset + i` may see key `j` and -inf elsewhere.
 fn causal_mask(len: usize, keys: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..keys).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..keys).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (len, keys), device)?)
 }
@@ -417,34 +480,57 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Checks that a weight has the expected shape, naming it when it does not.
 pub(crate) fn expect_shape(name: &str, t: Tensor, dims: &[usize]) -> Result<Tensor> {
     if t.dims() != dims {
-        return Err(super::ModelError::Format(format!("tensor `{name}` has shape {:?}, expected {dims:?}", t.dims())));
+        return Err(super::ModelError::Format(format!(
+            "tensor `{name}` has shape {:?}, expected {dims:?}",
+            t.dims()
+        )));
     }
     Ok(t.to_dtype(DType::F32)?)
 }
 
 /// Builds a Llama model's weights from HF-named tensors (`model.layers.{l}.self_attn.q_proj.weight`).
-pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>, device: &Device) -> Result<Weights> {
+pub(crate) fn build_llama(
+    cfg: &Config,
+    get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>,
+    device: &Device,
+) -> Result<Weights> {
     let (d, dm, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
     let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
-        let t = get(name, dims)?.ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?;
+        let t = get(name, dims)?
+            .ok_or_else(|| super::ModelError::Format(format!("missing tensor `{name}`")))?;
         expect_shape(name, t, dims)
     };
     let embed = need("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let pre = format!("model.layers.{l}");
-        let lin = |need: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, dims: &[usize]| {
-            Linear::from_out_in(need(&format!("{pre}.{name}"), dims)?, None)
-        };
+        let lin =
+            |need: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, dims: &[usize]| {
+                Linear::from_out_in(need(&format!("{pre}.{name}"), dims)?, None)
+            };
         blocks.push(Block {
-            ln1: Norm::Rms { w: need(&format!("{pre}.input_layernorm.weight"), &[d])?, eps: cfg.norm_eps },
+            ln1: Norm::Rms {
+                w: need(&format!("{pre}.input_layernorm.weight"), &[d])?,
+                eps: cfg.norm_eps,
+            },
             attn: Attention {
                 q: lin(&mut need, "self_attn.q_proj.weight", &[cfg.n_heads * dh, d])?,
-                k: lin(&mut need, "self_attn.k_proj.weight", &[cfg.n_kv_heads * dh, d])?,
-                v: lin(&mut need, "self_attn.v_proj.weight", &[cfg.n_kv_heads * dh, d])?,
+                k: lin(
+                    &mut need,
+                    "self_attn.k_proj.weight",
+                    &[cfg.n_kv_heads * dh, d],
+                )?,
+                v: lin(
+                    &mut need,
+                    "self_attn.v_proj.weight",
+                    &[cfg.n_kv_heads * dh, d],
+                )?,
                 o: lin(&mut need, "self_attn.o_proj.weight", &[d, cfg.n_heads * dh])?,
             },
-            ln2: Norm::Rms { w: need(&format!("{pre}.post_attention_layernorm.weight"), &[d])?, eps: cfg.norm_eps },
+            ln2: Norm::Rms {
+                w: need(&format!("{pre}.post_attention_layernorm.weight"), &[d])?,
+                eps: cfg.norm_eps,
+            },
             mlp: Mlp::Gated {
                 gate: lin(&mut need, "mlp.gate_proj.weight", &[dm, d])?,
                 up: lin(&mut need, "mlp.up_proj.weight", &[dm, d])?,
@@ -452,7 +538,10 @@ pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> R
             },
         });
     }
-    let ln_final = Norm::Rms { w: need("model.norm.weight", &[d])?, eps: cfg.norm_eps };
+    let ln_final = Norm::Rms {
+        w: need("model.norm.weight", &[d])?,
+        eps: cfg.norm_eps,
+    };
     let unembed = if cfg.tie_embeddings {
         embed.clone()
     } else {
@@ -461,12 +550,23 @@ pub(crate) fn build_llama(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> R
             None => embed.clone(),
         }
     };
-    Ok(Weights { cfg: cfg.clone(), embed, pos_embed: None, blocks, ln_final, unembed, rope: Some(Rope::new(cfg, device)?) })
+    Ok(Weights {
+        cfg: cfg.clone(),
+        embed,
+        pos_embed: None,
+        blocks,
+        ln_final,
+        unembed,
+        rope: Some(Rope::new(cfg, device)?),
+    })
 }
 
 /// Builds a GPT-2 model's weights from HF-named tensors (`h.{l}.attn.c_attn.weight`, with or
 /// without the `transformer.` prefix). Conv1D weights are stored `[in, out]`.
-pub(crate) fn build_gpt2(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>) -> Result<Weights> {
+pub(crate) fn build_gpt2(
+    cfg: &Config,
+    get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>,
+) -> Result<Weights> {
     let (d, dm) = (cfg.d_model, cfg.d_mlp);
     let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
         let t = match get(name, dims)? {
@@ -493,20 +593,49 @@ pub(crate) fn build_gpt2(cfg: &Config, get: &mut dyn FnMut(&str, &[usize]) -> Re
         let c_attn = need(&format!("{pre}.attn.c_attn.weight"), &[d, 3 * d])?;
         let c_attn_b = need(&format!("{pre}.attn.c_attn.bias"), &[3 * d])?;
         let split = |i: usize| -> Result<Linear> {
-            Linear::from_in_out(c_attn.narrow(1, i * d, d)?, Some(c_attn_b.narrow(0, i * d, d)?.contiguous()?))
+            Linear::from_in_out(
+                c_attn.narrow(1, i * d, d)?,
+                Some(c_attn_b.narrow(0, i * d, d)?.contiguous()?),
+            )
         };
         let attn = Attention {
             q: split(0)?,
             k: split(1)?,
             v: split(2)?,
-            o: Linear::from_in_out(need(&format!("{pre}.attn.c_proj.weight"), &[d, d])?, Some(need(&format!("{pre}.attn.c_proj.bias"), &[d])?))?,
+            o: Linear::from_in_out(
+                need(&format!("{pre}.attn.c_proj.weight"), &[d, d])?,
+                Some(need(&format!("{pre}.attn.c_proj.bias"), &[d])?),
+            )?,
         };
         let mlp = Mlp::Gelu {
-            fc: Linear::from_in_out(need(&format!("{pre}.mlp.c_fc.weight"), &[d, dm])?, Some(need(&format!("{pre}.mlp.c_fc.bias"), &[dm])?))?,
-            proj: Linear::from_in_out(need(&format!("{pre}.mlp.c_proj.weight"), &[dm, d])?, Some(need(&format!("{pre}.mlp.c_proj.bias"), &[d])?))?,
+            fc: Linear::from_in_out(
+                need(&format!("{pre}.mlp.c_fc.weight"), &[d, dm])?,
+                Some(need(&format!("{pre}.mlp.c_fc.bias"), &[dm])?),
+            )?,
+            proj: Linear::from_in_out(
+                need(&format!("{pre}.mlp.c_proj.weight"), &[dm, d])?,
+                Some(need(&format!("{pre}.mlp.c_proj.bias"), &[d])?),
+            )?,
         };
-        blocks.push(Block { ln1, attn, ln2, mlp });
+        blocks.push(Block {
+            ln1,
+            attn,
+            ln2,
+            mlp,
+        });
     }
-    let ln_final = Norm::Layer { w: need("ln_f.weight", &[d])?, b: need("ln_f.bias", &[d])?, eps: cfg.norm_eps };
-    Ok(Weights { cfg: cfg.clone(), unembed: embed.clone(), embed, pos_embed: Some(pos_embed), blocks, ln_final, rope: None })
+    let ln_final = Norm::Layer {
+        w: need("ln_f.weight", &[d])?,
+        b: need("ln_f.bias", &[d])?,
+        eps: cfg.norm_eps,
+    };
+    Ok(Weights {
+        cfg: cfg.clone(),
+        unembed: embed.clone(),
+        embed,
+        pos_embed: Some(pos_embed),
+        blocks,
+        ln_final,
+        rope: None,
+    })
 }

@@ -9,7 +9,9 @@ use std::sync::{Mutex, OnceLock};
 use hubel::model::Model;
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 pub struct Fixture {
@@ -20,15 +22,24 @@ pub struct Fixture {
 impl Fixture {
     pub fn open(dir: PathBuf) -> Self {
         let text = std::fs::read_to_string(dir.join("meta.json")).expect("meta.json");
-        Fixture { meta: serde_json::from_str(&text).expect("valid meta.json"), dir }
+        Fixture {
+            meta: serde_json::from_str(&text).expect("valid meta.json"),
+            dir,
+        }
     }
 
     pub fn array(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        hubel::npy::read_f32(&self.dir.join(format!("{name}.npy"))).unwrap_or_else(|e| panic!("{e}"))
+        hubel::npy::read_f32(&self.dir.join(format!("{name}.npy")))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn usizes(&self, key: &str) -> Vec<usize> {
-        self.meta[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()
+        self.meta[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect()
     }
 
     pub fn ids(&self, key: &str) -> Vec<Vec<usize>> {
@@ -36,7 +47,13 @@ impl Fixture {
             .as_array()
             .unwrap()
             .iter()
-            .map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect())
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect()
+            })
             .collect()
     }
 }
@@ -46,8 +63,13 @@ pub fn default_model_path() -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = hubel::assets::assets_dir();
-    hubel::assets::fetch_model(&dir, &hubel::assets::Clients::default(), &mut |_| {}, &AtomicBool::new(false))
-        .unwrap_or_else(|e| panic!("fetching the default model: {e}"))
+    hubel::assets::fetch_model(
+        &dir,
+        &hubel::assets::Clients::default(),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_or_else(|e| panic!("fetching the default model: {e}"))
 }
 
 pub fn smollm2() -> &'static Model {
@@ -67,7 +89,12 @@ pub fn assert_max_abs(what: &str, got: &[f32], want: &[f32], tol: f32) {
     if std::env::var_os("HUBEL_SHOW_DIFFS").is_some() {
         eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.3e})");
     }
-    assert!(d <= tol, "{what}: max abs diff {d} at {i} (got {}, want {}) > {tol}", got[i], want[i]);
+    assert!(
+        d <= tol,
+        "{what}: max abs diff {d} at {i} (got {}, want {}) > {tol}",
+        got[i],
+        want[i]
+    );
 }
 
 /// `max |got - want| ≤ rel · max |want|`.

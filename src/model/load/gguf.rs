@@ -18,7 +18,10 @@ use crate::model::transformer::build_llama;
 use crate::model::{Model, ModelError, ModelInfo, Result};
 
 fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
-    ModelError::BadFile { path: path.to_path_buf(), reason: reason.into() }
+    ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Explains candle's read errors in the user's terms.
@@ -30,7 +33,10 @@ fn explain(path: &Path, e: candle_core::Error) -> ModelError {
         )
     } else if msg.contains("magic") {
         format!("it is not a GGUF file ({msg})")
-    } else if msg.contains("remaining") || msg.contains("failed to fill whole buffer") || msg.contains("UnexpectedEof") {
+    } else if msg.contains("remaining")
+        || msg.contains("failed to fill whole buffer")
+        || msg.contains("UnexpectedEof")
+    {
         format!("the file is truncated or corrupt ({msg})")
     } else {
         msg
@@ -49,7 +55,9 @@ impl Meta<'_> {
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key).ok_or_else(|| bad(self.path, format!("metadata has no `{key}`")))?;
+        let v = self
+            .get(key)
+            .ok_or_else(|| bad(self.path, format!("metadata has no `{key}`")))?;
         let n = match v {
             Value::U8(v) => *v as u64,
             Value::U16(v) => *v as u64,
@@ -57,7 +65,12 @@ impl Meta<'_> {
             Value::U64(v) => *v,
             Value::I32(v) if *v >= 0 => *v as u64,
             Value::I64(v) if *v >= 0 => *v as u64,
-            other => return Err(bad(self.path, format!("metadata `{key}` is {other:?}, expected a count"))),
+            other => {
+                return Err(bad(
+                    self.path,
+                    format!("metadata `{key}` is {other:?}, expected a count"),
+                ))
+            }
         };
         Ok(n as usize)
     }
@@ -81,7 +94,11 @@ impl Meta<'_> {
             .to_vec()
             .map_err(|e| bad(self.path, format!("`{key}`: {e}")))?;
         arr.iter()
-            .map(|v| v.to_string().cloned().map_err(|e| bad(self.path, format!("`{key}`: {e}"))))
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| bad(self.path, format!("`{key}`: {e}")))
+            })
             .collect()
     }
 
@@ -92,10 +109,16 @@ impl Meta<'_> {
 
 /// Reads `path`, dequantizes every tensor and rebuilds the tokenizer.
 pub fn load(path: &Path) -> Result<Model> {
-    let file = File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| explain(path, e))?;
-    let meta = Meta { path, map: &content.metadata };
+    let meta = Meta {
+        path,
+        map: &content.metadata,
+    };
     let arch = meta.string("general.architecture").unwrap_or_default();
     if arch != "llama" {
         return Err(ModelError::Unsupported(format!(
@@ -119,10 +142,14 @@ pub fn load(path: &Path) -> Result<Model> {
         d_mlp: meta.usize(&p("feed_forward_length"))?,
         n_heads,
         n_kv_heads: meta.usize(&p("attention.head_count_kv")).unwrap_or(n_heads),
-        d_head: meta.usize(&p("attention.key_length")).unwrap_or(d_model / n_heads.max(1)),
+        d_head: meta
+            .usize(&p("attention.key_length"))
+            .unwrap_or(d_model / n_heads.max(1)),
         vocab_size,
         n_ctx: meta.usize(&p("context_length"))?,
-        norm_eps: meta.f64(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        norm_eps: meta
+            .f64(&p("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
         rope_theta: meta.f64(&p("rope.freq_base")).unwrap_or(10_000.0),
         tie_embeddings: !has_output,
     };
@@ -139,7 +166,10 @@ pub fn load(path: &Path) -> Result<Model> {
         merges: meta.strings("tokenizer.ggml.merges")?,
         bos: meta.u32_opt("tokenizer.ggml.bos_token_id"),
         eos: meta.u32_opt("tokenizer.ggml.eos_token_id"),
-        add_bos: matches!(meta.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
+        add_bos: matches!(
+            meta.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        ),
     };
     let tokenizer = Tokenizer::from_gguf(vocab)?;
 
@@ -163,9 +193,11 @@ pub fn load(path: &Path) -> Result<Model> {
     };
     let weights = build_llama(&cfg, &mut get, &device)?;
     let info = ModelInfo {
-        name: meta
-            .string("general.name")
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        name: meta.string("general.name").unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
         arch: Arch::Llama.name().to_string(),
         layers: cfg.n_layers,
         d_model: cfg.d_model,
@@ -176,7 +208,10 @@ pub fn load(path: &Path) -> Result<Model> {
         vocab: cfg.vocab_size,
         context_length: cfg.n_ctx,
         parameters: 0,
-        sha256: crate::assets::sha256_file(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?,
+        sha256: crate::assets::sha256_file(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?,
         path: path.to_path_buf(),
     };
     Model::new(weights, tokenizer, info)
@@ -211,13 +246,21 @@ fn gguf_name(hf: &str, n_heads: usize, n_kv_heads: usize) -> Option<(String, Opt
 fn unpermute(w: &Tensor, heads: usize, d_head: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     if rows != heads * d_head {
-        return Err(ModelError::Format(format!("q/k weight has {rows} rows, expected {heads}×{d_head}")));
+        return Err(ModelError::Format(format!(
+            "q/k weight has {rows} rows, expected {heads}×{d_head}"
+        )));
     }
-    Ok(w.reshape((heads, d_head / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((heads, d_head / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// Inverse of [`unpermute`], for writing GGUF files in tests.
 pub fn permute(w: &Tensor, heads: usize, d_head: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
-    Ok(w.reshape((heads, 2, d_head / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((heads, 2, d_head / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }

@@ -12,7 +12,10 @@ use crate::model::transformer::{build_gpt2, build_llama};
 use crate::model::{Model, ModelError, ModelInfo, Result};
 
 fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
-    ModelError::BadFile { path: path.to_path_buf(), reason: reason.into() }
+    ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 pub fn load(dir: &Path) -> Result<Model> {
@@ -24,13 +27,22 @@ pub fn load(dir: &Path) -> Result<Model> {
     if !tokenizer_path.is_file() {
         return Err(bad(dir, "the folder has no tokenizer.json (an HF model folder needs config.json, *.safetensors and tokenizer.json)"));
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
-    let hf: HfConfig = serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("invalid JSON: {e}")))?;
-    let cfg = hf.to_config().map_err(|e| ModelError::Unsupported(format!("{}: {e}", config_path.display())))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let hf: HfConfig =
+        serde_json::from_str(&text).map_err(|e| bad(&config_path, format!("invalid JSON: {e}")))?;
+    let cfg = hf
+        .to_config()
+        .map_err(|e| ModelError::Unsupported(format!("{}: {e}", config_path.display())))?;
     cfg.validate().map_err(ModelError::Unsupported)?;
 
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
@@ -42,20 +54,27 @@ pub fn load(dir: &Path) -> Result<Model> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut hasher = Sha256::new();
     for file in &files {
-        let bytes = std::fs::read(file).map_err(|source| ModelError::Io { path: file.clone(), source })?;
+        let bytes = std::fs::read(file).map_err(|source| ModelError::Io {
+            path: file.clone(),
+            source,
+        })?;
         hasher.update(&bytes);
         let loaded = candle_core::safetensors::load_buffer(&bytes, &device)
             .map_err(|e| bad(file, format!("not a valid safetensors file ({e})")))?;
         tensors.extend(loaded);
     }
     let tokenizer = Tokenizer::from_hf_file(&tokenizer_path)?;
-    let mut get = |name: &str, _dims: &[usize]| -> Result<Option<Tensor>> { Ok(tensors.get(name).cloned()) };
+    let mut get =
+        |name: &str, _dims: &[usize]| -> Result<Option<Tensor>> { Ok(tensors.get(name).cloned()) };
     let weights = match cfg.arch {
         Arch::Llama => build_llama(&cfg, &mut get, &device)?,
         Arch::Gpt2 => build_gpt2(&cfg, &mut get)?,
     };
     let info = ModelInfo {
-        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         arch: cfg.arch.name().to_string(),
         layers: cfg.n_layers,
         d_model: cfg.d_model,

@@ -9,7 +9,10 @@ use super::{Model, ModelError, Result};
 
 /// Opens `path`: a `.gguf` file, or a folder with config.json, *.safetensors and tokenizer.json.
 pub fn open(path: &Path) -> Result<Model> {
-    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
         hf::load(path)
     } else {

@@ -1,0 +1,133 @@
+//! The interventions bar: one chip per active edit (mode editable, removable), Clear all, and
+//! the A/B switch between the baseline and intervened views.
+
+use super::super::{HubelApp, ViewMode};
+use crate::hooks::Op;
+
+/// The modes a chip offers, with their default values.
+const MODES: [(&str, Op); 5] = [
+    ("zero", Op::Zero),
+    ("mean", Op::Mean),
+    ("set", Op::Set { value: 0.0 }),
+    ("add", Op::Add { value: 4.0 }),
+    ("scale", Op::Scale { factor: 2.0 }),
+];
+
+fn mode_name(op: &Op) -> &'static str {
+    match op {
+        Op::Zero => "zero",
+        Op::Mean | Op::MeanOf { .. } => "mean",
+        Op::Set { .. } => "set",
+        Op::Add { .. } | Op::AddDirection { .. } => "add",
+        Op::Scale { .. } => "scale",
+    }
+}
+
+/// A short label for an intervention's target: `L10N123`, `L5H3`, or the hook with indices.
+fn target_label(iv: &crate::hooks::Intervention) -> String {
+    use crate::hooks::{BlockSite, HookPoint};
+    match (iv.hook, iv.indices.as_deref()) {
+        (
+            HookPoint::Block {
+                layer,
+                site: BlockSite::MlpPost,
+            },
+            Some([n]),
+        ) => format!("L{layer}N{n}"),
+        (
+            HookPoint::Block {
+                layer,
+                site: BlockSite::Z,
+            },
+            Some([h]),
+        ) => format!("L{layer}H{h}"),
+        _ => crate::probe::describe(iv),
+    }
+}
+
+impl HubelApp {
+    pub(crate) fn interventions_bar_ui(&mut self, ui: &mut egui::Ui, now: f64) {
+        let mut next = self.interventions.clone();
+        let mut changed = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Interventions");
+            if self.interventions.is_empty() {
+                ui.label(
+                    egui::RichText::new("none: tick a feature in the heatmap to ablate it").weak(),
+                );
+            }
+            let mut remove = None;
+            for (i, iv) in next.iter_mut().enumerate() {
+                let target = target_label(iv);
+                egui::Frame::group(ui.style())
+                    .inner_margin(4.0)
+                    .show(ui, |ui| {
+                        ui.horizontal(|ui| {
+                            ui.label(egui::RichText::new(&target).monospace());
+                            let label = ui.label("mode");
+                            egui::ComboBox::from_id_salt(("mode", i))
+                                .selected_text(mode_name(&iv.op))
+                                .width(60.0)
+                                .show_ui(ui, |ui| {
+                                    for (name, op) in MODES.iter() {
+                                        if ui
+                                            .selectable_label(mode_name(&iv.op) == *name, *name)
+                                            .clicked()
+                                            && mode_name(&iv.op) != *name
+                                        {
+                                            iv.op = op.clone();
+                                            changed = true;
+                                        }
+                                    }
+                                })
+                                .response
+                                .labelled_by(label.id);
+                            let value = match &mut iv.op {
+                                Op::Set { value } | Op::Add { value } => Some(value),
+                                Op::Scale { factor } => Some(factor),
+                                _ => None,
+                            };
+                            if let Some(value) = value {
+                                let label = ui.label("value");
+                                if ui
+                                    .add(egui::DragValue::new(value).speed(0.1))
+                                    .labelled_by(label.id)
+                                    .changed()
+                                {
+                                    changed = true;
+                                }
+                            }
+                            let remove_label = format!("Remove {target}");
+                            let button = ui.small_button("✕");
+                            button.widget_info(|| {
+                                egui::WidgetInfo::labeled(egui::Role::Button, true, &remove_label)
+                            });
+                            if button.on_hover_text(&remove_label).clicked() {
+                                remove = Some(i);
+                            }
+                        });
+                    });
+            }
+            if let Some(i) = remove {
+                next.remove(i);
+                changed = true;
+            }
+            if !self.interventions.is_empty() && ui.button("Clear all").clicked() {
+                next.clear();
+                changed = true;
+            }
+            ui.separator();
+            ui.label("View");
+            for (mode, name) in [
+                (ViewMode::Baseline, "A: baseline"),
+                (ViewMode::Intervened, "B: intervened"),
+                (ViewMode::Difference, "B − A"),
+            ] {
+                ui.selectable_value(&mut self.state.view, mode, name);
+            }
+        });
+        if changed {
+            self.set_interventions(next, now);
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Scripted runs of the real window: `hubel --screenshots DIR` walks through the app and saves
+//! what it shows (welcome, a probe, a feature card, an ablation diff, Chinese text);
+//! `hubel --bench-ui` measures launch-to-first-heatmap, click-to-output over 20 clicks, frame
+//! times and idle CPU, inside the app, and prints them as JSON. Both close the window when done.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::HubelApp;
+use crate::features::FeatureId;
+use crate::hooks::Op;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Screenshots,
+    BenchUi,
+}
+
+pub struct Tour {
+    app: HubelApp,
+    mode: Mode,
+    model: PathBuf,
+    dir: PathBuf,
+    step: usize,
+    /// Frames to wait before acting, so the window shows the latest state.
+    settle: u32,
+    shot_pending: Arc<Mutex<Option<Result<(), String>>>>,
+    waiting_shot: bool,
+    started: Instant,
+    feature: Option<FeatureId>,
+    bench: BenchUi,
+}
+
+#[derive(Default, Debug, serde::Serialize)]
+pub struct BenchUi {
+    pub launch_to_first_heatmap_ms: f64,
+    pub click_to_output_ms: Vec<f64>,
+    pub click_to_output_median_ms: f64,
+    pub frame_ms_idle_median: f64,
+    pub frame_ms_in_flight_median: f64,
+    pub idle_cpu_percent: f64,
+    pub probe_tokens: usize,
+    #[serde(skip)]
+    frames_idle: Vec<f64>,
+    #[serde(skip)]
+    frames_busy: Vec<f64>,
+    #[serde(skip)]
+    clicks: usize,
+    #[serde(skip)]
+    idle_since: Option<(Instant, f64)>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of this process (Linux).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat (utime, stime), counted from after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn save_png(path: &Path, image: &egui::ColorImage) -> Result<(), String> {
+    let [w, h] = image.size;
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        let raw: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+        writer.write_image_data(&raw).map_err(|e| e.to_string())?;
+    }
+    crate::atomic_write(path, &bytes).map_err(|e| e.to_string())
+}
+
+impl Tour {
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        mode: Mode,
+        model: PathBuf,
+        dir: PathBuf,
+        started: Instant,
+    ) -> Self {
+        let mut app = HubelApp::with_state(&cc.egui_ctx, super::AppState::default());
+        app.cjk = super::fonts::install(&cc.egui_ctx);
+        if mode == Mode::BenchUi {
+            app.state.continuation = 0;
+            app.load_model(model.clone());
+        }
+        Tour {
+            app,
+            mode,
+            model,
+            dir,
+            step: 0,
+            settle: 0,
+            shot_pending: Arc::new(Mutex::new(None)),
+            waiting_shot: false,
+            started,
+            feature: None,
+            bench: BenchUi::default(),
+        }
+    }
+
+    fn shot(&mut self, ctx: &egui::Context, name: &str) {
+        let path = self.dir.join(format!("{name}.png"));
+        let done = self.shot_pending.clone();
+        let repaint = ctx.clone();
+        ctx.request_screenshot(move |image| {
+            let result = save_png(&path, &image);
+            if let Ok(mut slot) = done.lock() {
+                *slot = Some(result);
+            }
+            repaint.request_repaint();
+        });
+        self.waiting_shot = true;
+    }
+
+    fn ready(&mut self, cond: bool) -> bool {
+        if !cond || self.app.is_busy() {
+            self.settle = 0;
+            return false;
+        }
+        self.settle += 1;
+        self.settle > 15
+    }
+
+    fn top_feature(&mut self) -> Option<FeatureId> {
+        self.app.refresh_derived();
+        self.app.derived.rows.first().map(|r| r.feature)
+    }
+
+    fn screenshots_step(&mut self, ctx: &egui::Context, now: f64) {
+        let step = self.step;
+        match step {
+            0 if self.ready(true) => {
+                self.shot(ctx, "welcome");
+                self.app.load_model(self.model.clone());
+                self.step = 1;
+            }
+            1 if self.ready(self.app.result.is_some() && self.app.continuations[0].is_some()) => {
+                let layers = self.app.model.as_ref().map_or(1, |m| m.layers);
+                self.app.state.layer = 10.min(layers - 1);
+                self.shot(ctx, "main");
+                self.step = 2;
+            }
+            2 => {
+                if self.feature.is_none() {
+                    self.feature = self.top_feature();
+                    self.app.select(self.feature);
+                }
+                let effect = self
+                    .app
+                    .effect
+                    .as_ref()
+                    .is_some_and(|e| Some(e.feature) == self.feature);
+                if self.ready(effect) {
+                    self.shot(ctx, "feature_card");
+                    if let Some(f) = self.feature {
+                        self.app.set_feature_op(f, Some(Op::Zero), now);
+                    }
+                    self.step = 3;
+                }
+            }
+            3 if self.ready(
+                self.app
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.intervened.is_some())
+                    && self.app.continuations[1].is_some(),
+            ) =>
+            {
+                self.shot(ctx, "ablation");
+                self.app.state.view = super::ViewMode::Difference;
+                self.step = 4;
+            }
+            4 if self.ready(true) => {
+                self.shot(ctx, "ablation_diff");
+                self.app.set_interventions(Vec::new(), now);
+                self.app.state.view = super::ViewMode::Intervened;
+                self.app.state.probe = "苹果是一种水果 🍎 An apple is a kind of fruit.".into();
+                self.app.select(None);
+                self.app.request_run(now);
+                self.step = 5;
+            }
+            5 if self.ready(
+                self.app.result.as_ref().is_some_and(|r| r.tokens.len() > 8)
+                    && self.app.continuations[0].is_some(),
+            ) =>
+            {
+                self.shot(ctx, "chinese");
+                self.step = 6;
+            }
+            6 => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+            _ => {}
+        }
+    }
+
+    fn bench_step(&mut self, ctx: &egui::Context, now: f64, frame_ms: f64) {
+        if self.app.in_flight.is_some() {
+            self.bench.frames_busy.push(frame_ms);
+        }
+        let step = self.step;
+        match step {
+            // Launch to the first heatmap on screen.
+            0 if self.app.result.is_some() && !self.app.is_busy() => {
+                self.bench.launch_to_first_heatmap_ms = self.started.elapsed().as_secs_f64() * 1e3;
+                // A 32-token probe, as in `hubel bench`.
+                self.app.state.probe = crate::bench::TEXT.repeat(2);
+                self.app.request_run(now);
+                self.step = 1;
+            }
+            1 if self
+                .app
+                .result
+                .as_ref()
+                .is_some_and(|r| r.tokens.len() > 32)
+                && !self.app.is_busy() =>
+            {
+                // Trim to exactly 32 tokens of text.
+                if let Some(r) = &self.app.result {
+                    self.app.state.probe = r.tokens[..32].iter().map(|t| t.text.as_str()).collect();
+                }
+                self.app.request_run(now);
+                self.step = 2;
+            }
+            2 if self.app.result.is_some() && !self.app.is_busy() => {
+                let layers = self.app.model.as_ref().map_or(1, |m| m.layers);
+                self.app.state.layer = (layers / 3).min(layers - 1);
+                self.bench.probe_tokens = self.app.result.as_ref().map_or(0, |r| r.tokens.len());
+                self.feature = self.top_feature();
+                self.step = 3;
+            }
+            // 20 clicks: toggle the top feature's ablation, wait for the new output.
+            3 if !self.app.is_busy() => {
+                if let Some(ms) = self.app.last_round_trip_ms.take() {
+                    if self.bench.clicks > 0 {
+                        self.bench.click_to_output_ms.push(ms);
+                    }
+                }
+                if self.bench.clicks == 20 {
+                    self.step = 4;
+                    self.bench.idle_since = Some((Instant::now(), cpu_seconds()));
+                    return;
+                }
+                if let Some(f) = self.feature {
+                    let on = self.app.intervention_on(f).is_none();
+                    self.app.set_feature_op(f, on.then_some(Op::Zero), now);
+                }
+                self.bench.clicks += 1;
+            }
+            // Idle: frames on request for a second, then no repaints for three seconds.
+            4 => {
+                self.bench.frames_idle.push(frame_ms);
+                if self.bench.frames_idle.len() >= 60 {
+                    self.bench.idle_since = Some((Instant::now(), cpu_seconds()));
+                    self.step = 5;
+                    ctx.request_repaint_after(std::time::Duration::from_secs(3));
+                }
+            }
+            5 => {
+                let Some((t0, cpu0)) = self.bench.idle_since else {
+                    return;
+                };
+                let wall = t0.elapsed().as_secs_f64();
+                if wall < 2.9 {
+                    ctx.request_repaint_after(std::time::Duration::from_secs_f64(3.0 - wall));
+                    return;
+                }
+                self.bench.idle_cpu_percent = (cpu_seconds() - cpu0) / wall * 100.0;
+                self.bench.click_to_output_median_ms = median(&self.bench.click_to_output_ms);
+                self.bench.frame_ms_idle_median = median(&self.bench.frames_idle);
+                self.bench.frame_ms_in_flight_median = median(&self.bench.frames_busy);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&self.bench).unwrap_or_default()
+                );
+                self.step = 6;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl eframe::App for Tour {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        let t = Instant::now();
+        eframe::App::ui(&mut self.app, ui, frame);
+        let frame_ms = t.elapsed().as_secs_f64() * 1e3;
+        let now = ctx.input(|i| i.time);
+        if self.waiting_shot {
+            let done = self.shot_pending.lock().ok().and_then(|mut s| s.take());
+            match done {
+                Some(Ok(())) => self.waiting_shot = false,
+                Some(Err(e)) => {
+                    eprintln!("screenshot failed: {e}");
+                    self.waiting_shot = false;
+                }
+                None => {}
+            }
+            ctx.request_repaint();
+            return;
+        }
+        match self.mode {
+            Mode::Screenshots => {
+                self.screenshots_step(&ctx, now);
+                ctx.request_repaint();
+            }
+            Mode::BenchUi => {
+                self.bench_step(&ctx, now, frame_ms);
+                if self.step < 5 {
+                    ctx.request_repaint();
+                }
+            }
+        }
+    }
+}
+
+/// Runs a tour in a real window.
+pub fn run(mode: Mode, model: PathBuf, dir: PathBuf) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if mode == Mode::Screenshots {
+        std::fs::create_dir_all(&dir)?;
+    }
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Hubel")
+            .with_inner_size([1500.0, 950.0]),
+        persist_window: false,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Hubel tour",
+        options,
+        Box::new(move |cc| Ok(Box::new(Tour::new(cc, mode, model, dir, started)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}
