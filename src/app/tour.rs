@@ -145,39 +145,50 @@ impl Tour {
         self.app.derived.rows.first().map(|r| r.feature)
     }
 
+    /// One action per step; a screenshot step changes nothing else, so the picture shows the
+    /// state the previous steps settled into.
     fn screenshots_step(&mut self, ctx: &egui::Context, now: f64) {
         let step = self.step;
-        match step {
+        let advance = match step {
             0 if self.ready(true) => {
                 self.shot(ctx, "welcome");
-                self.app.load_model(self.model.clone());
-                self.step = 1;
+                true
             }
-            1 if self.ready(self.app.result.is_some() && self.app.continuations[0].is_some()) => {
+            1 => {
+                self.app.load_model(self.model.clone());
+                true
+            }
+            2 if self.ready(self.app.result.is_some() && self.app.continuations[0].is_some()) => {
                 let layers = self.app.model.as_ref().map_or(1, |m| m.layers);
                 self.app.state.layer = 10.min(layers - 1);
-                self.shot(ctx, "main");
-                self.step = 2;
+                true
             }
-            2 => {
-                if self.feature.is_none() {
-                    self.feature = self.top_feature();
-                    self.app.select(self.feature);
-                }
-                let effect = self
-                    .app
+            3 if self.ready(true) => {
+                self.shot(ctx, "main");
+                true
+            }
+            4 => {
+                self.feature = self.top_feature();
+                self.app.select(self.feature);
+                true
+            }
+            5 if self.ready(
+                self.app
                     .effect
                     .as_ref()
-                    .is_some_and(|e| Some(e.feature) == self.feature);
-                if self.ready(effect) {
-                    self.shot(ctx, "feature_card");
-                    if let Some(f) = self.feature {
-                        self.app.set_feature_op(f, Some(Op::Zero), now);
-                    }
-                    self.step = 3;
-                }
+                    .is_some_and(|e| Some(e.feature) == self.feature),
+            ) =>
+            {
+                self.shot(ctx, "feature_card");
+                true
             }
-            3 if self.ready(
+            6 => {
+                if let Some(f) = self.feature {
+                    self.app.set_feature_op(f, Some(Op::Zero), now);
+                }
+                true
+            }
+            7 if self.ready(
                 self.app
                     .result
                     .as_ref()
@@ -186,28 +197,40 @@ impl Tour {
             ) =>
             {
                 self.shot(ctx, "ablation");
-                self.app.state.view = super::ViewMode::Difference;
-                self.step = 4;
+                true
             }
-            4 if self.ready(true) => {
+            8 => {
+                self.app.state.view = super::ViewMode::Difference;
+                true
+            }
+            9 if self.ready(true) => {
                 self.shot(ctx, "ablation_diff");
+                true
+            }
+            10 => {
                 self.app.set_interventions(Vec::new(), now);
                 self.app.state.view = super::ViewMode::Intervened;
                 self.app.state.probe = "苹果是一种水果 🍎 An apple is a kind of fruit.".into();
                 self.app.select(None);
                 self.app.request_run(now);
-                self.step = 5;
+                true
             }
-            5 if self.ready(
+            11 if self.ready(
                 self.app.result.as_ref().is_some_and(|r| r.tokens.len() > 8)
                     && self.app.continuations[0].is_some(),
             ) =>
             {
                 self.shot(ctx, "chinese");
-                self.step = 6;
+                true
             }
-            6 => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
-            _ => {}
+            12 => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                false
+            }
+            _ => false,
+        };
+        if advance {
+            self.step += 1;
         }
     }
 

@@ -335,13 +335,24 @@ impl Worker {
             max_tokens: req.continuation,
             ..Generate::default()
         };
+        // Tokens that hold parts of one character (Chinese, emoji) are grouped until they decode
+        // to whole characters, so the continuation reads as text; the group keeps its first id.
         let as_tokens = |new: Vec<u32>| {
-            new.into_iter()
-                .map(|id| Token {
-                    id,
-                    text: model.tokenizer().token_text(id),
-                })
-                .collect::<Vec<_>>()
+            let mut out: Vec<Token> = Vec::new();
+            let mut group: Vec<u32> = Vec::new();
+            for id in new {
+                group.push(id);
+                let text = model.tokenizer().decode(&group).unwrap_or_default();
+                if !text.contains('\u{FFFD}') || group.len() >= 4 {
+                    out.push(Token { id: group[0], text });
+                    group.clear();
+                }
+            }
+            if !group.is_empty() {
+                let text = model.tokenizer().decode(&group).unwrap_or_default();
+                out.push(Token { id: group[0], text });
+            }
+            out
         };
         let baseline = match &probe.continuation {
             Some((n, tokens)) if *n == req.continuation => tokens.clone(),

@@ -81,18 +81,32 @@ impl HubelApp {
             self.state.view == ViewMode::Difference || self.state.measure == Measure::Selected;
         legend_ui(ui, self.derived.map_scale, diverging);
         let w = cell_width(ui, tokens.len());
+        // Compact rows for deep models, so the layer's heatmap stays in view below.
+        let row_height = (320.0 / self.derived.map.len().max(1) as f32).clamp(7.0, ROW_HEIGHT);
         let scale = self.derived.map_scale;
         let mut clicked_layer = None;
         for (layer, row) in self.derived.map.iter().enumerate() {
             ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing = Vec2::new(0.0, 0.0);
                 let selected = layer == self.state.layer;
-                let name = ui.add_sized(
-                    [LABEL_WIDTH, ROW_HEIGHT],
-                    egui::Button::selectable(
-                        selected,
-                        egui::RichText::new(format!("L{layer}")).small(),
-                    ),
+                // A painted label (no button padding) keeps 30 rows short.
+                let (name_rect, name) =
+                    ui.allocate_exact_size(Vec2::new(LABEL_WIDTH, row_height), Sense::click());
+                let layer_label = format!("Layer {layer}");
+                name.widget_info(|| {
+                    egui::WidgetInfo::selected(egui::Role::Button, true, selected, &layer_label)
+                });
+                let text_color = if selected {
+                    colors::SELECTED
+                } else {
+                    ui.visuals().text_color()
+                };
+                ui.painter().text(
+                    name_rect.right_center() - Vec2::new(6.0, 0.0),
+                    egui::Align2::RIGHT_CENTER,
+                    format!("L{layer}"),
+                    egui::FontId::proportional(row_height.clamp(7.0, 11.0)),
+                    text_color,
                 );
                 if name
                     .on_hover_text(format!("Open layer {layer} below"))
@@ -101,7 +115,7 @@ impl HubelApp {
                     clicked_layer = Some(layer);
                 }
                 let (rect, response) = ui.allocate_exact_size(
-                    Vec2::new(w * tokens.len() as f32, ROW_HEIGHT),
+                    Vec2::new(w * tokens.len() as f32, row_height),
                     Sense::click(),
                 );
                 let painter = ui.painter_at(rect);
@@ -114,7 +128,7 @@ impl HubelApp {
                     };
                     let cell = Rect::from_min_size(
                         egui::pos2(rect.left() + w * pos as f32, rect.top()),
-                        Vec2::new(w - 1.0, ROW_HEIGHT - 1.0),
+                        Vec2::new(w - 1.0, row_height - 1.0),
                     );
                     painter.rect_filled(cell, 0.0, color);
                 }

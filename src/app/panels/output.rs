@@ -46,7 +46,7 @@ fn continuation_ui(
                     ui.spacing_mut().item_spacing.x = 0.0;
                     for (i, t) in tokens.iter().enumerate() {
                         let differs = other.is_some_and(|o| o.get(i).map(|x| x.id) != Some(t.id));
-                        let text = egui::RichText::new(visible(&t.text)).monospace();
+                        let text = egui::RichText::new(t.text.replace('\u{FFFD}', "?")).monospace();
                         let text = if differs {
                             text.background_color(colors::WORSE)
                                 .color(colors::CELL_TEXT)
