@@ -241,3 +241,33 @@ fn an_over_long_probe_is_a_message_not_a_freeze() {
         .contains("the model's context holds 96"));
     h.get_by_label_contains("shorten the text");
 }
+
+#[test]
+fn a_session_for_another_model_loads_it_then_applies_its_edits() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let dir = std::env::temp_dir().join(format!("hubel-ui-session2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gpt2 = common::fixtures().join("tiny_gpt2").join("model");
+    let session = hubel::session::Session {
+        model_path: Some(gpt2.clone()),
+        probe: "a different probe".into(),
+        interventions: vec![hubel::hooks::Intervention::zero(
+            hubel::hooks::HookPoint::block(1, hubel::hooks::BlockSite::MlpPost),
+            vec![5],
+        )],
+        selection: Some(hubel::features::FeatureId::neuron(1, 5)),
+        layer: Some(1),
+        ..Default::default()
+    };
+    let path = dir.join("gpt2.json");
+    session.save(&path).unwrap();
+    h.state_mut().open_session(&path, 50.0);
+    wait_for(&mut h, "the session's model and run", |a| {
+        a.model.as_ref().is_some_and(|m| m.arch == "gpt2") && a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+    });
+    let app = h.state();
+    assert_eq!(app.state.probe, "a different probe");
+    assert_eq!(app.interventions, session.interventions);
+    assert_eq!(app.selection, session.selection);
+    std::fs::remove_dir_all(dir).unwrap();
+}

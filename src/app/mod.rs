@@ -130,6 +130,8 @@ pub struct HubelApp {
     /// Wall time from a run request to its result, for the status line.
     pub last_round_trip_ms: Option<f64>,
     pub runs_done: u64,
+    /// A session waiting for its model to load.
+    pending_session: Option<Session>,
 }
 
 impl HubelApp {
@@ -180,6 +182,7 @@ impl HubelApp {
             derived: Derived::default(),
             last_round_trip_ms: None,
             runs_done: 0,
+            pending_session: None,
         }
     }
 
@@ -292,23 +295,29 @@ impl HubelApp {
             Ok(s) => {
                 if let Some(model) = &s.model_path {
                     if self.state.model_path.as_ref() != Some(model) {
-                        self.state.model_path = Some(model.clone());
+                        // Apply the rest once that model is loaded (loading resets the edits).
                         self.load_model(model.clone());
+                        self.pending_session = Some(s);
+                        return;
                     }
                 }
-                self.state.probe = s.probe;
-                self.state.basis = s.basis;
-                if let Some(layer) = s.layer {
-                    self.state.layer = layer;
-                }
-                self.undo
-                    .push(std::mem::replace(&mut self.interventions, s.interventions));
-                self.select(s.selection);
-                self.error = None;
-                self.request_run(now);
+                self.apply_session(s, now);
             }
             Err(e) => self.error = Some(e.to_string()),
         }
+    }
+
+    fn apply_session(&mut self, s: Session, now: f64) {
+        self.state.probe = s.probe;
+        self.state.basis = s.basis;
+        if let Some(layer) = s.layer {
+            self.state.layer = layer;
+        }
+        self.undo
+            .push(std::mem::replace(&mut self.interventions, s.interventions));
+        self.select(s.selection);
+        self.error = None;
+        self.request_run(now);
     }
 
     pub fn session(&self) -> Session {
@@ -345,7 +354,10 @@ impl HubelApp {
                     self.selection = None;
                     self.interventions.clear();
                     self.undo.clear();
-                    self.request_run(now);
+                    match self.pending_session.take() {
+                        Some(session) => self.apply_session(session, now),
+                        None => self.request_run(now),
+                    }
                 }
                 Response::LoadFailed { path, message } => {
                     self.loading = None;
