@@ -263,7 +263,8 @@ fn a_session_for_another_model_loads_it_then_applies_its_edits() {
     session.save(&path).unwrap();
     h.state_mut().open_session(&path, 50.0);
     wait_for(&mut h, "the session's model and run", |a| {
-        a.model.as_ref().is_some_and(|m| m.arch == "gpt2") && a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+        a.model.as_ref().is_some_and(|m| m.arch == "gpt2")
+            && a.result.as_ref().is_some_and(|r| r.intervened.is_some())
     });
     let app = h.state();
     assert_eq!(app.state.probe, "a different probe");

@@ -127,10 +127,8 @@ pub fn top_features(
     let Some(act) = record.get(HookPoint::block(layer, basis.site())) else {
         return Vec::new();
     };
-    let units = match basis {
-        Basis::Neurons => act.shape[1],
-        Basis::Heads => act.shape[1],
-    };
+    // Neurons: [pos, d_mlp]; heads: [pos, head, d_head]. Either way the units are axis 1.
+    let units = act.shape[1];
     let mut peaks: Vec<(usize, f32)> = (0..units)
         .map(|i| {
             let f = FeatureId {

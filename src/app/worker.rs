@@ -260,7 +260,7 @@ impl Worker {
             });
             return;
         };
-        let result = (|| -> Result<(RunResult, bool), ModelError> {
+        let result = (|| -> Result<RunResult, ModelError> {
             let fresh = self.probe.as_ref().is_none_or(|p| p.text != req.text);
             let mut layers_computed = 0;
             if fresh {
@@ -279,6 +279,7 @@ impl Worker {
                     continuation: None,
                 });
             }
+            // Set just above when the text is new.
             let probe = self.probe.as_ref().ok_or(ModelError::EmptyText)?;
             let ids: Vec<u32> = probe.tokens.iter().map(|t| t.id).collect();
             let (intervened, kl) = if req.interventions.is_empty() {
@@ -295,21 +296,18 @@ impl Worker {
                 let kl = analysis::kl_divergence(&probe.baseline.last_logits, &s.last_logits);
                 (Some(s), Some(kl))
             };
-            Ok((
-                RunResult {
-                    id: req.id,
-                    tokens: probe.tokens.clone(),
-                    baseline: probe.baseline.clone(),
-                    intervened,
-                    kl,
-                    elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-                    layers_computed,
-                },
-                fresh,
-            ))
+            Ok(RunResult {
+                id: req.id,
+                tokens: probe.tokens.clone(),
+                baseline: probe.baseline.clone(),
+                intervened,
+                kl,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+                layers_computed,
+            })
         })();
         match result {
-            Ok((result, _)) => self.send(Response::Run(Box::new(result))),
+            Ok(result) => self.send(Response::Run(Box::new(result))),
             Err(ModelError::Cancelled) => return,
             Err(e) => {
                 self.send(Response::RunFailed {

@@ -40,12 +40,6 @@ impl<'a> Hooks<'a> {
         }
     }
 
-    /// A run that records and changes nothing.
-    pub fn none() -> Hooks<'static> {
-        static NOTHING: Capture = Capture::Nothing;
-        Hooks::new(&NOTHING, &[])
-    }
-
     /// Makes the run stop with [`crate::model::ModelError::Cancelled`] at the next layer once
     /// `flag` is set.
     pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {

@@ -143,9 +143,30 @@ fn first_touched_block(interventions: &[Intervention], n_layers: usize) -> usize
 }
 
 impl Model {
-    pub(crate) fn new(weights: Weights, tokenizer: Tokenizer, mut info: ModelInfo) -> Result<Self> {
-        weights.cfg.validate().map_err(ModelError::Unsupported)?;
-        info.parameters = weights.param_count();
+    pub(crate) fn new(
+        weights: Weights,
+        tokenizer: Tokenizer,
+        name: String,
+        sha256: String,
+        path: PathBuf,
+    ) -> Result<Self> {
+        let cfg = &weights.cfg;
+        cfg.validate().map_err(ModelError::Unsupported)?;
+        let info = ModelInfo {
+            name,
+            arch: cfg.arch.name().to_string(),
+            layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            d_mlp: cfg.d_mlp,
+            heads: cfg.n_heads,
+            kv_heads: cfg.n_kv_heads,
+            d_head: cfg.d_head,
+            vocab: cfg.vocab_size,
+            context_length: cfg.n_ctx,
+            parameters: weights.param_count(),
+            sha256,
+            path,
+        };
         Ok(Model {
             weights,
             tokenizer,

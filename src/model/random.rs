@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use super::config::{Arch, Config};
 use super::tokenizer::{GgufVocab, Tokenizer};
 use super::transformer::{build_gpt2, build_llama};
-use super::{Model, ModelInfo, Result};
+use super::{Model, Result};
 
 /// A tiny config of `arch`: 3 layers, d_model 32, 4 heads (2 kv heads for Llama), vocab 260.
 pub fn tiny_config(arch: Arch) -> Config {
@@ -89,20 +89,9 @@ pub fn random_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, 
         Arch::Gpt2 => build_gpt2(cfg, &mut get)?,
     };
     let tokenizer = Tokenizer::from_gguf(byte_vocab())?;
-    let info = ModelInfo {
-        name: format!("tiny random {} (seed {seed})", cfg.arch.name()),
-        arch: cfg.arch.name().to_string(),
-        layers: cfg.n_layers,
-        d_model: cfg.d_model,
-        d_mlp: cfg.d_mlp,
-        heads: cfg.n_heads,
-        kv_heads: cfg.n_kv_heads,
-        d_head: cfg.d_head,
-        vocab: cfg.vocab_size,
-        context_length: cfg.n_ctx,
-        parameters: 0,
-        sha256: String::new(),
-        path: Default::default(),
-    };
-    Ok((Model::new(weights, tokenizer, info)?, made))
+    let name = format!("tiny random {} (seed {seed})", cfg.arch.name());
+    Ok((
+        Model::new(weights, tokenizer, name, String::new(), Default::default())?,
+        made,
+    ))
 }

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use crate::model::config::{Arch, Config};
 use crate::model::tokenizer::{GgufVocab, Tokenizer};
 use crate::model::transformer::build_llama;
-use crate::model::{Model, ModelError, ModelInfo, Result};
+use crate::model::{Model, ModelError, Result};
 
 fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::BadFile {
@@ -192,29 +192,16 @@ pub fn load(path: &Path) -> Result<Model> {
         }))
     };
     let weights = build_llama(&cfg, &mut get, &device)?;
-    let info = ModelInfo {
-        name: meta.string("general.name").unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        }),
-        arch: Arch::Llama.name().to_string(),
-        layers: cfg.n_layers,
-        d_model: cfg.d_model,
-        d_mlp: cfg.d_mlp,
-        heads: cfg.n_heads,
-        kv_heads: cfg.n_kv_heads,
-        d_head: cfg.d_head,
-        vocab: cfg.vocab_size,
-        context_length: cfg.n_ctx,
-        parameters: 0,
-        sha256: crate::assets::sha256_file(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?,
+    let name = meta.string("general.name").unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let sha256 = crate::assets::sha256_file(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
-    };
-    Model::new(weights, tokenizer, info)
+        source,
+    })?;
+    Model::new(weights, tokenizer, name, sha256, path.to_path_buf())
 }
 
 /// HF name → (GGUF name, heads to un-permute for q/k).

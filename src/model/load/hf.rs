@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::model::config::{Arch, HfConfig};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::transformer::{build_gpt2, build_llama};
-use crate::model::{Model, ModelError, ModelInfo, Result};
+use crate::model::{Model, ModelError, Result};
 
 fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::BadFile {
@@ -70,23 +70,15 @@ pub fn load(dir: &Path) -> Result<Model> {
         Arch::Llama => build_llama(&cfg, &mut get, &device)?,
         Arch::Gpt2 => build_gpt2(&cfg, &mut get)?,
     };
-    let info = ModelInfo {
-        name: dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        arch: cfg.arch.name().to_string(),
-        layers: cfg.n_layers,
-        d_model: cfg.d_model,
-        d_mlp: cfg.d_mlp,
-        heads: cfg.n_heads,
-        kv_heads: cfg.n_kv_heads,
-        d_head: cfg.d_head,
-        vocab: cfg.vocab_size,
-        context_length: cfg.n_ctx,
-        parameters: 0,
-        sha256: format!("{:x}", hasher.finalize()),
-        path: dir.to_path_buf(),
-    };
-    Model::new(weights, tokenizer, info)
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Model::new(
+        weights,
+        tokenizer,
+        name,
+        format!("{:x}", hasher.finalize()),
+        dir.to_path_buf(),
+    )
 }
