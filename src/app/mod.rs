@@ -51,6 +51,7 @@ pub struct AppState {
     pub layer: usize,
     pub continuation: usize,
     pub view: ViewMode,
+    pub layer_map_open: bool,
 }
 
 impl Default for AppState {
@@ -64,6 +65,7 @@ impl Default for AppState {
             layer: 0,
             continuation: 12,
             view: ViewMode::Intervened,
+            layer_map_open: true,
         }
     }
 }

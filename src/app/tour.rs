@@ -170,6 +170,8 @@ impl Tour {
             4 => {
                 self.feature = self.top_feature();
                 self.app.select(self.feature);
+                // Fold the layer map so the layer's heatmap is in the picture.
+                self.app.state.layer_map_open = false;
                 true
             }
             5 if self.ready(
@@ -201,6 +203,7 @@ impl Tour {
             }
             8 => {
                 self.app.state.view = super::ViewMode::Difference;
+                self.app.state.layer_map_open = true;
                 true
             }
             9 if self.ready(true) => {

@@ -8,7 +8,7 @@ use crate::analysis::maps::Measure;
 use crate::features::{Basis, FeatureId};
 use crate::hooks::Op;
 
-const LABEL_WIDTH: f32 = 70.0;
+const LABEL_WIDTH: f32 = 86.0;
 const ROW_HEIGHT: f32 = 14.0;
 
 fn cell_width(ui: &egui::Ui, n: usize) -> f32 {
@@ -76,7 +76,22 @@ impl HubelApp {
                 })
                 .response
                 .labelled_by(label.id);
+            let toggle = if self.state.layer_map_open {
+                "Hide"
+            } else {
+                "Show"
+            };
+            if ui
+                .button(toggle)
+                .on_hover_text("Fold the layer map to give the layer heatmap room")
+                .clicked()
+            {
+                self.state.layer_map_open = !self.state.layer_map_open;
+            }
         });
+        if !self.state.layer_map_open {
+            return;
+        }
         let diverging =
             self.state.view == ViewMode::Difference || self.state.measure == Measure::Selected;
         legend_ui(ui, self.derived.map_scale, diverging);
