@@ -153,9 +153,17 @@ fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_progress(p: Progress) {
-    match p.fraction() {
-        Some(f) => eprint!("\r{}: {:5.1}%", p.phase, f * 100.0),
+/// Prints progress on stderr, one update per whole percent (a log stays readable).
+fn progress_printer() -> impl FnMut(Progress) {
+    let mut last: Option<(String, u32)> = None;
+    move |p: Progress| match p.fraction() {
+        Some(f) => {
+            let percent = (f * 100.0).floor() as u32;
+            if last.as_ref() != Some(&(p.phase.clone(), percent)) {
+                eprint!("\r{}: {percent:3}%", p.phase);
+                last = Some((p.phase, percent));
+            }
+        }
         None => eprintln!("{}", p.phase),
     }
 }
@@ -172,7 +180,7 @@ fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
     let clients = Clients::default();
     let cancel = AtomicBool::new(false);
     if model {
-        let path = assets::fetch_model(&dir, &clients, &mut print_progress, &cancel)
+        let path = assets::fetch_model(&dir, &clients, &mut progress_printer(), &cancel)
             .context("fetching the default model")?;
         eprintln!();
         println!(
@@ -182,7 +190,7 @@ fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     if corpus {
-        let path = assets::fetch_corpus(&dir, &clients, &mut print_progress, &cancel)
+        let path = assets::fetch_corpus(&dir, &clients, &mut progress_printer(), &cancel)
             .context("fetching the WordNet corpus")?;
         eprintln!();
         println!("corpus {}", path.display());
