@@ -256,9 +256,9 @@ impl HubelApp {
 
     /// The intervention on `feature`, if any.
     pub fn intervention_on(&self, feature: FeatureId) -> Option<usize> {
-        self.interventions.iter().position(|iv| {
-            iv.hook == feature.hook() && iv.indices.as_deref() == Some(&[feature.index][..])
-        })
+        self.interventions
+            .iter()
+            .position(|iv| FeatureId::of_intervention(iv) == Some(feature))
     }
 
     /// Adds, replaces or (with `None`) removes the intervention on `feature`.

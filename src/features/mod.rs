@@ -67,6 +67,23 @@ impl FeatureId {
         }
     }
 
+    /// The feature an intervention edits as a whole: one neuron or head at every position.
+    /// `None` for edits of other hook points, several indices, or chosen positions.
+    pub fn of_intervention(iv: &crate::hooks::Intervention) -> Option<Self> {
+        let HookPoint::Block { layer, site } = iv.hook else {
+            return None;
+        };
+        let basis = Basis::ALL.into_iter().find(|b| b.site() == site)?;
+        match (iv.indices.as_deref(), &iv.positions) {
+            (Some(&[index]), None) => Some(FeatureId {
+                basis,
+                layer,
+                index,
+            }),
+            _ => None,
+        }
+    }
+
     /// The hook point an intervention on this feature edits.
     pub fn hook(&self) -> HookPoint {
         HookPoint::block(self.layer, self.basis.site())
@@ -76,5 +93,35 @@ impl FeatureId {
 impl std::fmt::Display for FeatureId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{Intervention, Op};
+
+    #[test]
+    fn an_intervention_names_its_feature_only_when_it_edits_one_whole_feature() {
+        let neuron = Intervention::zero(HookPoint::block(10, BlockSite::MlpPost), vec![123]);
+        assert_eq!(
+            FeatureId::of_intervention(&neuron),
+            Some(FeatureId::neuron(10, 123))
+        );
+        let head = Intervention::zero(HookPoint::block(5, BlockSite::Z), vec![3]);
+        assert_eq!(
+            FeatureId::of_intervention(&head).map(|f| f.label()),
+            Some("L5H3".into())
+        );
+        let two = Intervention::zero(HookPoint::block(1, BlockSite::MlpPost), vec![1, 2]);
+        let placed = Intervention {
+            positions: Some(vec![0]),
+            op: Op::Zero,
+            ..neuron.clone()
+        };
+        let resid = Intervention::zero(HookPoint::block(1, BlockSite::ResidPost), vec![1]);
+        for iv in [two, placed, resid] {
+            assert_eq!(FeatureId::of_intervention(&iv), None, "{iv:?}");
+        }
     }
 }

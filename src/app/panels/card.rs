@@ -76,25 +76,12 @@ impl HubelApp {
             .map(|i| self.interventions[i].op.clone());
         let mut op: Option<Option<Op>> = None;
         ui.horizontal(|ui| {
-            if ui
-                .selectable_label(current == Some(Op::Zero), "Ablate (zero)")
-                .clicked()
-            {
-                op = Some(if current == Some(Op::Zero) {
-                    None
-                } else {
-                    Some(Op::Zero)
-                });
-            }
-            if ui
-                .selectable_label(current == Some(Op::Mean), "Ablate (mean)")
-                .clicked()
-            {
-                op = Some(if current == Some(Op::Mean) {
-                    None
-                } else {
-                    Some(Op::Mean)
-                });
+            for (mode, label) in [(Op::Zero, "Ablate (zero)"), (Op::Mean, "Ablate (mean)")] {
+                let active = current.as_ref() == Some(&mode);
+                if ui.selectable_label(active, label).clicked() {
+                    // Clicking the active mode switches the edit off.
+                    op = Some((!active).then_some(mode));
+                }
             }
             if current.is_some() && ui.button("Remove").clicked() {
                 op = Some(None);

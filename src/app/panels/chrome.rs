@@ -50,37 +50,26 @@ impl HubelApp {
                     }
                     ui.separator();
                     let has_result = self.result.is_some();
-                    if ui
-                        .add_enabled(has_result, egui::Button::new("Export heatmap as PNG…"))
-                        .clicked()
-                    {
-                        if let Some(path) = rfd::FileDialog::new()
-                            .set_file_name("heatmap.png")
-                            .save_file()
+                    let exports = [
+                        ("Export heatmap as PNG…", "heatmap.png"),
+                        ("Export heatmap as CSV…", "heatmap.csv"),
+                        ("Export output as JSON…", "output.json"),
+                    ];
+                    for (label, file) in exports {
+                        if !ui
+                            .add_enabled(has_result, egui::Button::new(label))
+                            .clicked()
                         {
-                            self.export_heatmap(&path, true);
+                            continue;
                         }
-                    }
-                    if ui
-                        .add_enabled(has_result, egui::Button::new("Export heatmap as CSV…"))
-                        .clicked()
-                    {
-                        if let Some(path) = rfd::FileDialog::new()
-                            .set_file_name("heatmap.csv")
-                            .save_file()
-                        {
-                            self.export_heatmap(&path, false);
-                        }
-                    }
-                    if ui
-                        .add_enabled(has_result, egui::Button::new("Export output as JSON…"))
-                        .clicked()
-                    {
-                        if let Some(path) = rfd::FileDialog::new()
-                            .set_file_name("output.json")
-                            .save_file()
-                        {
-                            self.export_output(&path);
+                        let Some(path) = rfd::FileDialog::new().set_file_name(file).save_file()
+                        else {
+                            continue;
+                        };
+                        match file {
+                            "heatmap.png" => self.export_heatmap(&path, true),
+                            "heatmap.csv" => self.export_heatmap(&path, false),
+                            _ => self.export_output(&path),
                         }
                     }
                 });

@@ -25,23 +25,9 @@ fn mode_name(op: &Op) -> &'static str {
 
 /// A short label for an intervention's target: `L10N123`, `L5H3`, or the hook with indices.
 fn target_label(iv: &crate::hooks::Intervention) -> String {
-    use crate::hooks::{BlockSite, HookPoint};
-    match (iv.hook, iv.indices.as_deref()) {
-        (
-            HookPoint::Block {
-                layer,
-                site: BlockSite::MlpPost,
-            },
-            Some([n]),
-        ) => format!("L{layer}N{n}"),
-        (
-            HookPoint::Block {
-                layer,
-                site: BlockSite::Z,
-            },
-            Some([h]),
-        ) => format!("L{layer}H{h}"),
-        _ => crate::probe::describe(iv),
+    match crate::features::FeatureId::of_intervention(iv) {
+        Some(f) => f.label(),
+        None => crate::probe::describe(iv),
     }
 }
 
