@@ -11,6 +11,7 @@ pub mod colors;
 pub mod export;
 pub mod fonts;
 mod panels;
+pub mod text;
 pub mod tour;
 pub mod worker;
 

@@ -342,13 +342,12 @@ impl Worker {
                 group.push(id);
                 let text = model.tokenizer().decode(&group).unwrap_or_default();
                 if !text.contains('\u{FFFD}') || group.len() >= 4 {
-                    out.push(Token { id: group[0], text });
+                    out.push(model.tokenizer().token_group(&group));
                     group.clear();
                 }
             }
             if !group.is_empty() {
-                let text = model.tokenizer().decode(&group).unwrap_or_default();
-                out.push(Token { id: group[0], text });
+                out.push(model.tokenizer().token_group(&group));
             }
             out
         };

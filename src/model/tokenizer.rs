@@ -14,16 +14,71 @@ use tokenizers::AddedToken;
 
 use super::{ModelError, Result};
 
-/// One token of a probe: its id and its text (decoded on its own; a token holding part of a
-/// multi-byte character shows as U+FFFD, as in HF).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One token of a probe: its id, its text (decoded on its own; a token holding part of a
+/// multi-byte character shows as U+FFFD, as in HF) and the bytes it stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Token {
     pub id: u32,
     pub text: String,
+    /// The raw bytes of the token's text, before UTF-8 decoding: `E8 8B` for the first two
+    /// bytes of 苹 in a byte-level BPE. Empty when unknown (tokens read back from JSON); not
+    /// serialized, so the JSON shape stays `{"id", "text"}`.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+}
+
+impl Token {
+    /// A token whose bytes are its text's UTF-8.
+    pub fn from_text(id: u32, text: impl Into<String>) -> Self {
+        let text = text.into();
+        Token {
+            id,
+            bytes: text.as_bytes().to_vec(),
+            text,
+        }
+    }
+
+    /// The bytes the token stands for: [`Token::bytes`], or its text's UTF-8 when those are unknown.
+    pub fn raw(&self) -> &[u8] {
+        if self.bytes.is_empty() {
+            self.text.as_bytes()
+        } else {
+            &self.bytes
+        }
+    }
+}
+
+/// GPT-2's byte-level alphabet reversed: the character a byte-level BPE vocabulary writes for
+/// each byte (printable Latin-1 as itself, the rest shifted to U+0100..) back to the byte.
+fn byte_of_char(c: char) -> Option<u8> {
+    let c = c as u32;
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    if c < 0x100 {
+        return printable(c).then_some(c as u8);
+    }
+    // The other 68 bytes, in order, map to U+0100 + n.
+    let n = c.checked_sub(0x100)?;
+    (0u32..=255)
+        .filter(|&b| !printable(b))
+        .nth(n as usize)
+        .map(|b| b as u8)
+}
+
+/// `<0xE8>`: SentencePiece's byte-fallback token for one byte.
+fn byte_fallback(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The vocabulary spells bytes in GPT-2's byte-level alphabet (its decoder is `ByteLevel`).
+    byte_level: bool,
     /// Prepended to every probe (from `add_bos_token`; false for SmolLM2).
     bos: Option<u32>,
     eos: Option<u32>,
@@ -53,8 +108,13 @@ impl Tokenizer {
         let eos = ["<|endoftext|>", "</s>", "<|im_end|>"]
             .iter()
             .find_map(|t| inner.token_to_id(t));
+        let byte_level = matches!(
+            inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        );
         Ok(Tokenizer {
             inner,
+            byte_level,
             bos: None,
             eos,
         })
@@ -119,6 +179,7 @@ impl Tokenizer {
         inner.add_tokens(user).map_err(tok_err)?;
         Ok(Tokenizer {
             inner,
+            byte_level: true,
             bos: if v.add_bos { v.bos } else { None },
             eos: v.eos,
         })
@@ -137,6 +198,7 @@ impl Tokenizer {
             .map(|id| Token {
                 id,
                 text: self.token_text(id),
+                bytes: self.token_bytes(id),
             })
             .collect())
     }
@@ -152,6 +214,39 @@ impl Tokenizer {
             .unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The bytes one token stands for: a token holding part of a multi-byte character gives
+    /// those bytes (`E8 8B`), where its text has U+FFFD.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let added = self.inner.get_added_vocabulary().simple_id_to_token(id);
+        let piece = match (&added, self.inner.id_to_token(id)) {
+            (None, Some(piece)) => piece,
+            // Added tokens (`<|im_start|>`) are written as themselves.
+            _ => return self.token_text(id).into_bytes(),
+        };
+        if self.byte_level {
+            // As the ByteLevel decoder does: a piece outside the alphabet is its own UTF-8.
+            return piece
+                .chars()
+                .map(byte_of_char)
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| piece.into_bytes());
+        }
+        match byte_fallback(&piece) {
+            Some(b) => vec![b],
+            None => self.token_text(id).into_bytes(),
+        }
+    }
+
+    /// Several tokens shown as one (a character split over byte tokens): the first id, the
+    /// text of the sequence, and all their bytes.
+    pub fn token_group(&self, ids: &[u32]) -> Token {
+        Token {
+            id: ids.first().copied().unwrap_or_default(),
+            text: self.decode(ids).unwrap_or_default(),
+            bytes: ids.iter().flat_map(|&id| self.token_bytes(id)).collect(),
+        }
+    }
+
     /// A sequence's text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tok_err)
@@ -163,5 +258,77 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-level character for each byte, from the tokenizers crate's own alphabet.
+    fn char_of_byte() -> Vec<char> {
+        let mut chars: Vec<(u8, char)> = ByteLevel::alphabet()
+            .into_iter()
+            .map(|c| (byte_of_char(c).expect("in the alphabet"), c))
+            .collect();
+        chars.sort();
+        chars.dedup_by_key(|(b, _)| *b);
+        assert_eq!(chars.len(), 256, "one character per byte");
+        chars.into_iter().map(|(_, c)| c).collect()
+    }
+
+    #[test]
+    fn byte_level_alphabet() {
+        let chars = char_of_byte();
+        assert_eq!(chars[b' ' as usize], 'Ġ');
+        assert_eq!(chars[b'\n' as usize], 'Ċ');
+        assert_eq!(chars[b'a' as usize], 'a');
+        assert_eq!(chars[0xE8], 'è');
+        assert_eq!(byte_of_char('苹'), None);
+        assert_eq!(byte_fallback("<0xE8>"), Some(0xE8));
+        assert_eq!(byte_fallback("<0xE8"), None);
+    }
+
+    /// 苹 is E8 8B B9: with one merge (E8 8B) it is two tokens, neither a whole character.
+    #[test]
+    fn byte_tokens_keep_their_bytes() {
+        let chars = char_of_byte();
+        let mut tokens: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
+        let merged = format!("{}{}", chars[0xE8], chars[0x8B]);
+        tokens.push(merged.clone());
+        tokens.push("<|im_start|>".into());
+        let n = tokens.len();
+        let mut token_types = vec![1; n];
+        token_types[n - 1] = 3;
+        let tok = Tokenizer::from_gguf(GgufVocab {
+            model: "gpt2".into(),
+            pre: Some("smollm".into()),
+            tokens,
+            token_types,
+            merges: vec![format!("{} {}", chars[0xE8], chars[0x8B])],
+            bos: None,
+            eos: None,
+            add_bos: false,
+        })
+        .unwrap();
+        let got = tok.encode("苹 <|im_start|>").unwrap();
+        let bytes: Vec<&[u8]> = got.iter().map(|t| t.bytes.as_slice()).collect();
+        assert_eq!(
+            bytes,
+            [&[0xE8, 0x8B][..], &[0xB9], b" ", b"<|im_start|>"],
+            "{got:?}"
+        );
+        assert_eq!(got[0].text, "\u{FFFD}");
+        assert_eq!(got[3].text, "<|im_start|>");
+        let group = tok.token_group(&[got[0].id, got[1].id]);
+        assert_eq!(
+            (group.id, group.text.as_str(), group.bytes.as_slice()),
+            (got[0].id, "苹", "苹".as_bytes())
+        );
+        // The JSON shape is unchanged: {"id", "text"}.
+        assert_eq!(
+            serde_json::to_string(&got[0]).unwrap(),
+            format!("{{\"id\":{},\"text\":\"\u{FFFD}\"}}", got[0].id)
+        );
     }
 }

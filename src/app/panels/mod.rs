@@ -7,11 +7,5 @@ mod maps;
 mod output;
 mod probe;
 
-/// A token's text as shown in a chip: spaces, newlines and tabs made visible, and the
-/// replacement character of a token that holds part of a multi-byte character shown as `?`.
-pub fn visible(text: &str) -> String {
-    text.replace(' ', "·")
-        .replace('\n', "↵")
-        .replace('\t', "→")
-        .replace('\u{FFFD}', "?")
-}
+/// How token text is shown (whitespace made visible, stray bytes as `<E8>`): see `app/text.rs`.
+pub use super::text::visible;
