@@ -17,40 +17,7 @@ pub struct ProbeRequest {
     pub generate: usize,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ModelSummary {
-    pub name: String,
-    pub arch: String,
-    pub layers: usize,
-    pub d_model: usize,
-    pub d_mlp: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub vocab: usize,
-    pub context_length: usize,
-    pub parameters: usize,
-    pub sha256: String,
-}
-
-impl From<&ModelInfo> for ModelSummary {
-    fn from(i: &ModelInfo) -> Self {
-        ModelSummary {
-            name: i.name.clone(),
-            arch: i.arch.clone(),
-            layers: i.layers,
-            d_model: i.d_model,
-            d_mlp: i.d_mlp,
-            heads: i.heads,
-            kv_heads: i.kv_heads,
-            vocab: i.vocab,
-            context_length: i.context_length,
-            parameters: i.parameters,
-            sha256: i.sha256.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TopToken {
     pub id: u32,
     pub token: String,
@@ -58,7 +25,7 @@ pub struct TopToken {
     pub prob: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
     pub top_next: Vec<TopToken>,
     /// Mean of `token_nll`; null for a one-token probe.
@@ -72,7 +39,7 @@ pub struct RunSummary {
 
 #[derive(Debug, Serialize)]
 pub struct ProbeReport {
-    pub model: ModelSummary,
+    pub model: ModelInfo,
     pub tokens: Vec<Token>,
     pub interventions: Vec<String>,
     pub baseline: RunSummary,
@@ -83,14 +50,9 @@ pub struct ProbeReport {
     pub last_logits: Vec<f32>,
 }
 
-fn summarize(
-    model: &Model,
-    out: &RunOutput,
-    ids: &[u32],
-    top: usize,
-    continuation: Option<String>,
-) -> RunSummary {
-    let top_next = analysis::top_k(out.last_logits(), top)
+/// The `k` most likely next tokens after one position's logits.
+pub fn top_tokens(model: &Model, logits: &[f32], k: usize) -> Vec<TopToken> {
+    analysis::top_k(logits, k)
         .into_iter()
         .map(|(id, logit, prob)| TopToken {
             id,
@@ -98,10 +60,21 @@ fn summarize(
             logit,
             prob,
         })
-        .collect();
+        .collect()
+}
+
+/// The summary of one run that both this report and the viewer show: the next-token top `top`
+/// after the last position, and the loss of every token.
+pub fn summarize(
+    model: &Model,
+    out: &RunOutput,
+    ids: &[u32],
+    top: usize,
+    continuation: Option<String>,
+) -> RunSummary {
     let token_nll = analysis::token_nll(&out.logits, out.vocab, ids);
     RunSummary {
-        top_next,
+        top_next: top_tokens(model, out.last_logits(), top),
         mean_nll: analysis::mean(&token_nll),
         token_nll,
         continuation,
@@ -145,7 +118,7 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
         (Some(s), out.last_logits().to_vec())
     };
     Ok(ProbeReport {
-        model: ModelSummary::from(model.info()),
+        model: model.info().clone(),
         tokens,
         interventions: req.interventions.iter().map(describe).collect(),
         baseline,

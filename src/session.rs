@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{Basis, FeatureId};
 use crate::hooks::Intervention;
+use crate::model::ModelInfo;
 
 pub const VERSION: u32 = 1;
 
@@ -83,6 +84,67 @@ impl Session {
             path: path.into(),
             reason: e.to_string(),
         })
+    }
+
+    /// Checks the session against the model it is about to be applied to: every hook point,
+    /// layer, index and position must exist there. The message says what does not fit.
+    pub fn check(&self, info: &ModelInfo) -> Result<(), String> {
+        let layers = |n: usize| {
+            if n == 1 {
+                "1 layer".to_string()
+            } else {
+                format!("{n} layers (0–{})", n - 1)
+            }
+        };
+        for iv in &self.interventions {
+            let Some((units, _)) = info.hook_size(iv.hook, info.context_length) else {
+                return Err(match iv.hook.layer() {
+                    Some(l) if l >= info.layers => format!(
+                        "the edit of {} names layer {l}, but the model has {}",
+                        iv.hook,
+                        layers(info.layers)
+                    ),
+                    _ => format!("the model has no hook point {}", iv.hook),
+                });
+            };
+            if let Some(bad) = iv.indices.iter().flatten().find(|&&i| i >= units) {
+                return Err(format!(
+                    "the edit of {} names index {bad}, but that hook point has {units}",
+                    iv.hook
+                ));
+            }
+            if let Some(bad) = iv
+                .positions
+                .iter()
+                .flatten()
+                .find(|&&p| p >= info.context_length)
+            {
+                return Err(format!(
+                    "the edit of {} names position {bad}, beyond the model's context of {}",
+                    iv.hook, info.context_length
+                ));
+            }
+        }
+        if let Some(layer) = self.layer {
+            if layer >= info.layers {
+                return Err(format!(
+                    "the session shows layer {layer}, but the model has {}",
+                    layers(info.layers)
+                ));
+            }
+        }
+        if let Some(f) = self.selection {
+            let units = info.hook_size(f.hook(), 1).map(|(u, _)| u);
+            if f.layer >= info.layers || units.is_none_or(|u| f.index >= u) {
+                return Err(format!(
+                    "the selected feature {f} does not exist in this model ({}, {} neurons and {} heads a layer)",
+                    layers(info.layers),
+                    info.d_mlp,
+                    info.heads
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, path: &Path) -> Result<(), SessionError> {

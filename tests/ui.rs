@@ -1,33 +1,76 @@
 //! The viewer driven as a person drives it, through its accessible labels (egui_kittest): type a
-//! probe, click a feature in the heatmap, ablate it, see the output change and change back.
+//! probe, click a feature in the heatmap, ablate it, see the output change and change back; save
+//! through the built-in file dialog; restore the working state; survive bad sessions.
 //! Most tests use the tiny random Llama fixture; one runs the real SmolLM2 end to end.
+//!
+//! The fonts are the hard case on purpose: where `fonts-droid-fallback` is installed (CI installs
+//! it), its DroidSansFallbackFull, which lacks ↵ → ‖ ✕, is forced in as the CJK fallback, so a UI
+//! symbol that is not in the bundled font panics here (epaint panics on a missing glyph in debug).
+//! Configuration is passed explicitly ([`AppConfig`]), never through process-wide environment.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use hubel::app::{AppState, HubelApp};
+use hubel::app::fonts::{CjkFont, FontSource};
+use hubel::app::{AppConfig, AppState, HubelApp, ViewMode};
+use hubel::features::FeatureId;
+use hubel::hooks::{BlockSite, HookPoint, Intervention};
+use hubel::session::Session;
+
+const DROID: &str = "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf";
 
 fn tiny_llama() -> PathBuf {
     common::fixtures().join("tiny_llama").join("model")
 }
 
-fn harness(state: AppState) -> Harness<'static, HubelApp> {
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hubel-ui-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The font the tests force in: Droid where installed (the harder case), else fontconfig's pick.
+fn cjk_source() -> FontSource {
+    if Path::new(DROID).is_file() {
+        FontSource::File(DROID.into())
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs fonts-droid-fallback (.ci/run): {DROID} is missing"
+        );
+        FontSource::Auto
+    }
+}
+
+fn test_config() -> AppConfig {
+    AppConfig {
+        // Never the real asset folder, never a desktop dialog.
+        assets: temp_dir("assets"),
+        native_dialogs: false,
+        ..AppConfig::default()
+    }
+}
+
+fn harness_sized(state: AppState, config: AppConfig, size: [f32; 2]) -> Harness<'static, HubelApp> {
     Harness::builder()
-        .with_size([1500.0, 1700.0])
+        .with_size(size)
         .with_max_steps(100_000)
         .build_eframe(move |cc| {
-            // The app's own font set-up: a CJK fallback found through fontconfig (.ci/run installs one).
-            let cjk = hubel::app::fonts::install(&cc.egui_ctx);
-            assert!(
-                matches!(cjk, hubel::app::fonts::CjkFont::Loaded(_)),
-                "{cjk:?}"
-            );
-            HubelApp::with_state(&cc.egui_ctx, state)
+            let cjk = hubel::app::fonts::install_with(&cc.egui_ctx, cjk_source());
+            assert!(matches!(cjk, CjkFont::Loaded(_)), "{cjk:?}");
+            let mut app = HubelApp::with_config(&cc.egui_ctx, state, config);
+            app.cjk = cjk;
+            app
         })
+}
+
+fn harness(state: AppState) -> Harness<'static, HubelApp> {
+    harness_sized(state, test_config(), [1500.0, 1000.0])
 }
 
 /// Steps frames until `cond` holds (the worker answers on its own thread).
@@ -45,35 +88,41 @@ fn wait_for(h: &mut Harness<'static, HubelApp>, what: &str, cond: impl Fn(&Hubel
     h.run_steps(3);
 }
 
-fn loaded(model: PathBuf, probe: &str) -> Harness<'static, HubelApp> {
-    let state = AppState {
+fn probe_state(probe: &str) -> AppState {
+    AppState {
         probe: probe.into(),
         continuation: 4,
         ..AppState::default()
-    };
-    let mut h = harness(state);
+    }
+}
+
+fn load(
+    mut h: Harness<'static, HubelApp>,
+    model: PathBuf,
+    needs_run: bool,
+) -> Harness<'static, HubelApp> {
     h.state_mut().load_model(model);
-    let needs_run = !probe.trim().is_empty();
     wait_for(&mut h, "the model and the first run", move |a| {
-        a.model.is_some() && (a.result.is_some() || !needs_run)
+        a.runtime.model.is_some() && (a.runtime.result.is_some() || !needs_run) && !a.is_busy()
     });
     h
 }
 
+fn loaded(model: PathBuf, probe: &str) -> Harness<'static, HubelApp> {
+    load(harness(probe_state(probe)), model, !probe.trim().is_empty())
+}
+
 #[test]
 fn welcome_screen_offers_fetch_and_open_and_reports_a_failed_fetch() {
-    let mut h = harness(AppState::default());
+    // A fetch whose client is missing says so in the window; the UI keeps running.
+    let mut config = test_config();
+    config.clients.pip = vec!["/nonexistent/pip".into()];
+    let mut h = harness_sized(AppState::default(), config, [1280.0, 720.0]);
     h.run_steps(2);
     h.get_by_label("Open model…");
     h.get_by_label("Open HF folder…");
-    // A fetch whose client is missing says so in the window; the UI keeps running.
-    let assets = std::env::temp_dir().join(format!("hubel-ui-assets-{}", std::process::id()));
-    std::env::set_var("HUBEL_ASSETS", &assets);
-    std::env::set_var("HUBEL_PIP", "/nonexistent/pip");
     h.get_by_label("Fetch default model").click();
     wait_for(&mut h, "the fetch to fail", |a| a.error.is_some());
-    std::env::remove_var("HUBEL_PIP");
-    std::env::remove_var("HUBEL_ASSETS");
     let msg = h.state().error.clone().unwrap();
     assert!(
         msg.contains("Could not fetch the default model") && msg.contains("open a local model"),
@@ -85,8 +134,7 @@ fn welcome_screen_offers_fetch_and_open_and_reports_a_failed_fetch() {
             .is_some(),
         "shown in the window"
     );
-    assert!(h.state().model.is_none());
-    let _ = std::fs::remove_dir_all(assets);
+    assert!(h.state().runtime.model.is_none());
 }
 
 /// The ablation loop: type, click a feature, ablate, output changes; remove, output is back.
@@ -97,72 +145,131 @@ fn ablation_loop(model: PathBuf) {
     h.step();
     h.get_by_label("Probe text").type_text(TEXT);
     wait_for(&mut h, "the typed probe to run", |a| {
-        a.state.probe == TEXT && a.result.is_some() && !a.is_busy()
+        a.state.probe == TEXT && a.runtime.result.is_some() && !a.is_busy()
     });
-    let tokens = &h.state().result.as_ref().unwrap().tokens;
+    let tokens = &h.state().runtime.result.as_ref().unwrap().tokens;
     assert!(tokens.len() > 10 && tokens[0].text == "The", "{tokens:?}");
-    let baseline_top = h.state().result.as_ref().unwrap().baseline.top.clone();
+    let baseline_top = h.state().derived.next.baseline.clone();
     h.get_by_label("Next token: baseline");
     h.get_by_label_contains("no interventions");
 
     // Click the strongest feature of the layer shown.
     let label = h.state_mut().heatmap_data().unwrap().rows[0].clone();
+    let feature = FeatureId::parse(&label).unwrap();
     h.get_by_label(&label).click();
-    wait_for(&mut h, "the selection", |a| {
-        a.selection.is_some_and(|f| f.label() == label)
+    wait_for(&mut h, "the selection", move |a| {
+        a.state.selection == Some(feature)
     });
     h.get_by_label(&format!("Feature {label}"));
 
     // Ablate it from its heatmap row.
-    let runs = h.state().runs_done;
+    let runs = h.state().runtime.runs_done;
     h.get_by_label(&format!("Ablate {label}")).click();
     wait_for(&mut h, "the ablated run", move |a| {
-        a.runs_done > runs && a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+        a.runtime.runs_done > runs
+            && a.runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.intervened.is_some())
     });
-    let r = h.state().result.as_ref().unwrap();
+    let r = h.state().runtime.result.as_ref().unwrap();
     let kl = r.kl.unwrap();
     assert!(
         kl > 0.0,
         "ablating {label} moves the next-token distribution"
     );
-    let inter = r.intervened.as_ref().unwrap();
+    let next = h.state().derived.next.clone();
+    assert_eq!(next.kl, Some(kl), "the panel's KL is the last position's");
     assert_ne!(
-        inter.top.iter().map(|t| t.2).collect::<Vec<_>>(),
-        baseline_top.iter().map(|t| t.2).collect::<Vec<_>>(),
+        next.intervened
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| t.1)
+            .collect::<Vec<_>>(),
+        baseline_top.iter().map(|t| t.1).collect::<Vec<_>>(),
         "the probabilities shown changed"
     );
     assert_eq!(
-        r.baseline.top, baseline_top,
+        next.baseline, baseline_top,
         "the baseline stays the baseline"
     );
     h.get_by_label(&format!("KL(baseline ‖ intervened) = {kl:.6} nats"));
     h.get_by_label_contains("Next token: intervened");
     h.get_by_label(&format!("Remove {label}"));
     assert!(
-        r.layers_computed < h.state().model.as_ref().unwrap().layers || label.starts_with("L0"),
+        r.layers_computed < h.state().runtime.layers() || label.starts_with("L0"),
         "incremental re-run"
     );
 
-    // Remove it: the output is the baseline again.
-    let runs = h.state().runs_done;
+    // View B shows what the rest of the model saw: the ablated neuron is zero everywhere; B − A
+    // shows the removed activation; A keeps it.
+    let row_of = |a: &HubelApp| {
+        a.derived
+            .rows
+            .iter()
+            .find(|r| r.feature == feature)
+            .map(|r| r.values.clone())
+            .unwrap()
+    };
+    h.state_mut().state.view = ViewMode::Intervened;
+    h.run_steps(2);
+    h.get_all_by_label_contains("showing B: intervened")
+        .next()
+        .unwrap();
+    let b = row_of(h.state());
+    assert!(b.iter().all(|v| *v == 0.0), "B: {b:?}");
+    h.state_mut().state.view = ViewMode::Baseline;
+    h.run_steps(2);
+    let a = row_of(h.state());
+    assert!(a.iter().any(|v| *v != 0.0), "A keeps the clean values");
+    h.state_mut().state.view = ViewMode::Difference;
+    h.run_steps(2);
+    h.get_all_by_label_contains("showing B − A").next().unwrap();
+    let d = row_of(h.state());
+    for (d, a) in d.iter().zip(&a) {
+        assert_eq!(
+            *d, -a,
+            "B − A at the ablated neuron is minus its activation"
+        );
+    }
+    assert!(h.state().derived.rows_diverging && h.state().derived.map_diverging);
+    let curve = h.state().derived.curve.intervened.clone().unwrap();
+    assert!(
+        curve.iter().all(|v| *v == 0.0),
+        "the card's intervened curve too"
+    );
+
+    // Remove it: the output is the baseline again, and the maps say so.
+    let runs = h.state().runtime.runs_done;
     h.get_by_label(&format!("Remove {label}")).click();
     wait_for(&mut h, "the run without the ablation", move |a| {
-        a.runs_done > runs
+        a.runtime.runs_done > runs
     });
-    let r = h.state().result.as_ref().unwrap();
+    let r = h.state().runtime.result.as_ref().unwrap();
     assert!(r.intervened.is_none() && r.kl.is_none());
-    assert_eq!(r.baseline.top, baseline_top);
+    assert_eq!(h.state().derived.next.baseline, baseline_top);
     h.get_by_label_contains("no interventions");
+    assert_eq!(h.state().derived.view, Some(ViewMode::Baseline));
+    h.get_all_by_label_contains("showing A: baseline (no edits)")
+        .next()
+        .unwrap();
+    assert!(
+        !h.state().derived.map_diverging,
+        "no difference colours for the baseline's norms"
+    );
 
     // Ctrl+Z brings the ablation back; Esc clears the selection.
-    let runs = h.state().runs_done;
+    let runs = h.state().runtime.runs_done;
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
-    wait_for(&mut h, "the undone removal", move |a| a.runs_done > runs);
-    assert_eq!(h.state().interventions.len(), 1);
-    assert!(h.state().result.as_ref().unwrap().kl.unwrap() > 0.0);
+    wait_for(&mut h, "the undone removal", move |a| {
+        a.runtime.runs_done > runs
+    });
+    assert_eq!(h.state().state.interventions.len(), 1);
+    assert!(h.state().runtime.result.as_ref().unwrap().kl.unwrap() > 0.0);
     h.key_press(egui::Key::Escape);
     h.run_steps(2);
-    assert!(h.state().selection.is_none());
+    assert!(h.state().state.selection.is_none());
 }
 
 #[test]
@@ -178,13 +285,15 @@ fn ablation_loop_on_smollm2() {
 #[test]
 fn a_malformed_session_shows_an_error_and_keeps_the_state() {
     let mut h = loaded(tiny_llama(), "hello world");
-    let dir = std::env::temp_dir().join(format!("hubel-ui-session-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("session");
     // A good session round-trips.
     let label = h.state_mut().heatmap_data().unwrap().rows[0].clone();
     h.get_by_label(&format!("Ablate {label}")).click();
     wait_for(&mut h, "the ablation", |a| {
-        a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_some())
     });
     let good = dir.join("good.json");
     h.state_mut().save_session(&good);
@@ -199,20 +308,208 @@ fn a_malformed_session_shows_an_error_and_keeps_the_state() {
     assert_eq!(h.state().session(), saved, "the current state is intact");
     assert_eq!(h.state().state.probe, "hello world");
 
-    h.state_mut().interventions.clear();
+    h.state_mut().state.interventions.clear();
     h.state_mut().open_session(&good, now);
     wait_for(&mut h, "the reopened session", |a| {
-        a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_some())
     });
     assert_eq!(h.state().session(), saved);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
+fn a_session_that_does_not_fit_the_model_is_refused_with_a_message_and_the_worker_serves_on() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let dir = temp_dir("session-unfit");
+    let layers = h.state().runtime.layers();
+    for (name, session, needle) in [
+        (
+            "layer.json",
+            Session {
+                probe: "other text".into(),
+                selection: Some(FeatureId::neuron(layers + 7, 1)),
+                ..Session::default()
+            },
+            "does not exist in this model",
+        ),
+        (
+            "edit.json",
+            Session {
+                probe: "other text".into(),
+                interventions: vec![Intervention::zero(
+                    HookPoint::block(layers + 3, BlockSite::MlpPost),
+                    vec![1],
+                )],
+                ..Session::default()
+            },
+            "names layer",
+        ),
+        (
+            "index.json",
+            Session {
+                probe: "other text".into(),
+                interventions: vec![Intervention::zero(
+                    HookPoint::block(0, BlockSite::MlpPost),
+                    vec![1_000_000],
+                )],
+                ..Session::default()
+            },
+            "names index 1000000",
+        ),
+    ] {
+        let path = dir.join(name);
+        session.save(&path).unwrap();
+        h.state_mut().open_session(&path, 10.0);
+        wait_for(&mut h, "the message", |a| a.error.is_some() && !a.is_busy());
+        let e = h.state().error.clone().unwrap();
+        assert!(
+            e.contains("does not fit") && e.contains(needle),
+            "{name}: {e}"
+        );
+        assert_eq!(
+            h.state().state.probe,
+            "hello world",
+            "{name}: nothing applied"
+        );
+        assert!(h.state().state.interventions.is_empty());
+    }
+    // The worker is alive: a new probe runs.
+    h.state_mut().state.probe = "still serving".into();
+    let runs = h.state().runtime.runs_done;
+    h.state_mut().request_run(20.0);
+    wait_for(&mut h, "a run after the refusals", move |a| {
+        a.runtime.runs_done > runs
+    });
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failed_load_drops_the_session_that_waited_for_it() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let dir = temp_dir("session-failed-load");
+    let session = Session {
+        model_path: Some(dir.join("no-such-model.gguf")),
+        probe: "the session's probe".into(),
+        interventions: vec![Intervention::zero(
+            HookPoint::block(0, BlockSite::MlpPost),
+            vec![1],
+        )],
+        ..Session::default()
+    };
+    let path = dir.join("s.json");
+    session.save(&path).unwrap();
+    h.state_mut().open_session(&path, 1.0);
+    wait_for(&mut h, "the failed load", |a| {
+        a.error.is_some() && !a.is_busy()
+    });
+    assert!(h
+        .state()
+        .error
+        .as_ref()
+        .unwrap()
+        .contains("Could not open the model"));
+    // The next successful load must not apply the session.
+    h = load(h, tiny_llama(), true);
+    assert_eq!(h.state().state.probe, "hello world");
+    assert!(h.state().state.interventions.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_working_state_comes_back_after_a_restart() {
+    let dir = temp_dir("restore");
+    let ablated = Intervention::zero(HookPoint::block(1, BlockSite::MlpPost), vec![5]);
+    let state = AppState {
+        model_path: Some(tiny_llama()),
+        probe: "restored probe".into(),
+        interventions: vec![ablated.clone()],
+        selection: Some(FeatureId::neuron(1, 5)),
+        layer: 1,
+        view: ViewMode::Difference,
+        ..AppState::default()
+    };
+    // What eframe saved is what eframe gives back.
+    let json = serde_json::to_string(&state).unwrap();
+    let state: AppState = serde_json::from_str(&json).unwrap();
+    let mut h = harness(state);
+    h.state_mut().restore();
+    wait_for(&mut h, "the restored run", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_some())
+            && !a.is_busy()
+    });
+    let app = h.state();
+    assert_eq!(app.state.probe, "restored probe");
+    assert_eq!(app.state.interventions, vec![ablated]);
+    assert_eq!(app.state.selection, Some(FeatureId::neuron(1, 5)));
+    assert_eq!(app.state.view, ViewMode::Difference);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn save_session_works_through_the_built_in_dialog_without_a_desktop_portal() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let dir = temp_dir("save-dialog");
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Save session…").click();
+    h.run_steps(3);
+    assert!(h.state().dialogs.is_open(), "the built-in dialog opened");
+    h.get_by_label("Folder").focus();
+    h.run_steps(1);
+    // Replace the folder and the file name as a user types them.
+    h.state_mut().dialogs.built_in().unwrap().folder = dir.display().to_string();
+    h.run_steps(1);
+    h.get_by_label("File name").focus();
+    h.state_mut().dialogs.built_in().unwrap().name = String::new();
+    h.run_steps(1);
+    h.get_by_label("File name").type_text("mine.json");
+    h.run_steps(2);
+    h.get_by_label("Save").click();
+    h.run_steps(3);
+    let path = dir.join("mine.json");
+    assert!(!h.state().dialogs.is_open());
+    let saved = Session::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(saved.probe, "hello world");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn where_no_desktop_dialog_answers_the_built_in_one_opens_and_says_why() {
+    // Only meaningful where nothing can answer: no D-Bus session and no zenity (CI, containers).
+    let has_zenity = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("zenity").is_file()));
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() || has_zenity {
+        eprintln!("skipped: a desktop dialog could open here");
+        return;
+    }
+    let mut config = test_config();
+    config.native_dialogs = true;
+    let mut h = harness_sized(probe_state(""), config, [1280.0, 720.0]);
+    h = load(h, tiny_llama(), false);
+    h.state_mut().apply(
+        hubel::app::Command::AskFile(hubel::app::file_dialog::FileAction::SaveSession),
+        1.0,
+    );
+    let start = Instant::now();
+    while h.state_mut().dialogs.built_in().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no fallback");
+        std::thread::sleep(Duration::from_millis(10));
+        h.step();
+    }
+    h.run_steps(2);
+    h.get_by_label_contains("did not open");
+}
+
+#[test]
 fn exports_write_png_csv_and_json() {
     let mut h = loaded(tiny_llama(), "hello world");
-    let dir = std::env::temp_dir().join(format!("hubel-ui-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("export");
     let app = h.state_mut();
     app.export_heatmap(&dir.join("h.png"), true);
     app.export_heatmap(&dir.join("h.csv"), false);
@@ -245,17 +542,16 @@ fn an_over_long_probe_is_a_message_not_a_freeze() {
 #[test]
 fn a_session_for_another_model_loads_it_then_applies_its_edits() {
     let mut h = loaded(tiny_llama(), "hello world");
-    let dir = std::env::temp_dir().join(format!("hubel-ui-session2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("session2");
     let gpt2 = common::fixtures().join("tiny_gpt2").join("model");
-    let session = hubel::session::Session {
+    let session = Session {
         model_path: Some(gpt2.clone()),
         probe: "a different probe".into(),
-        interventions: vec![hubel::hooks::Intervention::zero(
-            hubel::hooks::HookPoint::block(1, hubel::hooks::BlockSite::MlpPost),
+        interventions: vec![Intervention::zero(
+            HookPoint::block(1, BlockSite::MlpPost),
             vec![5],
         )],
-        selection: Some(hubel::features::FeatureId::neuron(1, 5)),
+        selection: Some(FeatureId::neuron(1, 5)),
         layer: Some(1),
         ..Default::default()
     };
@@ -263,12 +559,158 @@ fn a_session_for_another_model_loads_it_then_applies_its_edits() {
     session.save(&path).unwrap();
     h.state_mut().open_session(&path, 50.0);
     wait_for(&mut h, "the session's model and run", |a| {
-        a.model.as_ref().is_some_and(|m| m.arch == "gpt2")
-            && a.result.as_ref().is_some_and(|r| r.intervened.is_some())
+        a.runtime.model.as_ref().is_some_and(|m| m.arch == "gpt2")
+            && a.runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.intervened.is_some())
     });
     let app = h.state();
     assert_eq!(app.state.probe, "a different probe");
-    assert_eq!(app.interventions, session.interventions);
-    assert_eq!(app.selection, session.selection);
+    assert_eq!(app.state.interventions, session.interventions);
+    assert_eq!(app.state.selection, session.selection);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn go_to_opens_any_feature_and_names_a_bad_one() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let d_mlp = h.state().runtime.model.as_ref().unwrap().d_mlp;
+    // The weakest neuron of layer 1 is not among the top 3 shown.
+    h.state_mut().state.top_k = 3;
+    h.run_steps(2);
+    let target = FeatureId::neuron(1, d_mlp - 1);
+    let shown: Vec<FeatureId> = h.state().derived.rows.iter().map(|r| r.feature).collect();
+    let target = if shown.contains(&target) {
+        FeatureId::neuron(1, d_mlp - 2)
+    } else {
+        target
+    };
+    h.get_by_label("Go to").focus();
+    h.get_by_label("Go to").type_text(&target.label());
+    h.get_by_label("Open").click();
+    wait_for(&mut h, "the card", move |a| {
+        a.state.selection == Some(target)
+    });
+    h.get_by_label(&format!("Feature {target}"));
+    assert_eq!(h.state().state.layer, 1);
+    let pinned = h.state().derived.rows.last().unwrap();
+    assert!(
+        pinned.feature == target && pinned.pinned,
+        "the feature gets a row"
+    );
+
+    let retype = |h: &mut Harness<'static, HubelApp>, text: &str| {
+        h.get_by_label("Go to").focus();
+        h.run_steps(1);
+        h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+        h.key_press(egui::Key::Backspace);
+        h.get_by_label("Go to").type_text(text);
+        h.run_steps(1);
+    };
+    retype(&mut h, "L999N1");
+    h.get_by_label("Open").click();
+    h.run_steps(3);
+    h.get_by_label_contains("L999N1: the model has");
+    retype(&mut h, "xyz");
+    h.get_by_label("Open").click();
+    h.run_steps(3);
+    h.get_by_label_contains("is not a feature name");
+}
+
+#[test]
+fn a_token_in_the_strip_chooses_the_output_position() {
+    let mut h = loaded(tiny_llama(), "hello world again");
+    let tokens = h.state().runtime.result.as_ref().unwrap().tokens.clone();
+    assert!(tokens.len() >= 3);
+    let last = tokens.len() - 1;
+    assert_eq!(h.state().derived.next.position, last);
+    h.get_by_label_contains(&format!("after position {last}"));
+    // A position before the last whose token is shown once (the strip is the only place).
+    let labels: Vec<String> = tokens.iter().map(hubel::app::text::token_label).collect();
+    let pos = (0..last)
+        .find(|&p| labels.iter().filter(|l| **l == labels[p]).count() == 1)
+        .expect("a token that occurs once");
+    h.get_by_label(&labels[pos]).click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.output_position, Some(pos));
+    assert_eq!(h.state().derived.next.position, pos);
+    h.get_by_label_contains(&format!("next token after position {pos}"));
+    // The distribution shown is the model's at that position, not the last one's.
+    assert_ne!(
+        h.state().derived.next.baseline,
+        h.state()
+            .runtime
+            .result
+            .as_ref()
+            .unwrap()
+            .baseline
+            .summary
+            .top_next
+            .iter()
+            .map(|t| (t.token.clone(), t.prob))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Everything the centre shows is inside the window, and the layer map and the heatmap are both
+/// in view, at the sizes people use.
+#[test]
+fn the_layout_fits_small_and_large_windows() {
+    for size in [[1000.0, 700.0], [1280.0, 720.0], [1920.0, 1080.0]] {
+        let h = load(
+            harness_sized(probe_state("The cat sat on the mat."), test_config(), size),
+            tiny_llama(),
+            true,
+        );
+        let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(size[0], size[1]));
+        for label in [
+            "Layer map",
+            "Top K",
+            "Go to",
+            "Measure",
+            "Next token: baseline",
+            "Loss per token (red: got worse)",
+            "Probe text",
+        ] {
+            let rect = h.get_by_label(label).rect();
+            assert!(
+                window.contains_rect(rect),
+                "{size:?}: {label} at {rect:?} is outside the window"
+            );
+        }
+        let map = h.get_by_label("Layer 0").rect();
+        let heat = h.get_by_label("Top K").rect();
+        assert!(
+            map.bottom() < heat.top(),
+            "{size:?}: the map sits above the heatmap"
+        );
+        let first_row = h.state().derived.rows[0].feature.label();
+        let row = h.get_by_label(&first_row).rect();
+        assert!(
+            window.contains_rect(row),
+            "{size:?}: the heatmap's first row {row:?} is in view"
+        );
+    }
+}
+
+/// Sixteen chips do not push the maps down: the bar keeps its height.
+#[test]
+fn the_chip_bar_keeps_its_height() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    let before = h.get_by_label("Layer map").rect();
+    let ivs: Vec<Intervention> = (0..16)
+        .map(|i| Intervention::zero(HookPoint::block(0, BlockSite::MlpPost), vec![i]))
+        .collect();
+    h.state_mut().set_interventions(ivs, 1.0);
+    wait_for(&mut h, "the edited run", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_some())
+            && !a.is_busy()
+    });
+    let after = h.get_by_label("Layer map").rect();
+    assert_eq!(before.top(), after.top(), "the layer map did not move");
+    h.get_by_label("Remove L0N0");
 }

@@ -38,6 +38,15 @@ impl Measure {
         }
     }
 
+    /// Whether the measure can be negative (a diverging palette) or not (a sequential one).
+    /// `Selected` is signed for a neuron and a norm (non-negative) for a head.
+    pub fn signed(self, selected: Option<FeatureId>) -> bool {
+        match self {
+            Measure::Selected => selected.is_some_and(|f| f.basis == Basis::Neurons),
+            _ => false,
+        }
+    }
+
     /// The sites a record needs for this measure.
     pub fn site(self) -> BlockSite {
         match self {
@@ -53,20 +62,36 @@ fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
-/// `[layer][token]`; `None` where the record lacks the data.
+/// One cell of the layer map: the value and, for "strongest neuron", which neuron it was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapCell {
+    pub value: f32,
+    pub neuron: Option<usize>,
+}
+
+impl MapCell {
+    fn plain(value: f32) -> Option<Self> {
+        Some(MapCell {
+            value,
+            neuron: None,
+        })
+    }
+}
+
+/// `[layer][token]`; an empty row where the record lacks the data.
 pub fn layer_map(
     record: &ActivationRecord,
     measure: Measure,
     n_layers: usize,
     selected: Option<FeatureId>,
-) -> Vec<Vec<Option<f32>>> {
+) -> Vec<Vec<Option<MapCell>>> {
     (0..n_layers)
         .map(|layer| {
             if measure == Measure::Selected {
                 return match selected {
                     Some(f) if f.layer == layer => feature_activations(record, f)
                         .into_iter()
-                        .map(Some)
+                        .map(MapCell::plain)
                         .collect(),
                     _ => Vec::new(),
                 };
@@ -77,17 +102,32 @@ pub fn layer_map(
             let n = act.shape[0];
             match measure {
                 Measure::StrongestNeuron => (0..n)
-                    .map(|t| Some(act.row(t).iter().fold(0f32, |m, v| m.max(v.abs()))))
+                    .map(|t| {
+                        let (neuron, value) =
+                            act.row(t).iter().enumerate().fold((0, 0f32), |m, (i, v)| {
+                                if v.abs() > m.1 {
+                                    (i, v.abs())
+                                } else {
+                                    m
+                                }
+                            });
+                        Some(MapCell {
+                            value,
+                            neuron: Some(neuron),
+                        })
+                    })
                     .collect(),
                 Measure::ActiveNeurons => {
                     let threshold = 0.1 * act.max_abs();
                     (0..n)
                         .map(|t| {
-                            Some(act.row(t).iter().filter(|v| v.abs() > threshold).count() as f32)
+                            MapCell::plain(
+                                act.row(t).iter().filter(|v| v.abs() > threshold).count() as f32,
+                            )
                         })
                         .collect()
                 }
-                _ => (0..n).map(|t| Some(norm(act.row(t)))).collect(),
+                _ => (0..n).map(|t| MapCell::plain(norm(act.row(t)))).collect(),
             }
         })
         .collect()
@@ -116,13 +156,14 @@ pub fn feature_activations(record: &ActivationRecord, f: FeatureId) -> Vec<f32> 
     }
 }
 
-/// The `k` features of `layer` with the largest peak |activation| over the probe, strongest first
-/// (ties by index).
+/// The `k` features of `layer` with the largest peak |activation| over the probe's positions
+/// from `from` on (1 leaves out position 0, the attention sink), strongest first (ties by index).
 pub fn top_features(
     record: &ActivationRecord,
     layer: usize,
     basis: Basis,
     k: usize,
+    from: usize,
 ) -> Vec<FeatureId> {
     let Some(act) = record.get(HookPoint::block(layer, basis.site())) else {
         return Vec::new();
@@ -140,6 +181,7 @@ pub fn top_features(
                 i,
                 feature_activations(record, f)
                     .iter()
+                    .skip(from)
                     .fold(0f32, |m, v| m.max(v.abs())),
             )
         })
@@ -220,33 +262,48 @@ mod tests {
     #[test]
     fn ranks_features_by_peak_magnitude() {
         let r = record();
-        let top = top_features(&r, 1, Basis::Neurons, 2);
+        let top = top_features(&r, 1, Basis::Neurons, 2, 0);
         assert_eq!(top, vec![FeatureId::neuron(1, 1), FeatureId::neuron(1, 2)]);
         assert_eq!(
             feature_activations(&r, FeatureId::head(1, 1)),
             vec![1.0, 10.0]
         );
         assert_eq!(
-            top_features(&r, 1, Basis::Heads, 5),
+            top_features(&r, 1, Basis::Heads, 5, 0),
             vec![FeatureId::head(1, 1), FeatureId::head(1, 0)]
         );
-        assert!(top_features(&r, 0, Basis::Neurons, 5).is_empty());
+        assert!(top_features(&r, 0, Basis::Neurons, 5, 0).is_empty());
+        // Leaving out position 0: neuron 1's -5.0 is there, so neuron 2 (2.0 at position 1) leads.
+        assert_eq!(
+            top_features(&r, 1, Basis::Neurons, 2, 1),
+            vec![FeatureId::neuron(1, 2), FeatureId::neuron(1, 1)]
+        );
     }
 
     #[test]
     fn layer_map_measures() {
         let r = record();
+        let values =
+            |row: &[Option<MapCell>]| row.iter().map(|c| c.map(|c| c.value)).collect::<Vec<_>>();
         let m = layer_map(&r, Measure::StrongestNeuron, 2, None);
         assert!(m[0].is_empty());
-        assert_eq!(m[1], vec![Some(5.0), Some(2.0)]);
+        assert_eq!(values(&m[1]), vec![Some(5.0), Some(2.0)]);
+        assert_eq!(
+            m[1].iter().map(|c| c.unwrap().neuron).collect::<Vec<_>>(),
+            vec![Some(1), Some(2)],
+            "the cell names its neuron"
+        );
         let a = layer_map(&r, Measure::ActiveNeurons, 2, None);
         assert_eq!(
-            a[1],
+            values(&a[1]),
             vec![Some(2.0), Some(1.0)],
             "above 10% of the peak 5.0"
         );
         let s = layer_map(&r, Measure::Selected, 2, Some(FeatureId::neuron(1, 2)));
-        assert_eq!(s[1], vec![Some(1.0), Some(2.0)]);
+        assert_eq!(values(&s[1]), vec![Some(1.0), Some(2.0)]);
+        assert!(Measure::Selected.signed(Some(FeatureId::neuron(1, 2))));
+        assert!(!Measure::Selected.signed(Some(FeatureId::head(1, 0))));
+        assert!(!Measure::ResidNorm.signed(None));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const SELECTED: Color32 = Color32::from_rgb(250, 220, 80);
 pub const ABLATED: Color32 = Color32::from_rgb(200, 60, 60);
 /// Errors and warnings in text.
 pub const ERROR: Color32 = Color32::from_rgb(240, 90, 90);
+/// The rule between side-by-side texts.
+pub const GUTTER: Color32 = Color32::from_gray(90);
 /// Text on a coloured cell.
 pub const CELL_TEXT: Color32 = Color32::from_gray(20);
 
@@ -51,6 +53,15 @@ pub fn sequential(value: f32, scale: f32) -> Color32 {
         mix([20.0, 24.0, 60.0], [160.0, 40.0, 120.0], t * 2.0)
     } else {
         mix([160.0, 40.0, 120.0], [250.0, 230.0, 90.0], (t - 0.5) * 2.0)
+    }
+}
+
+/// The diverging map for signed values, the sequential one for non-negative measures.
+pub fn scaled(value: f32, scale: f32, diverging: bool) -> Color32 {
+    if diverging {
+        self::diverging(value, scale)
+    } else {
+        sequential(value, scale)
     }
 }
 

@@ -10,6 +10,40 @@ pub struct HeatmapData {
     pub cols: Vec<String>,
     pub values: Vec<Vec<f32>>,
     pub scale: f32,
+    /// Signed values (diverging palette) or non-negative ones (sequential), as on screen.
+    pub diverging: bool,
+}
+
+/// Encodes 8-bit pixels (`channels` 3 for RGB, 4 for RGBA) as PNG and writes it atomically: the
+/// one PNG writer of the app (exports and screenshots).
+pub fn write_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: &[u8],
+) -> Result<(), String> {
+    let color = match channels {
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        n => return Err(format!("cannot write {n}-channel PNG")),
+    };
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(pixels).map_err(|e| e.to_string())?;
+    }
+    crate::atomic_write(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A screenshot as PNG.
+pub fn screenshot_png(path: &Path, image: &egui::ColorImage) -> Result<(), String> {
+    let [w, h] = image.size;
+    let raw: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+    write_png(path, w, h, 4, &raw)
 }
 
 /// One cell is `CELL × CELL` pixels.
@@ -21,7 +55,7 @@ pub fn heatmap_png(path: &Path, h: &HeatmapData) -> Result<(), String> {
     let mut pixels = vec![0u8; width * height * 3];
     for (r, row) in h.values.iter().enumerate() {
         for (c, &v) in row.iter().enumerate() {
-            let rgb = colors::rgb(colors::diverging(v, h.scale));
+            let rgb = colors::rgb(colors::scaled(v, h.scale, h.diverging));
             for y in r * CELL..(r + 1) * CELL {
                 for x in c * CELL..(c + 1) * CELL {
                     let i = (y * width + x) * 3;
@@ -30,17 +64,7 @@ pub fn heatmap_png(path: &Path, h: &HeatmapData) -> Result<(), String> {
             }
         }
     }
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-        writer
-            .write_image_data(&pixels)
-            .map_err(|e| e.to_string())?;
-    }
-    crate::atomic_write(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_png(path, width, height, 3, &pixels)
 }
 
 fn csv_field(s: &str) -> String {
@@ -82,6 +106,7 @@ mod tests {
             cols: vec!["a,b".into(), " left".into()],
             values: vec![vec![1.0, -2.0]],
             scale: 2.0,
+            diverging: true,
         };
         heatmap_csv(&dir.join("h.csv"), &h).unwrap();
         assert_eq!(

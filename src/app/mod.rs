@@ -2,15 +2,22 @@
 //! the output change. Never touches a tensor: the model lives on the worker thread
 //! ([`worker`]), and this module only draws the plain data it sends back.
 //!
-//! Layout: menu and interventions bar on top, status line at the bottom, probe on the left,
-//! feature card on the right, output below the maps, and the layer map with the chosen layer's
-//! heatmap in the centre. The saved part of the state is [`AppState`] (`#[serde(default)]`, so
-//! old settings survive new fields).
+//! The split follows rerun's: [`AppState`] is the saved working state; [`Runtime`] is the UI's
+//! end of the worker (the model's description, the run in flight, the latest results);
+//! [`derived::Derived`] computes what the views draw; the views (`panels/`) own their own UI
+//! state, draw, and return [`Command`]s, which [`HubelApp::apply`] carries out in one place.
+//!
+//! Layout: menu on top, status line at the bottom, probe on the left, feature card on the right,
+//! output below; in the centre the interventions bar, then the layer map and the chosen layer's
+//! heatmap, split by a draggable divider so both are always in view.
 
 pub mod colors;
+pub mod derived;
 pub mod export;
+pub mod file_dialog;
 pub mod fonts;
 mod panels;
+pub mod state;
 pub mod text;
 pub mod tour;
 pub mod worker;
@@ -19,220 +26,261 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use crate::analysis::maps::{self, Measure};
 use crate::assets::{self, Progress};
-use crate::features::{Basis, FeatureId};
-use crate::hooks::{ActivationRecord, Intervention, Op};
+use crate::features::FeatureId;
+use crate::hooks::{Intervention, Op};
 use crate::model::{ModelInfo, Token};
 use crate::session::Session;
-use worker::{Request, Response, RunId, RunRequest, RunResult, WorkerHandle};
+use derived::Derived;
+use file_dialog::{FileAction, FileDialogs};
+pub use state::{AppConfig, AppState, ViewMode};
+use worker::{
+    Effect, EffectRequest, Request, Response, RunId, RunRequest, RunResult, WorkerHandle,
+};
 
 /// How long typing must pause before the probe runs.
 const DEBOUNCE_SECS: f64 = 0.3;
 
-/// Which run the maps show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ViewMode {
-    Baseline,
-    Intervened,
-    Difference,
-}
-
-/// What survives a restart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AppState {
-    pub model_path: Option<PathBuf>,
-    pub probe: String,
-    pub top_k: usize,
-    pub measure: Measure,
-    pub basis: Basis,
-    pub layer: usize,
-    pub continuation: usize,
-    pub view: ViewMode,
-    pub layer_map_open: bool,
-}
-
-impl Default for AppState {
-    fn default() -> Self {
-        AppState {
-            model_path: None,
-            probe: "She left the party early.".into(),
-            top_k: 16,
-            measure: Measure::StrongestNeuron,
-            basis: Basis::Neurons,
-            layer: 0,
-            continuation: 12,
-            view: ViewMode::Intervened,
-            layer_map_open: true,
-        }
-    }
+/// What a view asks the app to do. Views never change the runtime themselves.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    LoadModel(PathBuf),
+    FetchDefaultModel,
+    CancelFetch,
+    /// Run the probe now (Ctrl+Enter, the Run button).
+    Run,
+    /// The probe text changed: run once typing pauses.
+    ProbeEdited,
+    /// Load a stimulus into the probe box and run it.
+    LoadStimulus(String),
+    SetInterventions(Vec<Intervention>),
+    /// Add, replace or (with `None`) remove the edit of one feature.
+    SetFeatureOp(FeatureId, Option<Op>),
+    Select(Option<FeatureId>),
+    /// Choose the position whose next-token distribution the output panel shows.
+    SetOutputPosition(Option<usize>),
+    /// The card's effect display changed (per unit / on this probe).
+    RefreshEffect,
+    Undo,
+    /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
+    AskFile(FileAction),
+    FileChosen(FileAction, PathBuf),
+    DismissError,
 }
 
 /// A fetch in progress.
-struct Fetching {
+pub struct Fetching {
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Option<Progress>,
+}
+
+/// The run in flight.
+struct InFlight {
+    id: RunId,
     cancel: Arc<AtomicBool>,
-    progress: Option<Progress>,
+    sent_at: f64,
 }
 
-/// What a neuron writes to the output.
-pub struct Effect {
-    pub feature: FeatureId,
-    pub promoted: Vec<(String, f32)>,
-    pub suppressed: Vec<(String, f32)>,
+/// The card's direct-effect list: asked for, arrived, or failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EffectState {
+    Pending(EffectRequest),
+    Ready(Effect),
+    Failed(EffectRequest, String),
 }
 
-/// One row of the layer heatmap.
-pub struct FeatureRow {
-    pub feature: FeatureId,
-    pub values: Vec<f32>,
+impl EffectState {
+    pub fn request(&self) -> EffectRequest {
+        match self {
+            EffectState::Pending(r) | EffectState::Failed(r, _) => *r,
+            EffectState::Ready(e) => e.request,
+        }
+    }
 }
 
-/// Derived views, recomputed only when their inputs change.
-#[derive(Default)]
-struct Derived {
-    key: Option<(
-        RunId,
-        usize,
-        Basis,
-        usize,
-        ViewMode,
-        Measure,
-        Option<FeatureId>,
-    )>,
-    rows: Vec<FeatureRow>,
-    row_scale: f32,
-    map: Vec<Vec<Option<f32>>>,
-    map_scale: f32,
-}
-
-pub struct HubelApp {
-    pub state: AppState,
+/// The UI's end of the worker: what it has told us and what we are waiting for.
+pub struct Runtime {
     worker: WorkerHandle,
     pub model: Option<ModelInfo>,
-    loading: Option<PathBuf>,
-    fetching: Option<Fetching>,
+    /// Every token id's text, for next-token lists at any position.
+    pub vocab: Arc<Vec<String>>,
+    pub loading: Option<PathBuf>,
+    pub fetching: Option<Fetching>,
     next_id: RunId,
-    in_flight: Option<(RunId, Arc<AtomicBool>, f64)>,
+    in_flight: Option<InFlight>,
     pub result: Option<RunResult>,
     pub continuations: [Option<Vec<Token>>; 2],
-    pub interventions: Vec<Intervention>,
-    undo: Vec<Vec<Intervention>>,
-    pub selection: Option<FeatureId>,
-    effect: Option<Effect>,
-    /// The last failure, shown in the window until dismissed.
-    pub error: Option<String>,
-    /// When the probe text last changed and has not run yet.
-    edited_at: Option<f64>,
-    steer_alpha: f32,
-    clamp_k: f32,
-    cjk: fonts::CjkFont,
-    derived: Derived,
+    pub effect: Option<EffectState>,
     /// Wall time from a run request to its result, for the status line.
     pub last_round_trip_ms: Option<f64>,
     pub runs_done: u64,
-    /// A session waiting for its model to load.
+    /// A session (or the restored working state) waiting for its model to load.
     pending_session: Option<Session>,
 }
 
-impl HubelApp {
-    /// The app as eframe starts it: restores the saved state and reopens the last model.
-    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
-        let state: AppState = cc
-            .storage
-            .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
-            .unwrap_or_default();
-        let mut app = Self::with_state(&cc.egui_ctx, state);
-        app.cjk = fonts::install(&cc.egui_ctx);
-        if let Some(path) = app.state.model_path.clone() {
-            if path.exists() {
-                app.load_model(path);
-            }
-        } else {
-            // A default model fetched earlier is opened without asking.
-            let default = assets::default_model_path(&assets::assets_dir());
-            if default.is_file() {
-                app.load_model(default);
-            }
-        }
-        app
-    }
-
-    /// The app with a given state and no model (tests and tools load one explicitly).
-    pub fn with_state(ctx: &egui::Context, state: AppState) -> Self {
-        let repaint_ctx = ctx.clone();
-        HubelApp {
-            state,
-            worker: WorkerHandle::spawn(move || repaint_ctx.request_repaint()),
+impl Runtime {
+    fn new(worker: WorkerHandle) -> Self {
+        Runtime {
+            worker,
             model: None,
+            vocab: Arc::new(Vec::new()),
             loading: None,
             fetching: None,
             next_id: 1,
             in_flight: None,
             result: None,
             continuations: [None, None],
-            interventions: Vec::new(),
-            undo: Vec::new(),
-            selection: None,
             effect: None,
-            error: None,
-            edited_at: None,
-            steer_alpha: 4.0,
-            clamp_k: 2.0,
-            cjk: fonts::CjkFont::Missing("fonts not set up".into()),
-            derived: Derived::default(),
             last_round_trip_ms: None,
             runs_done: 0,
             pending_session: None,
         }
     }
 
-    /// Loads a model on the worker; the UI stays live and shows a spinner.
-    pub fn load_model(&mut self, path: PathBuf) {
-        self.loading = Some(path.clone());
-        self.worker.send(Request::Load(path));
-    }
-
     pub fn is_busy(&self) -> bool {
         self.loading.is_some() || self.in_flight.is_some() || self.fetching.is_some()
     }
 
+    pub fn run_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn layers(&self) -> usize {
+        self.model.as_ref().map_or(0, |m| m.layers)
+    }
+}
+
+pub struct HubelApp {
+    pub state: AppState,
+    pub config: AppConfig,
+    pub runtime: Runtime,
+    pub derived: Derived,
+    views: panels::Views,
+    pub dialogs: FileDialogs,
+    undo: Vec<Vec<Intervention>>,
+    /// The last failure, shown in the window until dismissed.
+    pub error: Option<String>,
+    /// The error came from a run: the next successful run clears it.
+    error_from_run: bool,
+    /// When the probe text last changed and has not run yet.
+    edited_at: Option<f64>,
+    pub cjk: fonts::CjkFont,
+}
+
+impl HubelApp {
+    /// The app as eframe starts it: restores the saved state (edits and selection included) and
+    /// reopens the last model.
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let state: AppState = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+            .unwrap_or_default();
+        let mut app = Self::with_config(&cc.egui_ctx, state, AppConfig::default());
+        app.cjk = fonts::install(&cc.egui_ctx);
+        app.restore();
+        app
+    }
+
+    /// The app with a given state and no model (tests and tools load one explicitly).
+    pub fn with_state(ctx: &egui::Context, state: AppState) -> Self {
+        Self::with_config(ctx, state, AppConfig::default())
+    }
+
+    pub fn with_config(ctx: &egui::Context, state: AppState, config: AppConfig) -> Self {
+        let repaint_ctx = ctx.clone();
+        HubelApp {
+            dialogs: FileDialogs::new(config.native_dialogs),
+            state,
+            config,
+            runtime: Runtime::new(WorkerHandle::spawn(move || repaint_ctx.request_repaint())),
+            derived: Derived::default(),
+            views: panels::Views::default(),
+            undo: Vec::new(),
+            error: None,
+            error_from_run: false,
+            edited_at: None,
+            cjk: fonts::CjkFont::Missing("fonts not set up".into()),
+        }
+    }
+
+    /// Reopens the saved model; its saved edits and selection are applied once it has loaded
+    /// and checked against it.
+    pub fn restore(&mut self) {
+        let path = match self.state.model_path.clone() {
+            Some(p) if p.exists() => Some(p),
+            Some(_) => None,
+            // A default model fetched earlier is opened without asking.
+            None => Some(assets::default_model_path(&self.config.assets)).filter(|p| p.is_file()),
+        };
+        if let Some(path) = path {
+            let mut saved = self.state.session();
+            saved.model_path = Some(path.clone());
+            self.runtime.pending_session = Some(saved);
+            self.load_model(path);
+        }
+    }
+
+    /// Shows a failure until it is dismissed (a successful run does not clear it).
+    pub fn fail(&mut self, message: impl Into<String>) {
+        self.error = Some(message.into());
+        self.error_from_run = false;
+    }
+
+    fn send(&mut self, request: Request) {
+        if !self.runtime.worker.send(request) {
+            self.fail("the model thread has stopped; restart Hubel (your work is saved)");
+        }
+    }
+
+    /// Loads a model on the worker; the UI stays live and shows a spinner.
+    pub fn load_model(&mut self, path: PathBuf) {
+        self.runtime.loading = Some(path.clone());
+        self.send(Request::Load(path));
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.runtime.is_busy()
+    }
+
     fn start_fetch(&mut self) {
         let cancel = Arc::new(AtomicBool::new(false));
-        self.fetching = Some(Fetching {
+        self.runtime.fetching = Some(Fetching {
             cancel: cancel.clone(),
             progress: None,
         });
-        self.worker.send(Request::Fetch { cancel });
+        self.send(Request::Fetch {
+            cancel,
+            assets: self.config.assets.clone(),
+            clients: self.config.clients.clone(),
+        });
     }
 
     /// Runs the probe with the current interventions; a run in flight is cancelled.
     pub fn request_run(&mut self, now: f64) {
         self.edited_at = None;
-        if self.model.is_none() {
+        if self.runtime.model.is_none() {
             return;
+        }
+        if let Some(f) = self.runtime.in_flight.take() {
+            f.cancel.store(true, Ordering::Relaxed);
         }
         if self.state.probe.trim().is_empty() {
             // Nothing to run while the box is empty: the maps wait for text, no error.
-            if let Some((_, cancel, _)) = self.in_flight.take() {
-                cancel.store(true, Ordering::Relaxed);
-            }
-            self.result = None;
+            self.runtime.result = None;
             return;
         }
-        if let Some((_, cancel, _)) = &self.in_flight {
-            cancel.store(true, Ordering::Relaxed);
-        }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.runtime.next_id;
+        self.runtime.next_id += 1;
         let cancel = Arc::new(AtomicBool::new(false));
-        self.in_flight = Some((id, cancel.clone(), now));
-        self.worker.send(Request::Run(RunRequest {
+        self.runtime.in_flight = Some(InFlight {
+            id,
+            cancel: cancel.clone(),
+            sent_at: now,
+        });
+        self.send(Request::Run(RunRequest {
             id,
             text: self.state.probe.clone(),
-            interventions: self.interventions.clone(),
+            interventions: self.state.interventions.clone(),
             continuation: self.state.continuation,
             cancel,
         }));
@@ -240,31 +288,29 @@ impl HubelApp {
 
     /// Replaces the interventions (undoably) and re-runs.
     pub fn set_interventions(&mut self, interventions: Vec<Intervention>, now: f64) {
-        if interventions == self.interventions {
+        if interventions == self.state.interventions {
             return;
         }
-        let old = std::mem::replace(&mut self.interventions, interventions);
+        let old = std::mem::replace(&mut self.state.interventions, interventions);
         self.undo.push(old);
         self.request_run(now);
     }
 
     pub fn undo(&mut self, now: f64) {
         if let Some(previous) = self.undo.pop() {
-            self.interventions = previous;
+            self.state.interventions = previous;
             self.request_run(now);
         }
     }
 
     /// The intervention on `feature`, if any.
     pub fn intervention_on(&self, feature: FeatureId) -> Option<usize> {
-        self.interventions
-            .iter()
-            .position(|iv| FeatureId::of_intervention(iv) == Some(feature))
+        self.state.intervention_on(feature)
     }
 
     /// Adds, replaces or (with `None`) removes the intervention on `feature`.
     pub fn set_feature_op(&mut self, feature: FeatureId, op: Option<Op>, now: f64) {
-        let mut next = self.interventions.clone();
+        let mut next = self.state.interventions.clone();
         match (self.intervention_on(feature), op) {
             (Some(i), Some(op)) => next[i].op = op,
             (Some(i), None) => {
@@ -282,14 +328,43 @@ impl HubelApp {
     }
 
     pub fn select(&mut self, feature: Option<FeatureId>) {
-        self.selection = feature;
+        self.state.selection = feature;
         if let Some(f) = feature {
             self.state.layer = f.layer;
-            if self.effect.as_ref().is_none_or(|e| e.feature != f) {
-                self.effect = None;
-                self.worker.send(Request::Effect(f));
-            }
+            self.state.basis = f.basis;
         }
+        self.request_effect();
+    }
+
+    /// Asks the worker for the selected feature's direct effect, at the scale the card shows.
+    fn request_effect(&mut self) {
+        let Some(feature) = self.state.selection else {
+            self.runtime.effect = None;
+            return;
+        };
+        let len = self.runtime.result.as_ref().map_or(0, |r| r.tokens.len());
+        let position = (self.state.effect_on_probe
+            || feature.basis == crate::features::Basis::Heads)
+            .then(|| {
+                self.state
+                    .output_position
+                    .unwrap_or(len.saturating_sub(1))
+                    .min(len.saturating_sub(1))
+            });
+        let request = EffectRequest { feature, position };
+        if position.is_some() && len == 0 {
+            return; // asked again when the first run arrives
+        }
+        if self
+            .runtime
+            .effect
+            .as_ref()
+            .is_some_and(|e| e.request() == request && !matches!(e, EffectState::Failed(..)))
+        {
+            return;
+        }
+        self.runtime.effect = Some(EffectState::Pending(request));
+        self.send(Request::Effect(request));
     }
 
     /// Opens a session file; a bad file leaves everything as it was and says why.
@@ -297,233 +372,218 @@ impl HubelApp {
         match Session::load(path) {
             Ok(s) => {
                 if let Some(model) = &s.model_path {
-                    if self.state.model_path.as_ref() != Some(model) {
+                    if self.state.model_path.as_ref() != Some(model) || self.runtime.model.is_none()
+                    {
                         // Apply the rest once that model is loaded (loading resets the edits).
+                        self.runtime.pending_session = Some(s.clone());
                         self.load_model(model.clone());
-                        self.pending_session = Some(s);
                         return;
                     }
                 }
                 self.apply_session(s, now);
             }
-            Err(e) => self.error = Some(e.to_string()),
+            Err(e) => self.fail(e.to_string()),
         }
     }
 
+    /// Applies a session to the loaded model, if it fits; otherwise says what does not.
     fn apply_session(&mut self, s: Session, now: f64) {
+        if let Some(info) = &self.runtime.model {
+            if let Err(e) = s.check(info) {
+                self.fail(format!(
+                    "the session does not fit {}: {e}; nothing of it was applied",
+                    info.describe()
+                ));
+                if self.runtime.result.is_none() {
+                    self.request_run(now);
+                }
+                return;
+            }
+        }
         self.state.probe = s.probe;
         self.state.basis = s.basis;
         if let Some(layer) = s.layer {
             self.state.layer = layer;
         }
-        self.undo
-            .push(std::mem::replace(&mut self.interventions, s.interventions));
-        self.select(s.selection);
+        self.state.output_position = None;
+        self.undo.push(std::mem::replace(
+            &mut self.state.interventions,
+            s.interventions,
+        ));
         self.error = None;
         self.request_run(now);
+        self.select(s.selection);
     }
 
     pub fn session(&self) -> Session {
-        Session {
-            model_path: self.state.model_path.clone(),
-            probe: self.state.probe.clone(),
-            interventions: self.interventions.clone(),
-            selection: self.selection,
-            layer: Some(self.state.layer),
-            basis: self.state.basis,
-            ..Session::default()
-        }
+        self.state.session()
     }
 
     pub fn save_session(&mut self, path: &Path) {
         if let Err(e) = self.session().save(path) {
-            self.error = Some(e.to_string());
+            self.fail(e.to_string());
         }
     }
 
     /// Handles everything the worker sent since the last frame.
     pub fn drain_responses(&mut self, now: f64) {
-        while let Ok(response) = self.worker.rx.try_recv() {
-            match response {
-                Response::Loaded(info) => {
-                    let path = self.loading.take().unwrap_or_else(|| info.path.clone());
-                    self.state.model_path = Some(path);
-                    if self.state.layer >= info.layers {
-                        self.state.layer = 0;
-                    }
-                    self.model = Some(info);
-                    self.result = None;
-                    self.error = None;
-                    self.selection = None;
-                    self.interventions.clear();
-                    self.undo.clear();
-                    match self.pending_session.take() {
-                        Some(session) => self.apply_session(session, now),
-                        None => self.request_run(now),
-                    }
+        while let Ok(response) = self.runtime.worker.rx.try_recv() {
+            self.handle(response, now);
+        }
+    }
+
+    /// Handles one response from the worker.
+    pub fn handle(&mut self, response: Response, now: f64) {
+        let rt = &mut self.runtime;
+        match response {
+            Response::Loaded { info, vocab } => {
+                let path = rt.loading.take().unwrap_or_else(|| info.path.clone());
+                self.state.model_path = Some(path);
+                if self.state.layer >= info.layers {
+                    self.state.layer = 0;
                 }
-                Response::LoadFailed { path, message } => {
-                    self.loading = None;
-                    if self.state.model_path.as_ref() == Some(&path) && self.model.is_none() {
-                        self.state.model_path = None;
-                    }
-                    self.error = Some(format!("Could not open the model: {message}"));
+                rt.model = Some(info);
+                rt.vocab = vocab;
+                rt.result = None;
+                rt.effect = None;
+                self.error = None;
+                self.state.selection = None;
+                self.state.interventions.clear();
+                self.state.output_position = None;
+                self.undo.clear();
+                match rt.pending_session.take() {
+                    Some(session) => self.apply_session(session, now),
+                    None => self.request_run(now),
                 }
-                Response::FetchProgress(p) => {
-                    if let Some(f) = &mut self.fetching {
-                        f.progress = Some(p);
-                    }
+            }
+            Response::LoadFailed { path, message } => {
+                rt.loading = None;
+                // The session waited for this model; it is not applied to another.
+                rt.pending_session = None;
+                if self.state.model_path.as_ref() == Some(&path) && rt.model.is_none() {
+                    self.state.model_path = None;
                 }
-                Response::Fetched(path) => {
-                    self.fetching = None;
-                    self.loading = Some(path);
+                self.fail(format!("Could not open the model: {message}"));
+            }
+            Response::FetchProgress(p) => {
+                if let Some(f) = &mut rt.fetching {
+                    f.progress = Some(p);
                 }
-                Response::FetchFailed(message) => {
-                    self.fetching = None;
-                    self.error = Some(format!("Could not fetch the default model: {message}"));
+            }
+            Response::Fetched(path) => {
+                rt.fetching = None;
+                rt.loading = Some(path);
+            }
+            Response::FetchFailed(message) => {
+                rt.fetching = None;
+                self.fail(format!("Could not fetch the default model: {message}"));
+            }
+            Response::Run(result) => {
+                let Some(f) = &rt.in_flight else { return };
+                if result.id != f.id {
+                    return; // stale
                 }
-                Response::Run(result) => {
-                    let Some((id, _, sent)) = &self.in_flight else {
-                        continue;
-                    };
-                    if result.id != *id {
-                        continue; // stale
-                    }
-                    self.last_round_trip_ms = Some((now - sent) * 1e3);
-                    self.in_flight = None;
-                    self.runs_done += 1;
-                    let same_text = self
-                        .result
-                        .as_ref()
-                        .is_some_and(|r| Arc::ptr_eq(&r.baseline, &result.baseline));
-                    if !same_text {
-                        self.continuations = [None, None];
-                        if let Some(f) = self.selection {
-                            if f.layer >= self.model.as_ref().map_or(0, |m| m.layers) {
-                                self.selection = None;
-                            }
+                rt.last_round_trip_ms = Some((now - f.sent_at) * 1e3);
+                rt.in_flight = None;
+                rt.runs_done += 1;
+                let same_text = rt
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(&r.baseline, &result.baseline));
+                if !same_text {
+                    rt.continuations = [None, None];
+                    self.state.output_position = None;
+                    if let Some(f) = self.state.selection {
+                        if f.layer >= rt.layers() {
+                            self.state.selection = None;
                         }
                     }
-                    self.continuations[1] = None;
+                }
+                rt.continuations[1] = None;
+                if self.error_from_run {
                     self.error = None;
-                    self.result = Some(*result);
                 }
-                Response::Continuation {
-                    id,
-                    intervened,
-                    tokens,
-                } => {
-                    if self.result.as_ref().is_some_and(|r| r.id == id) {
-                        self.continuations[usize::from(intervened)] = Some(tokens);
+                rt.result = Some(*result);
+                if !same_text && self.state.effect_on_probe
+                    || self.state.selection.is_some() && rt.effect.is_none()
+                {
+                    rt.effect = None;
+                    self.request_effect();
+                }
+            }
+            Response::Continuation {
+                id,
+                intervened,
+                tokens,
+            } => {
+                if rt.result.as_ref().is_some_and(|r| r.id == id) {
+                    rt.continuations[usize::from(intervened)] = Some(tokens);
+                }
+            }
+            Response::ContinuationFailed { id, message } => {
+                if rt.result.as_ref().is_some_and(|r| r.id == id) {
+                    // Show the failure in place of the continuation and as an error.
+                    for c in rt.continuations.iter_mut().filter(|c| c.is_none()) {
+                        *c = Some(Vec::new());
                     }
+                    self.fail(format!("Could not continue the text: {message}"));
                 }
-                Response::RunFailed { id, message } => {
-                    if self.in_flight.as_ref().is_some_and(|(i, _, _)| *i == id) {
-                        self.in_flight = None;
-                        self.error = Some(message);
-                    }
+            }
+            Response::RunFailed { id, message } => {
+                if rt.in_flight.as_ref().is_some_and(|f| f.id == id) {
+                    rt.in_flight = None;
+                    self.error = Some(message);
+                    self.error_from_run = true;
                 }
-                Response::Effect {
-                    feature,
-                    promoted,
-                    suppressed,
-                } => {
-                    if self.selection == Some(feature) {
-                        self.effect = Some(Effect {
-                            feature,
-                            promoted,
-                            suppressed,
-                        });
-                    }
+            }
+            Response::Effect(effect) => {
+                if rt
+                    .effect
+                    .as_ref()
+                    .is_some_and(|e| e.request() == effect.request)
+                {
+                    rt.effect = Some(EffectState::Ready(effect));
                 }
+            }
+            Response::EffectFailed { request, message } => {
+                if rt.effect.as_ref().is_some_and(|e| e.request() == request) {
+                    rt.effect = Some(EffectState::Failed(request, message));
+                }
+            }
+            Response::Failed { request, message } => {
+                // A bug on the worker: nothing it was doing will arrive, so stop waiting.
+                rt.in_flight = None;
+                rt.loading = None;
+                rt.fetching = None;
+                if let Some(EffectState::Pending(r)) = rt.effect {
+                    rt.effect = Some(EffectState::Failed(r, message.clone()));
+                }
+                self.fail(format!(
+                    "Internal error while {request}: {message}. The model thread recovered; \
+                     please report this."
+                ));
+            }
+            Response::JobDone { name, message } => {
+                self.fail(format!("{name}: {message}"));
             }
         }
     }
 
-    /// The record a map shows for the current view mode (and, for differences, the baseline).
-    fn viewed(&self) -> Option<(&ActivationRecord, Option<&ActivationRecord>)> {
-        let r = self.result.as_ref()?;
-        let intervened = r.intervened.as_ref().map(|s| &s.record);
-        Some(match (self.state.view, intervened) {
-            (ViewMode::Baseline, _) | (_, None) => (&r.baseline.record, None),
-            (ViewMode::Intervened, Some(i)) => (i, None),
-            (ViewMode::Difference, Some(i)) => (i, Some(&r.baseline.record)),
-        })
-    }
-
-    /// Recomputes the heatmap rows and the layer map when their inputs changed.
-    fn refresh_derived(&mut self) {
-        let (Some(result), Some(model)) = (&self.result, &self.model) else {
-            self.derived = Derived::default();
-            return;
-        };
-        let key = (
-            result.id,
-            self.state.layer,
-            self.state.basis,
-            self.state.top_k,
-            self.state.view,
-            self.state.measure,
-            self.selection,
+    /// Brings the derived views up to date.
+    pub fn refresh_derived(&mut self) {
+        let layers = self.runtime.layers();
+        self.derived.refresh(
+            &self.state,
+            self.runtime.result.as_ref(),
+            layers,
+            &self.runtime.vocab,
         );
-        if self.derived.key == Some(key) {
-            return;
-        }
-        let Some((record, minus)) = self.viewed() else {
-            return;
-        };
-        // Rows are ranked on the baseline, so they stay put when an edit changes the values.
-        let features = maps::top_features(
-            &result.baseline.record,
-            self.state.layer,
-            self.state.basis,
-            self.state.top_k,
-        );
-        let values_of = |f: FeatureId| {
-            let v = maps::feature_activations(record, f);
-            match minus {
-                Some(base) => v
-                    .iter()
-                    .zip(maps::feature_activations(base, f))
-                    .map(|(a, b)| a - b)
-                    .collect(),
-                None => v,
-            }
-        };
-        let rows: Vec<FeatureRow> = features
-            .into_iter()
-            .map(|f| FeatureRow {
-                feature: f,
-                values: values_of(f),
-            })
-            .collect();
-        let row_scale =
-            maps::robust_scale(rows.iter().flat_map(|r| r.values.iter().copied()), 0.98);
-        let mut map = maps::layer_map(record, self.state.measure, model.layers, self.selection);
-        if let Some(base) = minus {
-            let base_map = maps::layer_map(base, self.state.measure, model.layers, self.selection);
-            for (row, base_row) in map.iter_mut().zip(base_map) {
-                for (v, b) in row.iter_mut().zip(base_row) {
-                    if let (Some(v), Some(b)) = (v.as_mut(), b) {
-                        *v -= b;
-                    }
-                }
-            }
-        }
-        let map_scale = maps::robust_scale(map.iter().flatten().flatten().copied(), 0.98);
-        self.derived = Derived {
-            key: Some(key),
-            rows,
-            row_scale,
-            map,
-            map_scale,
-        };
     }
 
     /// The heatmap as shown, for export.
     pub fn heatmap_data(&mut self) -> Option<export::HeatmapData> {
         self.refresh_derived();
-        let result = self.result.as_ref()?;
+        let result = self.runtime.result.as_ref()?;
         Some(export::HeatmapData {
             rows: self
                 .derived
@@ -534,32 +594,104 @@ impl HubelApp {
             cols: result.tokens.iter().map(|t| t.text.clone()).collect(),
             values: self.derived.rows.iter().map(|r| r.values.clone()).collect(),
             scale: self.derived.row_scale,
+            diverging: self.derived.rows_diverging,
         })
     }
 
     /// The output panel's content as JSON.
-    pub fn output_json(&self) -> Option<serde_json::Value> {
-        let r = self.result.as_ref()?;
+    pub fn output_json(&mut self) -> Option<serde_json::Value> {
+        self.refresh_derived();
+        let r = self.runtime.result.as_ref()?;
         let side = |s: &worker::Side, cont: &Option<Vec<Token>>| {
             serde_json::json!({
-                "top_next": s.top.iter().map(|(id, t, p)| serde_json::json!({"id": id, "token": t, "prob": p})).collect::<Vec<_>>(),
-                "token_nll": s.token_nll,
-                "mean_nll": crate::analysis::mean(&s.token_nll),
+                "top_next": s.summary.top_next,
+                "token_nll": s.summary.token_nll,
+                "mean_nll": s.summary.mean_nll,
                 "continuation": cont.as_ref().map(|c| c.iter().map(|t| t.text.as_str()).collect::<String>()),
             })
         };
+        let next = &self.derived.next;
         Some(serde_json::json!({
-            "model": self.model.as_ref().map(|m| &m.name),
+            "model": self.runtime.model,
             "probe": self.state.probe,
             "tokens": r.tokens,
-            "interventions": self.interventions.iter().map(crate::probe::describe).collect::<Vec<_>>(),
-            "baseline": side(&r.baseline, &self.continuations[0]),
-            "intervened": r.intervened.as_ref().map(|s| side(s, &self.continuations[1])),
+            "interventions": self.state.interventions.iter().map(crate::probe::describe).collect::<Vec<_>>(),
+            "baseline": side(&r.baseline, &self.runtime.continuations[0]),
+            "intervened": r.intervened.as_ref().map(|s| side(s, &self.runtime.continuations[1])),
             "kl_from_baseline": r.kl,
+            "next_at_position": {
+                "position": next.position,
+                "baseline": next.baseline,
+                "intervened": next.intervened,
+                "kl": next.kl,
+            },
         }))
     }
 
-    fn shortcuts(&mut self, ctx: &egui::Context, now: f64) {
+    pub fn export_heatmap(&mut self, path: &Path, png: bool) {
+        let Some(data) = self.heatmap_data() else {
+            return;
+        };
+        let written = if png {
+            export::heatmap_png(path, &data)
+        } else {
+            export::heatmap_csv(path, &data)
+        };
+        if let Err(e) = written {
+            self.fail(e);
+        }
+    }
+
+    pub fn export_output(&mut self, path: &Path) {
+        let Some(json) = self.output_json() else {
+            return;
+        };
+        if let Err(e) = crate::npy::write_json(path, &json) {
+            self.fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+
+    /// Carries out one command: the one place where views' wishes change the app.
+    pub fn apply(&mut self, command: Command, now: f64) {
+        match command {
+            Command::LoadModel(path) => self.load_model(path),
+            Command::FetchDefaultModel => self.start_fetch(),
+            Command::CancelFetch => {
+                if let Some(f) = &self.runtime.fetching {
+                    f.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Command::Run => self.request_run(now),
+            Command::ProbeEdited => self.edited_at = Some(now),
+            Command::LoadStimulus(text) => {
+                self.state.probe = text;
+                self.request_run(now);
+            }
+            Command::SetInterventions(ivs) => self.set_interventions(ivs, now),
+            Command::SetFeatureOp(f, op) => self.set_feature_op(f, op, now),
+            Command::Select(f) => self.select(f),
+            Command::SetOutputPosition(p) => {
+                self.state.output_position = p;
+                if self.state.effect_on_probe {
+                    self.request_effect();
+                }
+            }
+            Command::RefreshEffect => self.request_effect(),
+            Command::Undo => self.undo(now),
+            Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
+            Command::FileChosen(action, path) => match action {
+                FileAction::OpenModel | FileAction::OpenModelFolder => self.load_model(path),
+                FileAction::OpenSession => self.open_session(&path, now),
+                FileAction::SaveSession => self.save_session(&path),
+                FileAction::ExportHeatmapPng => self.export_heatmap(&path, true),
+                FileAction::ExportHeatmapCsv => self.export_heatmap(&path, false),
+                FileAction::ExportOutputJson => self.export_output(&path),
+            },
+            Command::DismissError => self.error = None,
+        }
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context, commands: &mut Vec<Command>) {
         let (run, undo, escape) = ctx.input_mut(|i| {
             (
                 i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter),
@@ -568,14 +700,14 @@ impl HubelApp {
             )
         });
         if run {
-            self.request_run(now);
+            commands.push(Command::Run);
         }
         if undo {
-            self.undo(now);
+            commands.push(Command::Undo);
         }
-        if escape {
-            self.selection = None;
-            self.error = None;
+        if escape && !self.dialogs.is_open() {
+            commands.push(Command::Select(None));
+            commands.push(Command::DismissError);
         }
     }
 }
@@ -585,7 +717,8 @@ impl eframe::App for HubelApp {
         let ctx = ui.ctx().clone();
         let now = ctx.input(|i| i.time);
         self.drain_responses(now);
-        self.shortcuts(&ctx, now);
+        let mut commands = Vec::new();
+        self.shortcuts(&ctx, &mut commands);
         if let Some(t) = self.edited_at {
             let wait = DEBOUNCE_SECS - (now - t);
             if wait <= 0.0 {
@@ -594,31 +727,24 @@ impl eframe::App for HubelApp {
                 ctx.request_repaint_after(std::time::Duration::from_secs_f64(wait));
             }
         }
-        if self.fetching.is_some() || self.loading.is_some() {
+        if self.runtime.fetching.is_some() || self.runtime.loading.is_some() {
             // Poll while a long job reports progress; idle otherwise.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
         self.refresh_derived();
-        self.menu_bar_ui(ui, now);
-        self.status_bar_ui(ui);
-        if self.model.is_none() {
-            self.welcome_ui(ui);
-            return;
+        let view = panels::ViewCtx {
+            runtime: &self.runtime,
+            derived: &self.derived,
+            error: self.error.as_deref(),
+            cjk: &self.cjk,
+        };
+        self.views.ui(ui, &mut self.state, &view, &mut commands);
+        if let Some((action, path)) = self.dialogs.ui(&ctx) {
+            commands.push(Command::FileChosen(action, path));
         }
-        self.probe_panel_ui(ui, now);
-        self.feature_card_ui(ui, now);
-        self.output_panel_ui(ui);
-        egui::CentralPanel::default().show(ui, |ui| {
-            self.interventions_bar_ui(ui, now);
-            ui.separator();
-            egui::ScrollArea::vertical()
-                .auto_shrink([false, false])
-                .show(ui, |ui| {
-                    self.layer_map_ui(ui);
-                    ui.separator();
-                    self.heatmap_ui(ui, now);
-                });
-        });
+        for c in commands {
+            self.apply(c, now);
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -631,7 +757,8 @@ pub fn run_native() -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Hubel")
-            .with_inner_size([1400.0, 900.0]),
+            .with_inner_size([1400.0, 900.0])
+            .with_min_inner_size([800.0, 560.0]),
         ..Default::default()
     };
     eframe::run_native(

@@ -3,7 +3,7 @@
 //! `hubel --bench-ui` measures launch-to-first-heatmap, click-to-output over 20 clicks, frame
 //! times and idle CPU, inside the app, and prints them as JSON. Both close the window when done.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,20 +74,6 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn save_png(path: &Path, image: &egui::ColorImage) -> Result<(), String> {
-    let [w, h] = image.size;
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgba);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-        let raw: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
-        writer.write_image_data(&raw).map_err(|e| e.to_string())?;
-    }
-    crate::atomic_write(path, &bytes).map_err(|e| e.to_string())
-}
-
 impl Tour {
     pub fn new(
         cc: &eframe::CreationContext<'_>,
@@ -98,6 +84,8 @@ impl Tour {
     ) -> Self {
         let mut app = HubelApp::with_state(&cc.egui_ctx, super::AppState::default());
         app.cjk = super::fonts::install(&cc.egui_ctx);
+        // Screenshots show what a user of the desktop dialog-less machine gets.
+        app.state.builtin_file_dialog = true;
         if mode == Mode::BenchUi {
             app.state.continuation = 0;
             app.load_model(model.clone());
@@ -122,7 +110,7 @@ impl Tour {
         let done = self.shot_pending.clone();
         let repaint = ctx.clone();
         ctx.request_screenshot(move |image| {
-            let result = save_png(&path, &image);
+            let result = super::export::screenshot_png(&path, &image);
             if let Ok(mut slot) = done.lock() {
                 *slot = Some(result);
             }
@@ -145,6 +133,19 @@ impl Tour {
         self.app.derived.rows.first().map(|r| r.feature)
     }
 
+    /// L10N222 where the model has it (the README's example), else the layer's strongest.
+    fn card_feature(&mut self) -> Option<FeatureId> {
+        let f = FeatureId::neuron(10, 222);
+        match &self.app.runtime.model {
+            Some(m) if f.check(m).is_ok() => Some(f),
+            _ => self.top_feature(),
+        }
+    }
+
+    fn effect_ready(&self) -> bool {
+        matches!(&self.app.runtime.effect, Some(super::EffectState::Ready(e)) if Some(e.request.feature) == self.feature)
+    }
+
     /// One action per step; a screenshot step changes nothing else, so the picture shows the
     /// state the previous steps settled into.
     fn screenshots_step(&mut self, ctx: &egui::Context, now: f64) {
@@ -158,8 +159,11 @@ impl Tour {
                 self.app.load_model(self.model.clone());
                 true
             }
-            2 if self.ready(self.app.result.is_some() && self.app.continuations[0].is_some()) => {
-                let layers = self.app.model.as_ref().map_or(1, |m| m.layers);
+            2 if self.ready(
+                self.app.runtime.result.is_some() && self.app.runtime.continuations[0].is_some(),
+            ) =>
+            {
+                let layers = self.app.runtime.layers();
                 self.app.state.layer = 10.min(layers - 1);
                 true
             }
@@ -168,19 +172,11 @@ impl Tour {
                 true
             }
             4 => {
-                self.feature = self.top_feature();
+                self.feature = self.card_feature();
                 self.app.select(self.feature);
-                // Fold the layer map so the layer's heatmap is in the picture.
-                self.app.state.layer_map_open = false;
                 true
             }
-            5 if self.ready(
-                self.app
-                    .effect
-                    .as_ref()
-                    .is_some_and(|e| Some(e.feature) == self.feature),
-            ) =>
-            {
+            5 if self.ready(self.effect_ready()) => {
                 self.shot(ctx, "feature_card");
                 true
             }
@@ -192,10 +188,11 @@ impl Tour {
             }
             7 if self.ready(
                 self.app
+                    .runtime
                     .result
                     .as_ref()
                     .is_some_and(|r| r.intervened.is_some())
-                    && self.app.continuations[1].is_some(),
+                    && self.app.runtime.continuations[1].is_some(),
             ) =>
             {
                 self.shot(ctx, "ablation");
@@ -203,7 +200,6 @@ impl Tour {
             }
             8 => {
                 self.app.state.view = super::ViewMode::Difference;
-                self.app.state.layer_map_open = true;
                 true
             }
             9 if self.ready(true) => {
@@ -213,20 +209,56 @@ impl Tour {
             10 => {
                 self.app.set_interventions(Vec::new(), now);
                 self.app.state.view = super::ViewMode::Intervened;
+                self.app.state.basis = crate::features::Basis::Heads;
+                self.feature = self.top_feature();
+                self.app.select(self.feature);
+                true
+            }
+            11 if self.ready(
+                self.effect_ready()
+                    && self
+                        .app
+                        .runtime
+                        .result
+                        .as_ref()
+                        .is_some_and(|r| r.intervened.is_none()),
+            ) =>
+            {
+                self.shot(ctx, "head_card");
+                true
+            }
+            12 => {
+                self.app.state.basis = crate::features::Basis::Neurons;
                 self.app.state.probe = "苹果是一种水果 🍎 An apple is a kind of fruit.".into();
                 self.app.select(None);
                 self.app.request_run(now);
                 true
             }
-            11 if self.ready(
-                self.app.result.as_ref().is_some_and(|r| r.tokens.len() > 8)
-                    && self.app.continuations[0].is_some(),
+            13 if self.ready(
+                self.app
+                    .runtime
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.tokens.len() > 8)
+                    && self.app.runtime.continuations[0].is_some(),
             ) =>
             {
                 self.shot(ctx, "chinese");
                 true
             }
-            12 => {
+            14 => {
+                // The built-in file dialog, as a user without a desktop portal sees it.
+                self.app.apply(
+                    super::Command::AskFile(super::file_dialog::FileAction::SaveSession),
+                    now,
+                );
+                true
+            }
+            15 if self.ready(true) => {
+                self.shot(ctx, "save_dialog");
+                true
+            }
+            16 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }
@@ -238,13 +270,13 @@ impl Tour {
     }
 
     fn bench_step(&mut self, ctx: &egui::Context, now: f64, frame_ms: f64) {
-        if self.app.in_flight.is_some() {
+        if self.app.runtime.run_in_flight() {
             self.bench.frames_busy.push(frame_ms);
         }
         let step = self.step;
         match step {
             // Launch to the first heatmap on screen.
-            0 if self.app.result.is_some() && !self.app.is_busy() => {
+            0 if self.app.runtime.result.is_some() && !self.app.is_busy() => {
                 self.bench.launch_to_first_heatmap_ms = self.started.elapsed().as_secs_f64() * 1e3;
                 // A 32-token probe, as in `hubel bench`.
                 self.app.state.probe = crate::bench::TEXT.repeat(2);
@@ -253,28 +285,34 @@ impl Tour {
             }
             1 if self
                 .app
+                .runtime
                 .result
                 .as_ref()
                 .is_some_and(|r| r.tokens.len() > 32)
                 && !self.app.is_busy() =>
             {
                 // Trim to exactly 32 tokens of text.
-                if let Some(r) = &self.app.result {
+                if let Some(r) = &self.app.runtime.result {
                     self.app.state.probe = r.tokens[..32].iter().map(|t| t.text.as_str()).collect();
                 }
                 self.app.request_run(now);
                 self.step = 2;
             }
-            2 if self.app.result.is_some() && !self.app.is_busy() => {
-                let layers = self.app.model.as_ref().map_or(1, |m| m.layers);
+            2 if self.app.runtime.result.is_some() && !self.app.is_busy() => {
+                let layers = self.app.runtime.layers().max(1);
                 self.app.state.layer = (layers / 3).min(layers - 1);
-                self.bench.probe_tokens = self.app.result.as_ref().map_or(0, |r| r.tokens.len());
+                self.bench.probe_tokens = self
+                    .app
+                    .runtime
+                    .result
+                    .as_ref()
+                    .map_or(0, |r| r.tokens.len());
                 self.feature = self.top_feature();
                 self.step = 3;
             }
             // 20 clicks: toggle the top feature's ablation, wait for the new output.
             3 if !self.app.is_busy() => {
-                if let Some(ms) = self.app.last_round_trip_ms.take() {
+                if let Some(ms) = self.app.runtime.last_round_trip_ms.take() {
                     if self.bench.clicks > 0 {
                         self.bench.click_to_output_ms.push(ms);
                     }
@@ -360,7 +398,7 @@ impl eframe::App for Tour {
 }
 
 /// Runs a tour in a real window.
-pub fn run(mode: Mode, model: PathBuf, dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(mode: Mode, model: PathBuf, dir: PathBuf, size: [f32; 2]) -> anyhow::Result<()> {
     let started = Instant::now();
     if mode == Mode::Screenshots {
         std::fs::create_dir_all(&dir)?;
@@ -368,7 +406,7 @@ pub fn run(mode: Mode, model: PathBuf, dir: PathBuf) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Hubel")
-            .with_inner_size([1500.0, 950.0]),
+            .with_inner_size(size),
         persist_window: false,
         ..Default::default()
     };

@@ -2,32 +2,64 @@
 //! frame; nothing here blocks the UI. Every run carries a [`RunId`] and a cancel flag: a new run
 //! cancels the one in flight (the model checks the flag before every block), queued runs are
 //! skipped in favour of the newest, and the UI drops results whose id is stale.
+//!
+//! The worker cannot die silently: every request runs under `catch_unwind`; a panic is answered
+//! with [`Response::Failed`] naming the request, the probe cache is dropped (it may be half
+//! written), and the worker goes on serving with the model it has.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::analysis;
 use crate::assets::{self, Clients, Progress};
 use crate::features::{Basis, FeatureId};
-use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
-use crate::model::{Generate, Model, ModelError, ModelInfo, ProbeCache, RunOutput, Token};
+use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Intervention};
+use crate::model::{EffectScale, Generate, Model, ModelError, ModelInfo, ProbeCache, Token};
+use crate::probe::{self, RunSummary};
 
 pub type RunId = u64;
 
 /// Probes up to this many tokens also record every attention pattern (for the head card).
 pub const PATTERN_TOKENS: usize = 96;
 
+/// Tokens listed per side in the next-token panel.
+pub const TOP_NEXT: usize = 10;
+
+/// Work for the model's thread that is not one of the fixed requests (tests, future jobs).
+pub type Job = Box<dyn FnOnce(Option<&Model>) -> Response + Send>;
+
 pub enum Request {
     Load(PathBuf),
     Fetch {
         cancel: Arc<AtomicBool>,
+        /// Where the default model goes (the app's asset folder).
+        assets: PathBuf,
+        clients: Clients,
     },
     Run(RunRequest),
     /// What a feature writes to the output: tokens it promotes and suppresses.
-    Effect(FeatureId),
+    Effect(EffectRequest),
+    /// Any other work on the model's thread; its panics are caught like every request's.
+    Job {
+        name: String,
+        job: Job,
+    },
+}
+
+impl Request {
+    /// What the request was, for an error message.
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Load(p) => format!("loading {}", p.display()),
+            Request::Fetch { .. } => "fetching the default model".into(),
+            Request::Run(r) => format!("running the probe (run {})", r.id),
+            Request::Effect(e) => format!("the direct effect of {}", e.feature),
+            Request::Job { name, .. } => name.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -40,13 +72,30 @@ pub struct RunRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// A feature's direct effect on the logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EffectRequest {
+    pub feature: FeatureId,
+    /// `None`: per unit of activation (neurons only). `Some(p)`: on the current probe at
+    /// position `p`, the final norm's scale frozen at its baseline value there (a head's output
+    /// direction is its `z` at `p`, so heads always need a position).
+    pub position: Option<usize>,
+}
+
 /// One side (baseline or intervened) of a run, as plain data.
 pub struct Side {
     pub record: ActivationRecord,
-    /// Next-token top 10: (id, text, probability).
-    pub top: Vec<(u32, String, f32)>,
-    pub last_logits: Vec<f32>,
-    pub token_nll: Vec<f32>,
+    /// Next-token top 10 after the last position, the loss of every token.
+    pub summary: RunSummary,
+    /// Logits at every position, `[pos, vocab]` (for the next-token panel at a chosen position).
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+}
+
+impl Side {
+    pub fn logits_at(&self, pos: usize) -> Option<&[f32]> {
+        self.logits.get(pos * self.vocab..(pos + 1) * self.vocab)
+    }
 }
 
 pub struct RunResult {
@@ -54,14 +103,29 @@ pub struct RunResult {
     pub tokens: Vec<Token>,
     pub baseline: Arc<Side>,
     pub intervened: Option<Side>,
+    /// KL(baseline ‖ intervened) of the next-token distribution after the last position.
     pub kl: Option<f64>,
     pub elapsed_ms: f64,
     /// Blocks computed for this result (0 when the baseline was reused and nothing changed).
     pub layers_computed: usize,
 }
 
+/// A feature's effect, as the card lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Effect {
+    pub request: EffectRequest,
+    /// Which scale the values are at, in words.
+    pub scale: String,
+    pub promoted: Vec<(String, f32)>,
+    pub suppressed: Vec<(String, f32)>,
+}
+
 pub enum Response {
-    Loaded(ModelInfo),
+    /// A model is loaded; `vocab` names every token id (for next-token lists at any position).
+    Loaded {
+        info: ModelInfo,
+        vocab: Arc<Vec<String>>,
+    },
     LoadFailed {
         path: PathBuf,
         message: String,
@@ -76,14 +140,28 @@ pub enum Response {
         intervened: bool,
         tokens: Vec<Token>,
     },
+    ContinuationFailed {
+        id: RunId,
+        message: String,
+    },
     RunFailed {
         id: RunId,
         message: String,
     },
-    Effect {
-        feature: FeatureId,
-        promoted: Vec<(String, f32)>,
-        suppressed: Vec<(String, f32)>,
+    Effect(Effect),
+    EffectFailed {
+        request: EffectRequest,
+        message: String,
+    },
+    /// A request panicked (a bug); the worker dropped its probe cache and keeps serving.
+    Failed {
+        request: String,
+        message: String,
+    },
+    /// The answer of a [`Request::Job`].
+    JobDone {
+        name: String,
+        message: String,
     },
 }
 
@@ -112,18 +190,18 @@ impl WorkerHandle {
         if let Err(e) = spawned {
             // Without a worker every request is answered here, as a failure the UI can show.
             let (tx2, rx2) = std::sync::mpsc::channel();
-            let _ = tx2.send(Response::LoadFailed {
-                path: PathBuf::new(),
-                message: format!("cannot start the model thread: {e}"),
+            let _ = tx2.send(Response::Failed {
+                request: "starting the model thread".into(),
+                message: e.to_string(),
             });
             return WorkerHandle { tx, rx: rx2 };
         }
         WorkerHandle { tx, rx }
     }
 
-    pub fn send(&self, request: Request) {
-        // A closed channel means the worker is gone; the UI shows no result and stays usable.
-        let _ = self.tx.send(request);
+    /// Sends a request; `false` when the worker is gone (the caller shows an error).
+    pub fn send(&self, request: Request) -> bool {
+        self.tx.send(request).is_ok()
     }
 }
 
@@ -156,18 +234,23 @@ fn capture_for(len: usize) -> Capture {
     Capture::sites(sites)
 }
 
-fn side(model: &Model, out: RunOutput, ids: &[u32]) -> Side {
-    let top = analysis::top_k(out.last_logits(), 10)
-        .into_iter()
-        .map(|(id, _, p)| (id, model.tokenizer().token_text(id), p))
-        .collect();
-    let token_nll = analysis::token_nll(&out.logits, out.vocab, ids);
+fn side(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
+    let summary = probe::summarize(model, &out, ids, TOP_NEXT, None);
     Side {
-        top,
-        last_logits: out.last_logits().to_vec(),
-        token_nll,
+        summary,
+        vocab: out.vocab,
+        logits: out.logits,
         record: out.record,
     }
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Worker {
@@ -183,13 +266,36 @@ impl Worker {
             batch.extend(requests.try_iter());
             let newest_run = batch.iter().rposition(|r| matches!(r, Request::Run(_)));
             for (i, request) in batch.into_iter().enumerate() {
-                match request {
-                    Request::Run(run) if Some(i) == newest_run => self.run(run),
-                    Request::Run(_) => {}
-                    Request::Load(path) => self.load(path),
-                    Request::Fetch { cancel } => self.fetch(&cancel),
-                    Request::Effect(feature) => self.effect(feature),
+                if matches!(request, Request::Run(_)) && Some(i) != newest_run {
+                    continue;
                 }
+                let what = request.describe();
+                let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(request)));
+                if let Err(payload) = outcome {
+                    // The probe cache may be half updated: drop it, keep the model.
+                    self.probe = None;
+                    self.send(Response::Failed {
+                        request: what,
+                        message: panic_message(payload.as_ref()),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Run(run) => self.run(run),
+            Request::Load(path) => self.load(path),
+            Request::Fetch {
+                cancel,
+                assets,
+                clients,
+            } => self.fetch(&cancel, &assets, &clients),
+            Request::Effect(req) => self.effect(req),
+            Request::Job { job, .. } => {
+                let response = job(self.model.as_ref());
+                self.send(response);
             }
         }
     }
@@ -199,8 +305,14 @@ impl Worker {
         match Model::open(&path) {
             Ok(model) => {
                 let info = model.info().clone();
+                let vocab: Vec<String> = (0..info.vocab as u32)
+                    .map(|id| model.tokenizer().token_text(id))
+                    .collect();
                 self.model = Some(model);
-                self.send(Response::Loaded(info));
+                self.send(Response::Loaded {
+                    info,
+                    vocab: Arc::new(vocab),
+                });
             }
             Err(e) => self.send(Response::LoadFailed {
                 path,
@@ -209,18 +321,13 @@ impl Worker {
         }
     }
 
-    fn fetch(&mut self, cancel: &AtomicBool) {
+    fn fetch(&mut self, cancel: &AtomicBool, dir: &std::path::Path, clients: &Clients) {
         let tx = self.tx.clone();
         let mut progress = |p: Progress| {
             let _ = tx.send(Response::FetchProgress(p));
         };
         // Progress repaints come from the UI's own polling while a fetch is shown.
-        match assets::fetch_model(
-            &assets::assets_dir(),
-            &Clients::default(),
-            &mut progress,
-            cancel,
-        ) {
+        match assets::fetch_model(dir, clients, &mut progress, cancel) {
             Ok(path) => {
                 self.send(Response::Fetched(path.clone()));
                 self.load(path);
@@ -229,26 +336,79 @@ impl Worker {
         }
     }
 
-    fn effect(&self, feature: FeatureId) {
-        let Some(model) = &self.model else { return };
-        if feature.basis != Basis::Neurons {
-            return;
-        }
-        let result = model
-            .neuron_out_direction(feature.layer, feature.index)
-            .and_then(|dir| model.direct_logit_effect(&dir));
-        if let Ok(effect) = result {
-            let mut order: Vec<usize> = (0..effect.len()).collect();
-            order.sort_by(|&a, &b| effect[b].total_cmp(&effect[a]));
-            let name = |i: usize| (model.tokenizer().token_text(i as u32), effect[i]);
-            let promoted = order.iter().take(10).map(|&i| name(i)).collect();
-            let suppressed = order.iter().rev().take(10).map(|&i| name(i)).collect();
-            self.send(Response::Effect {
-                feature,
-                promoted,
-                suppressed,
+    fn effect(&self, req: EffectRequest) {
+        let Some(model) = &self.model else {
+            return self.send(Response::EffectFailed {
+                request: req,
+                message: "no model is loaded".into(),
             });
+        };
+        match self.compute_effect(model, req) {
+            Ok(effect) => self.send(Response::Effect(effect)),
+            Err(message) => self.send(Response::EffectFailed {
+                request: req,
+                message,
+            }),
         }
+    }
+
+    fn compute_effect(&self, model: &Model, req: EffectRequest) -> Result<Effect, String> {
+        let f = req.feature;
+        let record = self.probe.as_ref().map(|p| &p.baseline.record);
+        let at = |pos: usize| -> Result<(&ActivationRecord, usize), String> {
+            let record = record.ok_or("run a probe first")?;
+            Ok((record, pos))
+        };
+        let scale = match req.position {
+            None => EffectScale::PerUnit,
+            Some(pos) => {
+                let (record, pos) = at(pos)?;
+                let last = model.config().n_layers - 1;
+                let resid = record
+                    .get(HookPoint::block(last, BlockSite::ResidPost))
+                    .filter(|a| pos < a.shape[0])
+                    .ok_or_else(|| format!("position {pos} is not in the probe"))?;
+                let inv_scale = model
+                    .final_norm_inv_scale(resid.row(pos))
+                    .map_err(|e| e.to_string())?;
+                EffectScale::Frozen { inv_scale }
+            }
+        };
+        let direction = match (f.basis, req.position) {
+            (Basis::Neurons, _) => model.neuron_out_direction(f.layer, f.index),
+            (Basis::Heads, None) => {
+                return Err("a head's output depends on the probe: choose a position".into())
+            }
+            (Basis::Heads, Some(pos)) => {
+                let (record, pos) = at(pos)?;
+                let z = record
+                    .get(HookPoint::block(f.layer, BlockSite::Z))
+                    .filter(|a| pos < a.shape[0])
+                    .ok_or_else(|| format!("no head output recorded at position {pos}"))?;
+                let d_head = z.shape.get(2).copied().unwrap_or(0);
+                let row = z.row(pos);
+                let zh = row
+                    .get(f.index * d_head..(f.index + 1) * d_head)
+                    .ok_or_else(|| format!("{f} does not exist in this model"))?;
+                model.head_out_direction(f.layer, f.index, zh)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let effect = model
+            .direct_effect(&direction, scale)
+            .map_err(|e| e.to_string())?;
+        let (promoted, suppressed) = crate::analysis::promoted_suppressed(&effect, 10);
+        let name = |(id, v): (u32, f32)| (model.tokenizer().token_text(id), v);
+        let scale = match req.position {
+            None => scale.describe().to_string(),
+            Some(p) => format!("{} at position {p}", scale.describe()),
+        };
+        Ok(Effect {
+            request: req,
+            scale,
+            promoted: promoted.into_iter().map(name).collect(),
+            suppressed: suppressed.into_iter().map(name).collect(),
+        })
     }
 
     fn run(&mut self, req: RunRequest) {
@@ -292,9 +452,11 @@ impl Worker {
                     Some(req.cancel.clone()),
                 )?;
                 layers_computed = layers_computed.max(out.layers_computed);
-                let s = side(model, out, &ids);
-                let kl = analysis::kl_divergence(&probe.baseline.last_logits, &s.last_logits);
-                (Some(s), Some(kl))
+                let kl = crate::analysis::kl_divergence(
+                    probe.cache.baseline.last_logits(),
+                    out.last_logits(),
+                );
+                (Some(side(model, out, &ids)), Some(kl))
             };
             Ok(RunResult {
                 id: req.id,
@@ -317,16 +479,23 @@ impl Worker {
                 return;
             }
         }
-        self.continuations(&req);
+        if let Err(e) = self.continuations(&req) {
+            if !matches!(e, ModelError::Cancelled) {
+                self.send(Response::ContinuationFailed {
+                    id: req.id,
+                    message: e.to_string(),
+                });
+            }
+        }
     }
 
     /// Continuations come after the run's numbers, so a click shows its effect at once.
-    fn continuations(&mut self, req: &RunRequest) {
+    fn continuations(&mut self, req: &RunRequest) -> Result<(), ModelError> {
         let (Some(model), Some(probe)) = (&self.model, &mut self.probe) else {
-            return;
+            return Ok(());
         };
         if req.continuation == 0 {
-            return;
+            return Ok(());
         }
         let ids: Vec<u32> = probe.tokens.iter().map(|t| t.id).collect();
         let opts = Generate {
@@ -353,10 +522,7 @@ impl Worker {
         };
         let baseline = match &probe.continuation {
             Some((n, tokens)) if *n == req.continuation => tokens.clone(),
-            _ => match model.generate(&ids, &[], &opts, Some(req.cancel.clone())) {
-                Ok(new) => as_tokens(new),
-                Err(_) => return,
-            },
+            _ => as_tokens(model.generate(&ids, &[], &opts, Some(req.cancel.clone()))?),
         };
         probe.continuation = Some((req.continuation, baseline.clone()));
         let _ = self.tx.send(Response::Continuation {
@@ -366,15 +532,13 @@ impl Worker {
         });
         (self.repaint)();
         if !req.interventions.is_empty() && !req.cancel.load(Ordering::Relaxed) {
-            if let Ok(new) =
-                model.generate(&ids, &req.interventions, &opts, Some(req.cancel.clone()))
-            {
-                self.send(Response::Continuation {
-                    id: req.id,
-                    intervened: true,
-                    tokens: as_tokens(new),
-                });
-            }
+            let new = model.generate(&ids, &req.interventions, &opts, Some(req.cancel.clone()))?;
+            self.send(Response::Continuation {
+                id: req.id,
+                intervened: true,
+                tokens: as_tokens(new),
+            });
         }
+        Ok(())
     }
 }

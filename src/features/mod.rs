@@ -84,6 +84,46 @@ impl FeatureId {
         }
     }
 
+    /// Parses `L10N123` (neuron) or `L5H3` (head), any case, spaces around allowed.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim().to_ascii_uppercase();
+        let bad = || {
+            format!("`{}` is not a feature name: write L10N123 (layer 10, neuron 123) or L5H3 (layer 5, head 3)", text.trim())
+        };
+        let rest = t.strip_prefix('L').ok_or_else(bad)?;
+        let split = rest.find(['N', 'H']).ok_or_else(bad)?;
+        let (layer, index) = (&rest[..split], &rest[split + 1..]);
+        let layer: usize = layer.parse().map_err(|_| bad())?;
+        let index: usize = index.parse().map_err(|_| bad())?;
+        Ok(match &rest[split..split + 1] {
+            "N" => FeatureId::neuron(layer, index),
+            _ => FeatureId::head(layer, index),
+        })
+    }
+
+    /// `Err` with a message when this feature does not exist in `info`'s model.
+    pub fn check(&self, info: &crate::model::ModelInfo) -> Result<(), String> {
+        if self.layer >= info.layers {
+            return Err(format!(
+                "{self}: the model has {} layers (0–{})",
+                info.layers,
+                info.layers.saturating_sub(1)
+            ));
+        }
+        let (units, what) = match self.basis {
+            Basis::Neurons => (info.d_mlp, "MLP neurons"),
+            Basis::Heads => (info.heads, "attention heads"),
+        };
+        if self.index >= units {
+            return Err(format!(
+                "{self}: layer {} has {units} {what} (0–{})",
+                self.layer,
+                units.saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
+
     /// The hook point an intervention on this feature edits.
     pub fn hook(&self) -> HookPoint {
         HookPoint::block(self.layer, self.basis.site())
@@ -100,6 +140,26 @@ impl std::fmt::Display for FeatureId {
 mod tests {
     use super::*;
     use crate::hooks::{Intervention, Op};
+
+    #[test]
+    fn parses_feature_names() {
+        assert_eq!(FeatureId::parse("L10N123"), Ok(FeatureId::neuron(10, 123)));
+        assert_eq!(FeatureId::parse(" l5h3 "), Ok(FeatureId::head(5, 3)));
+        for bad in [
+            "",
+            "L",
+            "10N3",
+            "L10",
+            "L10X3",
+            "LN3",
+            "L1N",
+            "L-1N2",
+            "L99999999999999999999N1",
+        ] {
+            let e = FeatureId::parse(bad).unwrap_err();
+            assert!(e.contains("not a feature name"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn an_intervention_names_its_feature_only_when_it_edits_one_whole_feature() {

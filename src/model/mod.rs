@@ -3,7 +3,9 @@
 //! plain data ([`RunOutput`], [`ActivationRecord`]), so no tensor leaves this module.
 
 pub mod config;
+mod effect;
 pub mod generate;
+mod hooks;
 pub mod load;
 pub mod random;
 pub mod tokenizer;
@@ -13,15 +15,17 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 pub use config::{Arch, Config};
+pub use effect::EffectScale;
 pub use generate::{Generate, Sampling};
+pub use hooks::Hooks;
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
 
 use crate::hooks::{
-    ActivationRecord, BlockSite, Capture, HookPoint, Hooks, Intervention, InterventionError, Layout,
+    ActivationRecord, BlockSite, Capture, HookPoint, Intervention, InterventionError, Layout,
 };
 use transformer::Weights;
 
@@ -47,20 +51,59 @@ pub enum ModelError {
     TooLong { len: usize, n_ctx: usize },
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     BadToken { id: u32, vocab: usize },
+    #[error("{what} has {got} values; this model needs {expected}")]
+    WrongLength {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
     #[error(transparent)]
     Intervention(#[from] InterventionError),
     #[error("the run was cancelled")]
     Cancelled,
-    #[error("tensor error: {0}")]
+    #[error("tensor error: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is set
+/// (a user-facing error is a message, never a stack dump).
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    let msg = match e {
+        E::WithBacktrace { inner, .. } => return candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
+    };
+    // A wrapped error may still carry one (`Wrapped`, `WrappedContext`): cut at its first frame.
+    let mut kept = Vec::new();
+    for line in msg.lines() {
+        let t = line.trim_start();
+        let frame = t
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if frame || t.starts_with("stack backtrace:") {
+            break;
+        }
+        kept.push(line);
+    }
+    kept.join("\n").trim_end().to_string()
+}
+
 /// What a user (and `hubel probe --json`) is told about a loaded model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
+    /// The name the file gives itself (GGUF `general.name`, or the folder's name).
     pub name: String,
+    /// What a user calls the model: family, size and variant (`SmolLM2-135M-Instruct`), from
+    /// the file's name when it follows the usual `Family-Size-Variant.QUANT.gguf` pattern.
+    #[serde(default)]
+    pub title: String,
+    /// How the weights are stored (`Q4_1 GGUF`, `safetensors F32`); they are always computed in f32.
+    #[serde(default)]
+    pub format: String,
     pub arch: String,
     pub layers: usize,
     pub d_model: usize,
@@ -74,6 +117,64 @@ pub struct ModelInfo {
     /// SHA-256 of the weights file (of all weight files, in name order, for an HF folder).
     pub sha256: String,
     pub path: PathBuf,
+}
+
+impl ModelInfo {
+    /// `(units, per_position)` of a hook point in this model for a probe of `len` tokens, or
+    /// `None` if the point does not exist here.
+    pub fn hook_size(&self, point: HookPoint, len: usize) -> Option<(usize, usize)> {
+        let llama = self.arch == Arch::Llama.name();
+        let width = |w: usize| Some((w, w));
+        match point {
+            HookPoint::Embed | HookPoint::LnFinal => width(self.d_model),
+            HookPoint::PosEmbed => (!llama).then_some((self.d_model, self.d_model)),
+            HookPoint::Block { layer, .. } if layer >= self.layers => None,
+            HookPoint::Block { site, .. } => match site {
+                BlockSite::MlpPreLinear if !llama => None,
+                BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => {
+                    width(self.d_mlp)
+                }
+                BlockSite::Q | BlockSite::Z => Some((self.heads, self.heads * self.d_head)),
+                BlockSite::K | BlockSite::V => Some((self.kv_heads, self.kv_heads * self.d_head)),
+                BlockSite::AttnScores | BlockSite::Pattern => Some((self.heads, self.heads * len)),
+                _ => width(self.d_model),
+            },
+        }
+    }
+
+    /// One line for a status bar: `SmolLM2-135M-Instruct · Q4_1 GGUF, computed in f32`.
+    pub fn describe(&self) -> String {
+        let title = if self.title.is_empty() {
+            &self.name
+        } else {
+            &self.title
+        };
+        if self.format.is_empty() {
+            format!("{title} · computed in f32")
+        } else {
+            format!("{title} · {}, computed in f32", self.format)
+        }
+    }
+}
+
+/// `SmolLM2-135M-Instruct` from `…/SmolLM2-135M-Instruct.Q4_1.gguf` (the quantization suffix
+/// dropped); the folder's name for an HF folder; `None` when the path names nothing.
+fn title_from_path(path: &std::path::Path) -> Option<String> {
+    let file = path.file_name()?.to_string_lossy().into_owned();
+    let stem = file.strip_suffix(".gguf").unwrap_or(&file);
+    let stem = match stem.rsplit_once('.') {
+        Some((head, quant))
+            if quant
+                .chars()
+                .next()
+                .is_some_and(|c| matches!(c.to_ascii_uppercase(), 'Q' | 'F' | 'B' | 'I'))
+                && quant.chars().any(|c| c.is_ascii_digit()) =>
+        {
+            head
+        }
+        _ => stem,
+    };
+    (!stem.is_empty()).then(|| stem.to_string())
 }
 
 /// A loaded model with its tokenizer.
@@ -153,6 +254,8 @@ impl Model {
         let cfg = &weights.cfg;
         cfg.validate().map_err(ModelError::Unsupported)?;
         let info = ModelInfo {
+            title: title_from_path(&path).unwrap_or_else(|| name.clone()),
+            format: String::new(),
             name,
             arch: cfg.arch.name().to_string(),
             layers: cfg.n_layers,
@@ -221,25 +324,7 @@ impl Model {
     /// `(units, per_position)` of a hook point in this model for a probe of `len` tokens, or
     /// `None` if the point does not exist here.
     pub fn hook_size(&self, point: HookPoint, len: usize) -> Option<(usize, usize)> {
-        let cfg = self.config();
-        let width = |w: usize| Some((w, w));
-        match point {
-            HookPoint::Embed | HookPoint::LnFinal => width(cfg.d_model),
-            HookPoint::PosEmbed => (cfg.arch == Arch::Gpt2).then_some((cfg.d_model, cfg.d_model)),
-            HookPoint::Block { layer, .. } if layer >= cfg.n_layers => None,
-            HookPoint::Block { site, .. } => match site {
-                BlockSite::MlpPreLinear if cfg.arch != Arch::Llama => None,
-                BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => {
-                    width(cfg.d_mlp)
-                }
-                BlockSite::Q | BlockSite::Z => Some((cfg.n_heads, cfg.n_heads * cfg.d_head)),
-                BlockSite::K | BlockSite::V => Some((cfg.n_kv_heads, cfg.n_kv_heads * cfg.d_head)),
-                BlockSite::AttnScores | BlockSite::Pattern => {
-                    Some((cfg.n_heads, cfg.n_heads * len))
-                }
-                _ => width(cfg.d_model),
-            },
-        }
+        self.info.hook_size(point, len)
     }
 
     /// Every hook point this model has, in execution order.
@@ -257,12 +342,32 @@ impl Model {
         all
     }
 
+    /// How many units (neurons, dimensions or heads) an index of `point` chooses from; an error
+    /// naming the model's layers when the point does not exist here.
+    pub fn hook_units(&self, point: HookPoint) -> Result<usize, InterventionError> {
+        self.hook_size(point, 1)
+            .map(|(units, _)| units)
+            .ok_or_else(|| self.no_such_hook(point))
+    }
+
+    fn no_such_hook(&self, hook: HookPoint) -> InterventionError {
+        let layers = self.config().n_layers;
+        match hook.layer() {
+            Some(layer) if layer >= layers => InterventionError::NoSuchLayer {
+                hook,
+                layer,
+                layers,
+            },
+            _ => InterventionError::NoSuchHook { hook },
+        }
+    }
+
     /// Checks interventions against this model and a probe of `len` tokens.
     pub fn check_interventions(&self, interventions: &[Intervention], len: usize) -> Result<()> {
         for iv in interventions {
             let (units, per_position) = self
                 .hook_size(iv.hook, len)
-                .ok_or(InterventionError::NoSuchHook { hook: iv.hook })?;
+                .ok_or_else(|| self.no_such_hook(iv.hook))?;
             let unit = if iv.hook.layout() == Layout::PosWidth {
                 "neurons or dimensions"
             } else {
@@ -376,22 +481,10 @@ impl Model {
         })
     }
 
-    /// What MLP neuron `neuron` of `layer` writes into the residual stream, `[d_model]`.
-    pub fn neuron_out_direction(&self, layer: usize, neuron: usize) -> Result<Vec<f32>> {
-        let w = self.weights.blocks[layer].mlp.out_weight().weight_out_in(); // [d_model, d_mlp]
-        Ok(w.t()?.contiguous()?.get(neuron)?.to_vec1::<f32>()?)
-    }
-
-    /// Logit effect of adding `direction` (`[d_model]`) to the final residual, ignoring the final
-    /// norm's scale: `W_U · direction`, `[vocab]`.
-    pub fn direct_logit_effect(&self, direction: &[f32]) -> Result<Vec<f32>> {
-        let d = Tensor::from_slice(direction, (direction.len(), 1), &Device::Cpu)?;
-        Ok(self
-            .weights
-            .unembed
-            .matmul(&d)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+    /// Names how the weights were stored (set by the loader).
+    pub(crate) fn with_format(mut self, format: String) -> Self {
+        self.info.format = format;
+        self
     }
 
     pub(crate) fn weights(&self) -> &Weights {

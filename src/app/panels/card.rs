@@ -1,81 +1,147 @@
 //! The feature card: the selected feature's activation over the probe (highlighted text and a
-//! plot), what it writes to the output, its attention pattern (heads), and ablate/steer controls.
+//! plot with token labels), what it writes to the output, its attention pattern (heads), and
+//! ablate / steer / clamp controls.
 
 use egui::{Rect, Sense, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use super::super::{colors, HubelApp};
-use super::visible;
-use crate::analysis::maps;
+use super::super::{colors, AppState, Command, EffectState};
+use super::{token_label, ViewCtx};
 use crate::features::Basis;
 use crate::hooks::Op;
 
-impl HubelApp {
-    pub(crate) fn feature_card_ui(&mut self, ui: &mut egui::Ui, now: f64) {
+/// The range the steer and clamp fields accept, said next to them.
+const STEER_RANGE: std::ops::RangeInclusive<f32> = -100.0..=100.0;
+const CLAMP_RANGE: std::ops::RangeInclusive<f32> = -20.0..=20.0;
+
+/// The card's own UI state.
+pub struct CardView {
+    steer_alpha: f32,
+    clamp_k: f32,
+}
+
+impl Default for CardView {
+    fn default() -> Self {
+        CardView {
+            steer_alpha: 4.0,
+            clamp_k: 2.0,
+        }
+    }
+}
+
+/// A plot's x axis labelled with the probe's tokens at whole positions.
+fn token_axis(
+    tokens: &[String],
+) -> impl Fn(egui_plot::GridMark, &std::ops::RangeInclusive<f64>) -> String + '_ {
+    move |mark, _| {
+        let v = mark.value;
+        if v.fract().abs() > 1e-6 || v < 0.0 {
+            return String::new();
+        }
+        tokens.get(v as usize).cloned().unwrap_or_default()
+    }
+}
+
+impl CardView {
+    pub fn panel_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut AppState,
+        cx: &ViewCtx,
+        out: &mut Vec<Command>,
+        width: f32,
+    ) {
         egui::Panel::right("card")
             .resizable(true)
-            .default_size(360.0)
+            .default_size(width)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical()
                     .id_salt("card")
-                    .show(ui, |ui| self.card_contents_ui(ui, now));
+                    .show(ui, |ui| self.contents_ui(ui, state, cx, out));
             });
     }
 
-    fn card_contents_ui(&mut self, ui: &mut egui::Ui, now: f64) {
-        let (Some(f), Some(result)) = (self.selection, &self.result) else {
+    fn contents_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut AppState,
+        cx: &ViewCtx,
+        out: &mut Vec<Command>,
+    ) {
+        let curve = &cx.derived.curve;
+        let (Some(f), Some(result)) = (curve.feature, &cx.runtime.result) else {
             ui.heading("Feature card");
-            ui.label("Click a feature in the heatmap to open its card.");
+            ui.label(
+                "Click a feature in the heatmap (or type its name in Go to) to open its card.",
+            );
             return;
         };
+        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
         ui.heading(format!("Feature {}", f.label()));
         ui.label(
             egui::RichText::new(format!("{} · {}", f.hook(), f.basis.name()))
                 .weak()
                 .small(),
         );
-        let base = maps::feature_activations(&result.baseline.record, f);
-        let inter = result
-            .intervened
-            .as_ref()
-            .map(|s| maps::feature_activations(&s.record, f));
-        let peak = base.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = peak.max(1e-6);
-
-        ui.label("Activation over the probe");
+        let signed = f.basis == Basis::Neurons;
+        let scale = curve.peak.max(1e-6);
+        ui.label("Activation over the probe (baseline)");
         ui.horizontal_wrapped(|ui| {
             ui.spacing_mut().item_spacing = Vec2::new(1.0, 2.0);
-            for (t, v) in result.tokens.iter().zip(&base) {
-                let text = egui::RichText::new(visible(&t.text))
+            for (pos, (t, v)) in tokens.iter().zip(&curve.baseline).enumerate() {
+                let text = egui::RichText::new(t)
                     .monospace()
-                    .background_color(colors::diverging(*v, scale))
+                    .background_color(colors::scaled(*v, scale, signed))
                     .color(colors::CELL_TEXT);
                 ui.add(egui::Label::new(text).sense(Sense::hover()))
-                    .on_hover_text(format!("{}: {v:.4}", visible(&t.text)));
+                    .on_hover_text(format!("\"{t}\" (position {pos}): {v:.4}"));
             }
         });
         let line = |v: &[f32]| {
             PlotPoints::from_iter(v.iter().enumerate().map(|(i, y)| [i as f64, f64::from(*y)]))
         };
+        let label_tokens = tokens.clone();
         Plot::new("feature plot")
-            .height(120.0)
+            .height(130.0)
             .legend(Legend::default())
             .allow_scroll(false)
+            .x_axis_formatter(token_axis(&tokens))
+            .label_formatter(move |hover| {
+                let (name, p) = match hover {
+                    egui_plot::HoverPosition::NearDataPoint {
+                        plot_name,
+                        position,
+                        ..
+                    } => (*plot_name, *position),
+                    egui_plot::HoverPosition::Elsewhere { .. } => return None,
+                };
+                let pos = p.x.round().max(0.0) as usize;
+                let t = label_tokens.get(pos).map_or("", String::as_str);
+                Some(format!("{name}\n\"{t}\" (position {pos}): {:.4}", p.y))
+            })
             .show(ui, |plot| {
-                plot.line(Line::new("baseline", line(&base)).color(colors::BASELINE));
-                if let Some(inter) = &inter {
-                    plot.line(Line::new("intervened", line(inter)).color(colors::INTERVENED));
+                plot.line(Line::new("baseline", line(&curve.baseline)).color(colors::BASELINE));
+                if let Some(inter) = &curve.intervened {
+                    plot.line(
+                        Line::new("intervened (after the edit)", line(inter))
+                            .color(colors::INTERVENED),
+                    );
                 }
             });
-        ui.label(format!("peak |activation| {peak:.4}"));
+        let sink = if state.exclude_sink {
+            " (position 0 left out)"
+        } else {
+            ""
+        };
+        ui.label(format!("peak |activation| {:.4}{sink}", curve.peak));
 
         ui.separator();
         ui.label("Intervene");
-        let current = self
+        let current = state
             .intervention_on(f)
-            .map(|i| self.interventions[i].op.clone());
+            .map(|i| state.interventions[i].op.clone());
         let mut op: Option<Option<Op>> = None;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             for (mode, label) in [(Op::Zero, "Ablate (zero)"), (Op::Mean, "Ablate (mean)")] {
                 let active = current.as_ref() == Some(&mode);
                 if ui.selectable_label(active, label).clicked() {
@@ -87,90 +153,74 @@ impl HubelApp {
                 op = Some(None);
             }
         });
-        ui.horizontal(|ui| {
-            let label = ui.label("Steer α");
-            ui.add(egui::Slider::new(&mut self.steer_alpha, -20.0..=20.0))
-                .labelled_by(label.id);
-            if ui
-                .button("Steer")
-                .on_hover_text("Add α to this feature at every position")
-                .clicked()
-            {
-                op = Some(Some(Op::Add {
-                    value: self.steer_alpha,
+        ui.horizontal_wrapped(|ui| {
+            let (what, hover) = match f.basis {
+                Basis::Neurons => ("Steer: add α", "Add α to this neuron at every position"),
+                Basis::Heads => (
+                    "Steer: scale by α",
+                    "Multiply this head's output by α at every position",
+                ),
+            };
+            let label = ui.label(format!(
+                "{what} ({} … {})",
+                STEER_RANGE.start(),
+                STEER_RANGE.end()
+            ));
+            ui.add(
+                egui::DragValue::new(&mut self.steer_alpha)
+                    .speed(0.1)
+                    .range(STEER_RANGE),
+            )
+            .labelled_by(label.id);
+            if ui.button("Steer").on_hover_text(hover).clicked() {
+                op = Some(Some(match f.basis {
+                    Basis::Neurons => Op::Add {
+                        value: self.steer_alpha,
+                    },
+                    Basis::Heads => Op::Scale {
+                        factor: self.steer_alpha,
+                    },
                 }));
             }
         });
         if f.basis == Basis::Neurons {
-            ui.horizontal(|ui| {
-                let label = ui.label("Clamp k×max");
+            ui.horizontal_wrapped(|ui| {
+                let label = ui.label(format!(
+                    "Clamp to k × peak (k {} … {})",
+                    CLAMP_RANGE.start(),
+                    CLAMP_RANGE.end()
+                ));
                 ui.add(
                     egui::DragValue::new(&mut self.clamp_k)
                         .speed(0.1)
-                        .range(-10.0..=10.0),
+                        .range(CLAMP_RANGE),
                 )
                 .labelled_by(label.id);
                 if ui
                     .button("Clamp")
-                    .on_hover_text("Set this neuron to k times its peak activation on the probe")
+                    .on_hover_text(
+                        "Set this neuron to k times its signed peak activation on the probe",
+                    )
                     .clicked()
                 {
-                    let signed_peak =
-                        base.iter()
-                            .copied()
-                            .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
                     op = Some(Some(Op::Set {
-                        value: self.clamp_k * signed_peak,
+                        value: self.clamp_k * curve.signed_peak,
                     }));
                 }
             });
-        } else {
-            ui.label(
-                egui::RichText::new("For a head, steering scales its output: α is a factor.")
-                    .weak()
-                    .small(),
-            );
         }
         ui.separator();
-        match f.basis {
-            Basis::Neurons => {
-                ui.label("Direct effect on the output (its output weights · unembedding)");
-                match &self.effect {
-                    Some(e) if e.feature == f => {
-                        ui.columns(2, |cols| {
-                            cols[0].label(egui::RichText::new("promotes").strong());
-                            for (t, v) in &e.promoted {
-                                cols[0].label(format!("{} {v:+.3}", visible(t)));
-                            }
-                            cols[1].label(egui::RichText::new("suppresses").strong());
-                            for (t, v) in &e.suppressed {
-                                cols[1].label(format!("{} {v:+.3}", visible(t)));
-                            }
-                        });
-                    }
-                    _ => {
-                        ui.spinner();
-                    }
-                }
-            }
-            Basis::Heads => {
-                ui.label("Attention pattern (query ↓ × key →)");
-                match maps::head_pattern(&result.baseline.record, f.layer, f.index) {
-                    Some(pattern) => pattern_ui(
-                        ui,
-                        &pattern,
-                        &result
-                            .tokens
-                            .iter()
-                            .map(|t| t.text.clone())
-                            .collect::<Vec<_>>(),
-                    ),
-                    None => {
-                        ui.label(format!(
-                            "Patterns are recorded for probes up to {} tokens.",
-                            super::super::worker::PATTERN_TOKENS
-                        ));
-                    }
+        self.effect_ui(ui, state, cx, out, f);
+        if f.basis == Basis::Heads {
+            ui.separator();
+            ui.label("Attention pattern, baseline (query ↓ × key →)");
+            match &curve.pattern {
+                Some(pattern) => pattern_ui(ui, pattern, &tokens),
+                None => {
+                    ui.label(format!(
+                        "Patterns are recorded for probes up to {} tokens.",
+                        super::super::worker::PATTERN_TOKENS
+                    ));
                 }
             }
         }
@@ -183,21 +233,109 @@ impl HubelApp {
             .small(),
         );
         if let Some(op) = op {
-            // For heads, "Steer" multiplies the head's output by α rather than adding to all d_head values.
-            let op = match (f.basis, op) {
-                (Basis::Heads, Some(Op::Add { value })) => Some(Op::Scale { factor: value }),
-                (_, op) => op,
-            };
-            self.set_feature_op(f, op, now);
+            out.push(Command::SetFeatureOp(f, op));
+        }
+    }
+
+    fn effect_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut AppState,
+        cx: &ViewCtx,
+        out: &mut Vec<Command>,
+        f: crate::features::FeatureId,
+    ) {
+        let position = cx.derived.next.position;
+        ui.label("Direct effect on the logits (through the final norm's weights)");
+        if f.basis == Basis::Neurons {
+            ui.horizontal_wrapped(|ui| {
+                let before = state.effect_on_probe;
+                ui.radio_value(&mut state.effect_on_probe, false, "per unit of activation");
+                ui.radio_value(
+                    &mut state.effect_on_probe,
+                    true,
+                    format!("on this probe at position {position}"),
+                )
+                .on_hover_text(
+                    "The final norm's scale frozen at its value at the output position (choose it in the token strip)",
+                );
+                if state.effect_on_probe != before {
+                    out.push(Command::RefreshEffect);
+                }
+            });
+        } else {
+            ui.label(
+                egui::RichText::new(format!(
+                    "This head's output at position {position} (choose it in the token strip), final-norm scale frozen there"
+                ))
+                .weak()
+                .small(),
+            );
+        }
+        match &cx.runtime.effect {
+            Some(EffectState::Ready(e)) if e.request.feature == f => {
+                ui.label(
+                    egui::RichText::new(format!("shown: {}", e.scale))
+                        .weak()
+                        .small(),
+                );
+                ui.columns(2, |cols| {
+                    cols[0].label(egui::RichText::new("promotes").strong());
+                    for (t, v) in &e.promoted {
+                        cols[0].label(format!("{} {v:+.3}", super::visible(t)));
+                    }
+                    cols[1].label(egui::RichText::new("suppresses").strong());
+                    for (t, v) in &e.suppressed {
+                        cols[1].label(format!("{} {v:+.3}", super::visible(t)));
+                    }
+                });
+            }
+            Some(EffectState::Failed(r, message)) if r.feature == f => {
+                ui.colored_label(colors::ERROR, format!("Could not compute it: {message}"));
+                if ui.button("Retry").clicked() {
+                    out.push(Command::RefreshEffect);
+                }
+            }
+            _ => {
+                ui.spinner();
+            }
         }
     }
 }
 
 fn pattern_ui(ui: &mut egui::Ui, pattern: &[Vec<f32>], tokens: &[String]) {
     let n = pattern.len();
-    let side = (ui.available_width() / n.max(1) as f32).clamp(3.0, 24.0);
-    let (rect, response) = ui.allocate_exact_size(Vec2::splat(side * n as f32), Sense::hover());
-    let painter = ui.painter_at(rect);
+    const AXIS: f32 = 46.0;
+    let side = ((ui.available_width() - AXIS) / n.max(1) as f32).clamp(3.0, 24.0);
+    let (outer, response) = ui.allocate_exact_size(
+        Vec2::splat(side * n as f32) + Vec2::splat(AXIS),
+        Sense::hover(),
+    );
+    let rect = Rect::from_min_size(outer.min + Vec2::splat(AXIS), Vec2::splat(side * n as f32));
+    let painter = ui.painter_at(outer);
+    let font = egui::FontId::monospace(side.clamp(6.0, 9.0));
+    let short = |t: &str| t.chars().take(6).collect::<String>();
+    for (i, t) in tokens.iter().enumerate().take(n) {
+        if side >= 6.0 || i % ((6.0 / side).ceil() as usize).max(1) == 0 {
+            // Query labels on the left, key labels above (drawn along the column).
+            painter.text(
+                egui::pos2(rect.left() - 2.0, rect.top() + side * (i as f32 + 0.5)),
+                egui::Align2::RIGHT_CENTER,
+                short(t),
+                font.clone(),
+                ui.visuals().text_color(),
+            );
+            painter.add(
+                egui::epaint::TextShape::new(
+                    egui::pos2(rect.left() + side * i as f32, rect.top() - 2.0),
+                    ui.painter()
+                        .layout_no_wrap(short(t), font.clone(), ui.visuals().text_color()),
+                    ui.visuals().text_color(),
+                )
+                .with_angle(-std::f32::consts::FRAC_PI_2),
+            );
+        }
+    }
     for (q, row) in pattern.iter().enumerate() {
         for (k, p) in row.iter().enumerate() {
             let cell = Rect::from_min_size(
@@ -207,13 +345,13 @@ fn pattern_ui(ui: &mut egui::Ui, pattern: &[Vec<f32>], tokens: &[String]) {
             painter.rect_filled(cell, 0.0, colors::sequential(*p, 1.0));
         }
     }
-    if let Some(p) = response.hover_pos() {
+    if let Some(p) = response.hover_pos().filter(|p| rect.contains(*p)) {
         let k = (((p.x - rect.left()) / side) as usize).min(n - 1);
         let q = (((p.y - rect.top()) / side) as usize).min(n - 1);
-        response.on_hover_text(format!(
-            "query {q} {} → key {k} {}: {:.4}",
-            visible(&tokens[q]),
-            visible(&tokens[k]),
+        response.on_hover_text_at_pointer(format!(
+            "query {q} \"{}\" → key {k} \"{}\": {:.4}",
+            tokens.get(q).map_or("", String::as_str),
+            tokens.get(k).map_or("", String::as_str),
             pattern[q][k]
         ));
     }

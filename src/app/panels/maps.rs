@@ -1,309 +1,417 @@
-//! The whole-brain layer map (layers × tokens) and the chosen layer's feature heatmap.
+//! The whole-brain layer map (layers × tokens) and the chosen layer's feature heatmap, one above
+//! the other with a divider between them. Both say which run they show and colour by the view:
+//! diverging (blue · white · red) for signed values and differences, sequential for norms and
+//! counts.
 
 use egui::{Rect, Sense, Vec2};
 
-use super::super::{colors, HubelApp, ViewMode};
-use super::visible;
+use super::super::{colors, AppState, Command, ViewMode};
+use super::{token_label, ViewCtx};
 use crate::analysis::maps::Measure;
 use crate::features::{Basis, FeatureId};
 use crate::hooks::Op;
 
 const LABEL_WIDTH: f32 = 86.0;
 const ROW_HEIGHT: f32 = 14.0;
+const HEADER_HEIGHT: f32 = 14.0;
 
-fn cell_width(ui: &egui::Ui, n: usize) -> f32 {
-    ((ui.available_width() - LABEL_WIDTH - 40.0) / n.max(1) as f32).clamp(8.0, 56.0)
+/// Column width for `n` tokens in `available` pixels: at least 8 (the map scrolls sideways
+/// beyond that), at most 56.
+fn cell_width(available: f32, n: usize) -> f32 {
+    ((available - LABEL_WIDTH - 40.0) / n.max(1) as f32).clamp(8.0, 56.0)
 }
 
 /// A gradient legend from −scale to +scale (or 0 to scale).
-fn legend_ui(ui: &mut egui::Ui, scale: f32, diverging: bool) {
-    ui.horizontal(|ui| {
+fn legend_ui(ui: &mut egui::Ui, scale: f32, diverging: bool, exclude_sink: bool) {
+    ui.horizontal_wrapped(|ui| {
         let lo = if diverging { -scale } else { 0.0 };
         ui.label(egui::RichText::new(format!("{lo:.3}")).small());
-        let (rect, _) = ui.allocate_exact_size(Vec2::new(160.0, 10.0), Sense::hover());
+        let (rect, _) = ui.allocate_exact_size(Vec2::new(140.0, 10.0), Sense::hover());
         let steps = 40;
         for i in 0..steps {
             let t = i as f32 / (steps - 1) as f32;
             let v = lo + (scale - lo) * t;
-            let c = if diverging {
-                colors::diverging(v, scale)
-            } else {
-                colors::sequential(v, scale)
-            };
             let x0 = rect.left() + rect.width() * i as f32 / steps as f32;
             let x1 = rect.left() + rect.width() * (i + 1) as f32 / steps as f32;
             ui.painter().rect_filled(
                 Rect::from_min_max(egui::pos2(x0, rect.top()), egui::pos2(x1, rect.bottom())),
                 0.0,
-                c,
+                colors::scaled(v, scale, diverging),
             );
         }
         ui.label(egui::RichText::new(format!("{scale:.3}")).small());
+        let sink = if exclude_sink {
+            ", position 0 (attention sink) left out"
+        } else {
+            ""
+        };
         ui.label(
-            egui::RichText::new("(98th percentile of |value|; larger values saturate)")
-                .weak()
-                .small(),
+            egui::RichText::new(format!(
+                "(98th percentile of |value|{sink}; larger values saturate)"
+            ))
+            .weak()
+            .small(),
         );
     });
 }
 
-impl HubelApp {
-    fn view_label(&self) -> &'static str {
-        let intervened = self.result.as_ref().is_some_and(|r| r.intervened.is_some());
-        match (self.state.view, intervened) {
-            (_, false) | (ViewMode::Baseline, _) => "baseline",
-            (ViewMode::Intervened, true) => "intervened",
-            (ViewMode::Difference, true) => "intervened − baseline",
+/// Which run a map shows, in words.
+fn view_label(cx: &ViewCtx, chosen: ViewMode) -> String {
+    match cx.derived.view {
+        Some(ViewMode::Baseline) if chosen != ViewMode::Baseline => {
+            "showing A: baseline (no edits)".into()
         }
+        Some(v) => format!("showing {}", v.name()),
+        None => String::new(),
     }
+}
 
-    pub(crate) fn layer_map_ui(&mut self, ui: &mut egui::Ui) {
-        let Some(result) = &self.result else {
+/// Token labels above `n` columns `w` wide, starting `indent` pixels in.
+fn token_header_ui(ui: &mut egui::Ui, tokens: &[String], w: f32, indent: f32) {
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing = Vec2::ZERO;
+        ui.add_space(indent);
+        let (rect, response) = ui.allocate_exact_size(
+            Vec2::new(w * tokens.len() as f32, HEADER_HEIGHT),
+            Sense::hover(),
+        );
+        let painter = ui.painter_at(rect);
+        let chars = ((w / 6.0) as usize).max(1);
+        for (pos, t) in tokens.iter().enumerate() {
+            let cell = Rect::from_min_size(
+                egui::pos2(rect.left() + w * pos as f32, rect.top()),
+                Vec2::new(w, HEADER_HEIGHT),
+            );
+            let text: String = t.chars().take(chars).collect();
+            painter.text(
+                cell.left_center(),
+                egui::Align2::LEFT_CENTER,
+                text,
+                egui::FontId::monospace(9.0),
+                ui.visuals().text_color(),
+            );
+        }
+        if let Some(p) = response.hover_pos() {
+            let pos = (((p.x - rect.left()) / w) as usize).min(tokens.len().saturating_sub(1));
+            if let Some(t) = tokens.get(pos) {
+                response.on_hover_text_at_pointer(format!("token {pos}: {t}"));
+            }
+        }
+    });
+}
+
+/// The maps' own UI state: the "go to feature" field.
+#[derive(Default)]
+pub struct MapsView {
+    jump: String,
+    jump_error: Option<String>,
+}
+
+impl MapsView {
+    pub fn layer_map_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut AppState,
+        cx: &ViewCtx,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(result) = &cx.runtime.result else {
             ui.label("Run a probe to see every layer respond.");
             return;
         };
-        let tokens: Vec<String> = result.tokens.iter().map(|t| t.text.clone()).collect();
-        ui.horizontal(|ui| {
+        let d = cx.derived;
+        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+        ui.horizontal_wrapped(|ui| {
             ui.heading("Layer map");
-            ui.label(format!("({})", self.view_label()));
+            ui.label(view_label(cx, state.view));
             let label = ui.label("Measure");
             egui::ComboBox::from_id_salt("measure")
-                .selected_text(self.state.measure.name())
+                .selected_text(state.measure.name())
                 .show_ui(ui, |ui| {
                     for m in Measure::ALL {
-                        ui.selectable_value(&mut self.state.measure, m, m.name());
+                        ui.selectable_value(&mut state.measure, m, m.name());
                     }
                 })
                 .response
                 .labelled_by(label.id);
-            let toggle = if self.state.layer_map_open {
-                "Hide"
-            } else {
-                "Show"
-            };
-            if ui
-                .button(toggle)
-                .on_hover_text("Fold the layer map to give the layer heatmap room")
-                .clicked()
-            {
-                self.state.layer_map_open = !self.state.layer_map_open;
-            }
+            ui.checkbox(&mut state.exclude_sink, "Leave out position 0")
+                .on_hover_text(
+                    "Position 0 is an attention sink with a huge residual norm: left out of colour \
+                     scales and of the heatmap's ranking, so the other tokens are not washed out",
+                );
         });
-        if !self.state.layer_map_open {
-            return;
-        }
-        let diverging =
-            self.state.view == ViewMode::Difference || self.state.measure == Measure::Selected;
-        legend_ui(ui, self.derived.map_scale, diverging);
-        let w = cell_width(ui, tokens.len());
-        // Compact rows for deep models, so the layer's heatmap stays in view below.
-        let row_height = (320.0 / self.derived.map.len().max(1) as f32).clamp(7.0, ROW_HEIGHT);
-        let scale = self.derived.map_scale;
-        let mut clicked_layer = None;
-        for (layer, row) in self.derived.map.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.spacing_mut().item_spacing = Vec2::new(0.0, 0.0);
-                let selected = layer == self.state.layer;
-                // A painted label (no button padding) keeps 30 rows short.
-                let (name_rect, name) =
-                    ui.allocate_exact_size(Vec2::new(LABEL_WIDTH, row_height), Sense::click());
-                let layer_label = format!("Layer {layer}");
-                name.widget_info(|| {
-                    egui::WidgetInfo::selected(egui::Role::Button, true, selected, &layer_label)
-                });
-                let text_color = if selected {
-                    colors::SELECTED
-                } else {
-                    ui.visuals().text_color()
-                };
-                ui.painter().text(
-                    name_rect.right_center() - Vec2::new(6.0, 0.0),
-                    egui::Align2::RIGHT_CENTER,
-                    format!("L{layer}"),
-                    egui::FontId::proportional(row_height.clamp(7.0, 11.0)),
-                    text_color,
-                );
-                if name
-                    .on_hover_text(format!("Open layer {layer} below"))
-                    .clicked()
-                {
-                    clicked_layer = Some(layer);
-                }
-                let (rect, response) = ui.allocate_exact_size(
-                    Vec2::new(w * tokens.len() as f32, row_height),
-                    Sense::click(),
-                );
-                let painter = ui.painter_at(rect);
-                for (pos, _) in tokens.iter().enumerate() {
-                    let value = row.get(pos).copied().flatten();
-                    let color = match value {
-                        Some(v) if diverging => colors::diverging(v, scale),
-                        Some(v) => colors::sequential(v, scale),
-                        None => colors::EMPTY,
-                    };
-                    let cell = Rect::from_min_size(
-                        egui::pos2(rect.left() + w * pos as f32, rect.top()),
-                        Vec2::new(w - 1.0, row_height - 1.0),
-                    );
-                    painter.rect_filled(cell, 0.0, color);
-                }
-                if selected {
-                    painter.rect_stroke(
-                        rect,
-                        0.0,
-                        egui::Stroke::new(1.0, colors::SELECTED),
-                        egui::StrokeKind::Inside,
-                    );
-                }
-                if let Some(p) = response.hover_pos() {
-                    let pos =
-                        (((p.x - rect.left()) / w) as usize).min(tokens.len().saturating_sub(1));
-                    let value = row.get(pos).copied().flatten();
-                    response.clone().on_hover_text(format!(
-                        "layer {layer} · token {pos} {} · {}: {}",
-                        visible(&tokens[pos]),
-                        self.state.measure.name(),
-                        value.map_or("n/a".into(), |v| format!("{v:.4}"))
-                    ));
-                }
-                if response.clicked() {
-                    clicked_layer = Some(layer);
+        legend_ui(ui, d.map_scale, d.map_diverging, state.exclude_sink);
+        let w = cell_width(ui.available_width(), tokens.len());
+        let layers = d.map.len().max(1);
+        let row_height =
+            ((ui.available_height() - HEADER_HEIGHT - 24.0) / layers as f32).clamp(6.0, ROW_HEIGHT);
+        let scale = d.map_scale;
+        let mut clicked: Option<(usize, Option<usize>)> = None;
+        egui::ScrollArea::both()
+            .id_salt("layer map")
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                token_header_ui(ui, &tokens, w, LABEL_WIDTH);
+                for (layer, row) in d.map.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        ui.spacing_mut().item_spacing = Vec2::ZERO;
+                        let selected = layer == state.layer;
+                        // A painted label (no button padding) keeps 30 rows short.
+                        let (name_rect, name) = ui
+                            .allocate_exact_size(Vec2::new(LABEL_WIDTH, row_height), Sense::click());
+                        let layer_label = format!("Layer {layer}");
+                        name.widget_info(|| {
+                            egui::WidgetInfo::selected(
+                                egui::Role::Button,
+                                true,
+                                selected,
+                                &layer_label,
+                            )
+                        });
+                        let text_color = if selected {
+                            colors::SELECTED
+                        } else {
+                            ui.visuals().text_color()
+                        };
+                        ui.painter().text(
+                            name_rect.right_center() - Vec2::new(6.0, 0.0),
+                            egui::Align2::RIGHT_CENTER,
+                            format!("L{layer}"),
+                            egui::FontId::proportional(row_height.clamp(7.0, 11.0)),
+                            text_color,
+                        );
+                        if name
+                            .on_hover_text_at_pointer(format!("Open layer {layer} in the heatmap"))
+                            .clicked()
+                        {
+                            clicked = Some((layer, None));
+                        }
+                        let (rect, response) = ui.allocate_exact_size(
+                            Vec2::new(w * tokens.len() as f32, row_height),
+                            Sense::click(),
+                        );
+                        let painter = ui.painter_at(rect);
+                        for pos in 0..tokens.len() {
+                            let color = match row.get(pos).copied().flatten() {
+                                Some(c) => colors::scaled(c.value, scale, d.map_diverging),
+                                None => colors::EMPTY,
+                            };
+                            let cell = Rect::from_min_size(
+                                egui::pos2(rect.left() + w * pos as f32, rect.top()),
+                                Vec2::new(w - 1.0, row_height - 1.0),
+                            );
+                            painter.rect_filled(cell, 0.0, color);
+                        }
+                        if selected {
+                            painter.rect_stroke(
+                                rect,
+                                0.0,
+                                egui::Stroke::new(1.0, colors::SELECTED),
+                                egui::StrokeKind::Inside,
+                            );
+                        }
+                        let hovered = response.hover_pos().map(|p| {
+                            (((p.x - rect.left()) / w) as usize).min(tokens.len().saturating_sub(1))
+                        });
+                        let cell = hovered.and_then(|pos| row.get(pos).copied().flatten());
+                        if let Some(pos) = hovered {
+                            let text = match cell {
+                                Some(c) => match c.neuron {
+                                    Some(n) => format!(
+                                        "L{layer}N{n}: {:.4} at \"{}\" (position {pos})\nclick: open its card",
+                                        c.value, tokens[pos]
+                                    ),
+                                    None => format!(
+                                        "layer {layer} · \"{}\" (position {pos}) · {}: {:.4}",
+                                        tokens[pos],
+                                        state.measure.name(),
+                                        c.value
+                                    ),
+                                },
+                                None => format!("layer {layer} · position {pos}: no data"),
+                            };
+                            let response = response.clone().on_hover_text_at_pointer(text);
+                            if response.clicked() {
+                                clicked = Some((layer, cell.and_then(|c| c.neuron)));
+                            }
+                        }
+                    });
                 }
             });
-        }
-        if let Some(layer) = clicked_layer {
-            self.state.layer = layer;
+        if let Some((layer, neuron)) = clicked {
+            state.layer = layer;
+            if let Some(n) = neuron {
+                out.push(Command::Select(Some(FeatureId::neuron(layer, n))));
+            }
         }
     }
 
-    pub(crate) fn heatmap_ui(&mut self, ui: &mut egui::Ui, now: f64) {
-        let Some(result) = &self.result else { return };
-        let tokens: Vec<String> = result.tokens.iter().map(|t| t.text.clone()).collect();
-        let layers = self.model.as_ref().map_or(1, |m| m.layers);
-        ui.horizontal(|ui| {
-            ui.heading(format!("Layer {}", self.state.layer));
-            ui.label(format!("({})", self.view_label()));
+    pub fn heatmap_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut AppState,
+        cx: &ViewCtx,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(result) = &cx.runtime.result else {
+            return;
+        };
+        let d = cx.derived;
+        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+        let layers = cx.runtime.layers();
+        ui.horizontal_wrapped(|ui| {
+            ui.heading(format!("Heatmap: layer {}", state.layer));
+            ui.label(view_label(cx, state.view));
             let label = ui.label("Layer");
-            ui.add(egui::DragValue::new(&mut self.state.layer).range(0..=layers.saturating_sub(1)))
+            ui.add(egui::DragValue::new(&mut state.layer).range(0..=layers.saturating_sub(1)))
                 .labelled_by(label.id);
             let label = ui.label("Basis");
             egui::ComboBox::from_id_salt("basis")
-                .selected_text(self.state.basis.name())
+                .selected_text(state.basis.name())
                 .show_ui(ui, |ui| {
                     for b in Basis::ALL {
-                        ui.selectable_value(&mut self.state.basis, b, b.name());
+                        ui.selectable_value(&mut state.basis, b, b.name());
                     }
                 })
                 .response
                 .labelled_by(label.id);
             let label = ui.label("Top K");
-            ui.add(egui::DragValue::new(&mut self.state.top_k).range(1..=256))
+            ui.add(egui::DragValue::new(&mut state.top_k).range(1..=256))
                 .labelled_by(label.id);
-        });
-        ui.label(egui::RichText::new("Features ranked by peak |activation| over the probe; click a label to open its card, tick to ablate.").weak().small());
-        legend_ui(ui, self.derived.row_scale, true);
-        let w = cell_width(ui, tokens.len());
-        // Token header.
-        ui.horizontal(|ui| {
-            ui.spacing_mut().item_spacing = Vec2::new(0.0, 0.0);
-            ui.add_space(LABEL_WIDTH + 22.0);
-            let (rect, _) = ui.allocate_exact_size(
-                Vec2::new(w * tokens.len() as f32, ROW_HEIGHT),
-                Sense::hover(),
-            );
-            let painter = ui.painter_at(rect);
-            for (pos, t) in tokens.iter().enumerate() {
-                let cell = Rect::from_min_size(
-                    egui::pos2(rect.left() + w * pos as f32, rect.top()),
-                    Vec2::new(w, ROW_HEIGHT),
-                );
-                let text: String = visible(t)
-                    .chars()
-                    .take(((w / 6.0) as usize).max(1))
-                    .collect();
-                painter.text(
-                    cell.left_center(),
-                    egui::Align2::LEFT_CENTER,
-                    text,
-                    egui::FontId::monospace(9.0),
-                    ui.visuals().text_color(),
-                );
+            let label = ui.label("Go to");
+            let field = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.jump)
+                        .desired_width(70.0)
+                        .hint_text("L10N123"),
+                )
+                .labelled_by(label.id)
+                .on_hover_text("Open any feature's card by name: L10N123 (neuron), L5H3 (head)");
+            let go = ui.button("Open").clicked();
+            if go || field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                let found = FeatureId::parse(&self.jump).and_then(|f| match &cx.runtime.model {
+                    Some(m) => f.check(m).map(|()| f),
+                    None => Ok(f),
+                });
+                match found {
+                    Ok(f) => {
+                        self.jump_error = None;
+                        out.push(Command::Select(Some(f)));
+                    }
+                    Err(e) => self.jump_error = Some(e),
+                }
             }
         });
-        let scale = self.derived.row_scale;
+        if let Some(e) = &self.jump_error {
+            ui.colored_label(colors::ERROR, e);
+        }
+        let sink = if state.exclude_sink {
+            " (position 0 left out)"
+        } else {
+            ""
+        };
+        let what = match state.basis {
+            Basis::Neurons => "MLP neurons",
+            Basis::Heads => "heads (‖z‖ of each head's output)",
+        };
+        ui.label(
+            egui::RichText::new(format!(
+                "{what} ranked by peak |activation| over the probe{sink}, in the baseline; click a label to open its card, tick to ablate."
+            ))
+            .weak()
+            .small(),
+        );
+        legend_ui(ui, d.row_scale, d.rows_diverging, state.exclude_sink);
+        let w = cell_width(ui.available_width(), tokens.len());
+        let scale = d.row_scale;
         let mut select = None;
         let mut toggle: Option<(FeatureId, bool)> = None;
-        for row in &self.derived.rows {
-            let f = row.feature;
-            let label = f.label();
-            let ablated = self.intervention_on(f).is_some();
-            ui.horizontal(|ui| {
-                ui.spacing_mut().item_spacing = Vec2::new(2.0, 0.0);
-                let mut on = ablated;
-                let check = ui.checkbox(&mut on, "");
-                let check_label = format!("Ablate {label}");
-                check.widget_info(|| {
-                    egui::WidgetInfo::selected(egui::Role::CheckBox, true, on, &check_label)
-                });
-                if check
-                    .on_hover_text(format!("Zero-ablate {label}"))
-                    .changed()
-                {
-                    toggle = Some((f, on));
-                }
-                let text = egui::RichText::new(&label).small().monospace();
-                let text = if ablated {
-                    text.color(colors::ABLATED).strikethrough()
-                } else {
-                    text
-                };
-                let name = ui.add_sized(
-                    [LABEL_WIDTH, ROW_HEIGHT],
-                    egui::Button::selectable(self.selection == Some(f), text),
-                );
-                if name.clicked() {
-                    select = Some(f);
-                }
-                let (rect, response) = ui.allocate_exact_size(
-                    Vec2::new(w * tokens.len() as f32, ROW_HEIGHT),
-                    Sense::click(),
-                );
-                let painter = ui.painter_at(rect);
-                for (pos, v) in row.values.iter().enumerate() {
-                    let cell = Rect::from_min_size(
-                        egui::pos2(rect.left() + w * pos as f32, rect.top()),
-                        Vec2::new(w - 1.0, ROW_HEIGHT - 1.0),
-                    );
-                    painter.rect_filled(cell, 0.0, colors::diverging(*v, scale));
-                }
-                if self.selection == Some(f) {
-                    painter.rect_stroke(
-                        rect,
-                        0.0,
-                        egui::Stroke::new(1.5, colors::SELECTED),
-                        egui::StrokeKind::Inside,
-                    );
-                }
-                if let Some(p) = response.hover_pos() {
-                    let pos = (((p.x - rect.left()) / w) as usize)
-                        .min(row.values.len().saturating_sub(1));
-                    if let Some(v) = row.values.get(pos) {
-                        response.clone().on_hover_text(format!(
-                            "{label} · token {pos} {} · {v:.5}",
-                            visible(&tokens[pos])
-                        ));
-                    }
-                }
-                if response.clicked() {
-                    select = Some(f);
+        egui::ScrollArea::both()
+            .id_salt("heatmap")
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                token_header_ui(ui, &tokens, w, LABEL_WIDTH + 22.0);
+                for row in &d.rows {
+                    let f = row.feature;
+                    let label = f.label();
+                    let ablated = state.intervention_on(f).is_some();
+                    ui.horizontal(|ui| {
+                        ui.spacing_mut().item_spacing = Vec2::new(2.0, 0.0);
+                        let mut on = ablated;
+                        let check = ui.checkbox(&mut on, "");
+                        let check_label = format!("Ablate {label}");
+                        check.widget_info(|| {
+                            egui::WidgetInfo::selected(egui::Role::CheckBox, true, on, &check_label)
+                        });
+                        if check
+                            .on_hover_text(format!("Zero-ablate {label}"))
+                            .changed()
+                        {
+                            toggle = Some((f, on));
+                        }
+                        let mut text = egui::RichText::new(&label).small().monospace();
+                        if ablated {
+                            text = text.color(colors::ABLATED).strikethrough();
+                        }
+                        if row.pinned {
+                            text = text.italics();
+                        }
+                        let name = ui.add_sized(
+                            [LABEL_WIDTH, ROW_HEIGHT],
+                            egui::Button::selectable(state.selection == Some(f), text),
+                        );
+                        let name = if row.pinned {
+                            name.on_hover_text("Shown because it is selected; not in the top K")
+                        } else {
+                            name
+                        };
+                        if name.clicked() {
+                            select = Some(f);
+                        }
+                        let (rect, response) = ui.allocate_exact_size(
+                            Vec2::new(w * tokens.len() as f32, ROW_HEIGHT),
+                            Sense::click(),
+                        );
+                        let painter = ui.painter_at(rect);
+                        for (pos, v) in row.values.iter().enumerate() {
+                            let cell = Rect::from_min_size(
+                                egui::pos2(rect.left() + w * pos as f32, rect.top()),
+                                Vec2::new(w - 1.0, ROW_HEIGHT - 1.0),
+                            );
+                            painter.rect_filled(
+                                cell,
+                                0.0,
+                                colors::scaled(*v, scale, d.rows_diverging),
+                            );
+                        }
+                        if state.selection == Some(f) {
+                            painter.rect_stroke(
+                                rect,
+                                0.0,
+                                egui::Stroke::new(1.5, colors::SELECTED),
+                                egui::StrokeKind::Inside,
+                            );
+                        }
+                        if let Some(p) = response.hover_pos() {
+                            let pos = (((p.x - rect.left()) / w) as usize)
+                                .min(row.values.len().saturating_sub(1));
+                            if let (Some(v), Some(t)) = (row.values.get(pos), tokens.get(pos)) {
+                                response.clone().on_hover_text_at_pointer(format!(
+                                    "{label}: {v:.5} at \"{t}\" (position {pos})"
+                                ));
+                            }
+                        }
+                        if response.clicked() {
+                            select = Some(f);
+                        }
+                    });
                 }
             });
-        }
         if let Some(f) = select {
-            self.select(Some(f));
+            out.push(Command::Select(Some(f)));
         }
         if let Some((f, on)) = toggle {
-            self.set_feature_op(f, on.then_some(Op::Zero), now);
+            out.push(Command::SetFeatureOp(f, on.then_some(Op::Zero)));
         }
     }
 }

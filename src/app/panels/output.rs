@@ -1,21 +1,21 @@
-//! The output panel: next-token top 10 (baseline vs intervened) with the KL between them,
-//! per-token loss of the probe, and the continuations side by side.
+//! The output panel: the next-token top 10 after the chosen position (baseline vs intervened)
+//! with the KL between them, the loss of every token, and the continuations side by side.
 
 use egui::{Rect, Sense, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
-use super::super::{colors, HubelApp};
-use super::visible;
+use super::super::{colors, AppState, Command};
+use super::{token_label, visible, ViewCtx};
 use crate::model::Token;
 
-fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(u32, String, f32)], color: egui::Color32) {
+fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::Color32) {
     ui.vertical(|ui| {
         ui.label(egui::RichText::new(title).strong());
-        for (_, text, p) in top {
+        for (text, p) in top {
             ui.horizontal(|ui| {
-                let (rect, _) = ui.allocate_exact_size(Vec2::new(90.0, 12.0), Sense::hover());
+                let (rect, _) = ui.allocate_exact_size(Vec2::new(80.0, 12.0), Sense::hover());
                 ui.painter().rect_filled(
-                    Rect::from_min_size(rect.min, Vec2::new(90.0 * p.clamp(0.0, 1.0), 12.0)),
+                    Rect::from_min_size(rect.min, Vec2::new(80.0 * p.clamp(0.0, 1.0), 12.0)),
                     0.0,
                     color,
                 );
@@ -35,129 +35,184 @@ fn continuation_ui(
     tokens: Option<&Vec<Token>>,
     other: Option<&Vec<Token>>,
 ) {
-    ui.vertical(|ui| {
-        ui.label(egui::RichText::new(title).strong());
-        match tokens {
-            None => {
-                ui.spinner();
-            }
-            Some(tokens) => {
-                ui.horizontal_wrapped(|ui| {
-                    ui.spacing_mut().item_spacing.x = 0.0;
-                    for (i, t) in tokens.iter().enumerate() {
-                        let differs = other.is_some_and(|o| o.get(i).map(|x| x.id) != Some(t.id));
-                        let text = egui::RichText::new(t.text.replace('\u{FFFD}', "?")).monospace();
-                        let text = if differs {
-                            text.background_color(colors::WORSE)
-                                .color(colors::CELL_TEXT)
-                        } else {
-                            text
-                        };
-                        ui.label(text);
-                    }
-                });
-            }
+    ui.label(egui::RichText::new(title).strong());
+    match tokens {
+        None => {
+            ui.spinner();
         }
-    });
-}
-
-impl HubelApp {
-    pub(crate) fn output_panel_ui(&mut self, ui: &mut egui::Ui) {
-        egui::Panel::bottom("output")
-            .resizable(true)
-            .default_size(250.0)
-            .show(ui, |ui| {
-                let Some(result) = &self.result else {
-                    ui.label("Output appears after the first run.");
-                    return;
-                };
-                let base = &result.baseline;
-                let inter = result.intervened.as_ref();
-                ui.horizontal(|ui| {
-                    ui.heading("Output");
-                    match result.kl {
-                        Some(kl) => ui.label(format!("KL(baseline ‖ intervened) = {kl:.6} nats")),
-                        None => {
-                            ui.label("no interventions: the intervened run equals the baseline")
-                        }
+        Some(tokens) if tokens.is_empty() => {
+            ui.label(egui::RichText::new("(none: see the error below)").weak());
+        }
+        Some(tokens) => {
+            ui.horizontal_wrapped(|ui| {
+                ui.spacing_mut().item_spacing.x = 0.0;
+                for (i, t) in tokens.iter().enumerate() {
+                    let differs = other.is_some_and(|o| o.get(i).map(|x| x.id) != Some(t.id));
+                    let text = egui::RichText::new(t.text.replace('\u{FFFD}', "?")).monospace();
+                    let text = if differs {
+                        text.background_color(colors::WORSE)
+                            .color(colors::CELL_TEXT)
+                    } else {
+                        text
                     };
-                    let nll = |v: &[f32]| {
-                        crate::analysis::mean(v).map_or("n/a".into(), |m| format!("{m:.4}"))
-                    };
-                    match inter {
-                        Some(i) => ui.label(format!(
-                            "mean NLL {} → {}",
-                            nll(&base.token_nll),
-                            nll(&i.token_nll)
-                        )),
-                        None => ui.label(format!("mean NLL {}", nll(&base.token_nll))),
-                    };
-                    let label = ui.label("Continuation tokens");
-                    ui.add(egui::DragValue::new(&mut self.state.continuation).range(0..=64))
-                        .labelled_by(label.id);
-                });
-                ui.horizontal_top(|ui| {
-                    bars_ui(ui, "Next token: baseline", &base.top, colors::BASELINE);
-                    if let Some(i) = inter {
-                        bars_ui(ui, "Next token: intervened", &i.top, colors::INTERVENED);
-                    }
-                    ui.vertical(|ui| {
-                        ui.label(egui::RichText::new("Loss per token (red: got worse)").strong());
-                        let pts = |v: &[f32]| {
-                            PlotPoints::from_iter(
-                                v.iter()
-                                    .enumerate()
-                                    .map(|(i, y)| [i as f64 + 1.0, f64::from(*y)]),
-                            )
-                        };
-                        let worse: Vec<[f64; 2]> = inter
-                            .map(|i| {
-                                i.token_nll
-                                    .iter()
-                                    .zip(&base.token_nll)
-                                    .enumerate()
-                                    .filter(|(_, (a, b))| **a > **b + 1e-3)
-                                    .map(|(k, (a, _))| [k as f64 + 1.0, f64::from(*a)])
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        Plot::new("loss plot")
-                            .height(150.0)
-                            .width(ui.available_width().min(420.0))
-                            .legend(Legend::default())
-                            .allow_scroll(false)
-                            .show(ui, |plot| {
-                                plot.line(
-                                    Line::new("baseline", pts(&base.token_nll))
-                                        .color(colors::BASELINE),
-                                );
-                                if let Some(i) = inter {
-                                    plot.line(
-                                        Line::new("intervened", pts(&i.token_nll))
-                                            .color(colors::INTERVENED),
-                                    );
-                                    plot.points(
-                                        Points::new("got worse", worse)
-                                            .radius(3.0)
-                                            .color(colors::WORSE),
-                                    );
-                                }
-                            });
-                    });
-                });
-                if self.state.continuation > 0 {
-                    ui.separator();
-                    ui.horizontal_top(|ui| {
-                        let (b, i) = (
-                            self.continuations[0].as_ref(),
-                            self.continuations[1].as_ref(),
-                        );
-                        continuation_ui(ui, "Continuation: baseline", b, None);
-                        if inter.is_some() {
-                            continuation_ui(ui, "Continuation: intervened", i, b);
-                        }
-                    });
+                    ui.label(text);
                 }
             });
+        }
     }
+}
+
+pub fn output_panel_ui(
+    ui: &mut egui::Ui,
+    state: &mut AppState,
+    cx: &ViewCtx,
+    _out: &mut Vec<Command>,
+    height: f32,
+) {
+    egui::Panel::bottom("output")
+        .resizable(true)
+        .default_size(height)
+        .show(ui, |ui| {
+            let Some(result) = &cx.runtime.result else {
+                ui.label("Output appears after the first run.");
+                return;
+            };
+            let next = &cx.derived.next;
+            let base = &result.baseline.summary;
+            let inter = result.intervened.as_ref().map(|s| &s.summary);
+            let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+            let after = tokens.get(next.position).map_or("", String::as_str);
+            egui::ScrollArea::vertical()
+                .id_salt("output")
+                .show(ui, |ui| {
+                    ui.horizontal_wrapped(|ui| {
+                        ui.heading("Output");
+                        ui.label(format!(
+                            "next token after position {} \"{after}\"{}",
+                            next.position,
+                            if next.is_last { " (the last)" } else { "" }
+                        ));
+                        match next.kl {
+                            Some(kl) => {
+                                ui.label(format!("KL(baseline ‖ intervened) = {kl:.6} nats"))
+                            }
+                            None => {
+                                ui.label("no interventions: the intervened run equals the baseline")
+                            }
+                        };
+                        let nll = |m: Option<f32>| m.map_or("n/a".into(), |m| format!("{m:.4}"));
+                        match inter {
+                            Some(i) => ui.label(format!(
+                                "mean NLL {} → {}",
+                                nll(base.mean_nll),
+                                nll(i.mean_nll)
+                            )),
+                            None => ui.label(format!("mean NLL {}", nll(base.mean_nll))),
+                        };
+                        let label = ui.label("Continuation tokens");
+                        ui.add(egui::DragValue::new(&mut state.continuation).range(0..=64))
+                            .labelled_by(label.id)
+                            .on_hover_text("Applies from the next run");
+                    });
+                    ui.horizontal_top(|ui| {
+                        bars_ui(ui, "Next token: baseline", &next.baseline, colors::BASELINE);
+                        if let Some(i) = &next.intervened {
+                            bars_ui(ui, "Next token: intervened", i, colors::INTERVENED);
+                        }
+                        ui.vertical(|ui| {
+                            ui.label(
+                                egui::RichText::new("Loss per token (red: got worse)").strong(),
+                            );
+                            // Entry i of token_nll is the loss of token i + 1.
+                            let pts = |v: &[f32]| {
+                                PlotPoints::from_iter(
+                                    v.iter()
+                                        .enumerate()
+                                        .map(|(i, y)| [i as f64 + 1.0, f64::from(*y)]),
+                                )
+                            };
+                            let worse: Vec<[f64; 2]> = inter
+                                .map(|i| {
+                                    i.token_nll
+                                        .iter()
+                                        .zip(&base.token_nll)
+                                        .enumerate()
+                                        .filter(|(_, (a, b))| **a > **b + 1e-3)
+                                        .map(|(k, (a, _))| [k as f64 + 1.0, f64::from(*a)])
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            let axis_tokens = tokens.clone();
+                            let hover_tokens = tokens.clone();
+                            Plot::new("loss plot")
+                                .height(140.0)
+                                .width(ui.available_width().clamp(160.0, 460.0))
+                                .legend(Legend::default())
+                                .allow_scroll(false)
+                                .x_axis_formatter(move |mark, _| {
+                                    let v = mark.value;
+                                    if v.fract().abs() > 1e-6 || v < 0.0 {
+                                        return String::new();
+                                    }
+                                    axis_tokens.get(v as usize).cloned().unwrap_or_default()
+                                })
+                                .label_formatter(move |hover| {
+                                    let (name, p) = match hover {
+                                        egui_plot::HoverPosition::NearDataPoint {
+                                            plot_name,
+                                            position,
+                                            ..
+                                        } => (*plot_name, *position),
+                                        egui_plot::HoverPosition::Elsewhere { .. } => return None,
+                                    };
+                                    let pos = p.x.round().max(0.0) as usize;
+                                    let t = hover_tokens.get(pos).map_or("", String::as_str);
+                                    Some(format!(
+                                        "{name}\n\"{t}\" (position {pos}): loss {:.4}",
+                                        p.y
+                                    ))
+                                })
+                                .show(ui, |plot| {
+                                    plot.line(
+                                        Line::new("baseline", pts(&base.token_nll))
+                                            .color(colors::BASELINE),
+                                    );
+                                    if let Some(i) = inter {
+                                        plot.line(
+                                            Line::new("intervened", pts(&i.token_nll))
+                                                .color(colors::INTERVENED),
+                                        );
+                                        plot.points(
+                                            Points::new("got worse", worse)
+                                                .radius(3.0)
+                                                .color(colors::WORSE),
+                                        );
+                                    }
+                                });
+                        });
+                    });
+                    if state.continuation > 0 {
+                        ui.separator();
+                        let (b, i) = (
+                            cx.runtime.continuations[0].as_ref(),
+                            cx.runtime.continuations[1].as_ref(),
+                        );
+                        if inter.is_some() {
+                            ui.columns(2, |cols| {
+                                continuation_ui(&mut cols[0], "Continuation: baseline", b, None);
+                                // The gutter: a rule between the two texts.
+                                let r = cols[1].max_rect();
+                                cols[1].painter().vline(
+                                    r.left() - 4.0,
+                                    r.y_range(),
+                                    egui::Stroke::new(1.0, colors::GUTTER),
+                                );
+                                continuation_ui(&mut cols[1], "Continuation: intervened", i, b);
+                            });
+                        } else {
+                            continuation_ui(ui, "Continuation: baseline", b, None);
+                        }
+                    }
+                });
+        });
 }

@@ -26,7 +26,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
 
 /// Explains candle's read errors in the user's terms.
 fn explain(path: &Path, e: candle_core::Error) -> ModelError {
-    let msg = e.to_string();
+    let msg = crate::model::candle_message(&e);
     let reason = if msg.contains("unknown dtype for tensor") {
         format!(
             "it holds a tensor type Hubel cannot read ({msg}); supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K–Q6_K"
@@ -92,12 +92,20 @@ impl Meta<'_> {
             .get(key)
             .ok_or_else(|| bad(self.path, format!("metadata has no `{key}`")))?
             .to_vec()
-            .map_err(|e| bad(self.path, format!("`{key}`: {e}")))?;
+            .map_err(|e| {
+                bad(
+                    self.path,
+                    format!("`{key}`: {}", crate::model::candle_message(&e)),
+                )
+            })?;
         arr.iter()
             .map(|v| {
-                v.to_string()
-                    .cloned()
-                    .map_err(|e| bad(self.path, format!("`{key}`: {e}")))
+                v.to_string().cloned().map_err(|e| {
+                    bad(
+                        self.path,
+                        format!("`{key}`: {}", crate::model::candle_message(&e)),
+                    )
+                })
             })
             .collect()
     }
@@ -201,7 +209,20 @@ pub fn load(path: &Path) -> Result<Model> {
         path: path.to_path_buf(),
         source,
     })?;
-    Model::new(weights, tokenizer, name, sha256, path.to_path_buf())
+    // The storage type most of the weights use (the embedding or norms may differ).
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for info in content.tensor_infos.values() {
+        *counts.entry(format!("{:?}", info.ggml_dtype)).or_default() += 1;
+    }
+    let dtype = counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(d, _)| d)
+        .unwrap_or_default();
+    Ok(
+        Model::new(weights, tokenizer, name, sha256, path.to_path_buf())?
+            .with_format(format!("{dtype} GGUF")),
+    )
 }
 
 /// HF name → (GGUF name, heads to un-permute for q/k).

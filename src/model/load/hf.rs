@@ -59,8 +59,10 @@ pub fn load(dir: &Path) -> Result<Model> {
             source,
         })?;
         hasher.update(&bytes);
-        let loaded = candle_core::safetensors::load_buffer(&bytes, &device)
-            .map_err(|e| bad(file, format!("not a valid safetensors file ({e})")))?;
+        let loaded = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
+            let e = crate::model::candle_message(&e);
+            bad(file, format!("not a valid safetensors file ({e})"))
+        })?;
         tensors.extend(loaded);
     }
     let tokenizer = Tokenizer::from_hf_file(&tokenizer_path)?;
@@ -74,11 +76,12 @@ pub fn load(dir: &Path) -> Result<Model> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Model::new(
+    Ok(Model::new(
         weights,
         tokenizer,
         name,
         format!("{:x}", hasher.finalize()),
         dir.to_path_buf(),
-    )
+    )?
+    .with_format("HF safetensors".into()))
 }

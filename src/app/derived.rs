@@ -1,0 +1,245 @@
+//! Everything the views draw that takes computing: heatmap rows, the layer map, colour scales,
+//! the selected feature's curves, the next-token lists at the chosen position. Recomputed only
+//! when one of its inputs ([`DerivedKey`]) changes; views only read it.
+
+use crate::analysis::{self, maps, maps::MapCell, maps::Measure};
+use crate::features::{Basis, FeatureId};
+use crate::hooks::ActivationRecord;
+
+use super::state::{AppState, ViewMode};
+use super::worker::{RunId, RunResult, TOP_NEXT};
+
+/// One row of the layer heatmap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureRow {
+    pub feature: FeatureId,
+    pub values: Vec<f32>,
+    /// Shown because it is selected, not because it ranks in the top K.
+    pub pinned: bool,
+}
+
+/// The next-token distributions after one position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NextTokens {
+    pub position: usize,
+    /// Whether `position` is the last one (the default).
+    pub is_last: bool,
+    pub baseline: Vec<(String, f32)>,
+    pub intervened: Option<Vec<(String, f32)>>,
+    /// KL(baseline ‖ intervened) at `position`, in nats.
+    pub kl: Option<f64>,
+}
+
+/// The selected feature over the probe.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureCurve {
+    pub feature: Option<FeatureId>,
+    pub baseline: Vec<f32>,
+    /// What the rest of the model saw in the intervened run (after the edit).
+    pub intervened: Option<Vec<f32>>,
+    /// Largest |baseline| outside the excluded sink.
+    pub peak: f32,
+    /// Largest-magnitude baseline value, with its sign (for "clamp to k × peak").
+    pub signed_peak: f32,
+    /// A head's attention pattern `[query][key]` in the baseline run.
+    pub pattern: Option<Vec<Vec<f32>>>,
+}
+
+/// The inputs of [`Derived`]; when none changes, nothing is recomputed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DerivedKey {
+    pub run: RunId,
+    pub layer: usize,
+    pub basis: Basis,
+    pub top_k: usize,
+    pub view: ViewMode,
+    pub measure: Measure,
+    pub selection: Option<FeatureId>,
+    pub exclude_sink: bool,
+    pub output_position: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct Derived {
+    key: Option<DerivedKey>,
+    /// The view actually shown: B and B − A fall back to A when there is no edit.
+    pub view: Option<ViewMode>,
+    pub rows: Vec<FeatureRow>,
+    pub row_scale: f32,
+    pub rows_diverging: bool,
+    pub map: Vec<Vec<Option<MapCell>>>,
+    pub map_scale: f32,
+    pub map_diverging: bool,
+    pub next: NextTokens,
+    pub curve: FeatureCurve,
+}
+
+/// The first position that counts for scales and rankings.
+fn first_counted(exclude_sink: bool, len: usize) -> usize {
+    usize::from(exclude_sink && len > 1)
+}
+
+fn named(vocab: &[String], top: Vec<(u32, f32, f32)>) -> Vec<(String, f32)> {
+    top.into_iter()
+        .map(|(id, _, p)| {
+            let text = vocab
+                .get(id as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("<{id}>"));
+            (text, p)
+        })
+        .collect()
+}
+
+impl Derived {
+    /// Brings the derived views up to date with `state` and `result`.
+    pub fn refresh(
+        &mut self,
+        state: &AppState,
+        result: Option<&RunResult>,
+        layers: usize,
+        vocab: &[String],
+    ) {
+        let Some(result) = result else {
+            *self = Derived::default();
+            return;
+        };
+        let view = match (state.view, result.intervened.is_some()) {
+            (_, false) => ViewMode::Baseline,
+            (v, true) => v,
+        };
+        let key = DerivedKey {
+            run: result.id,
+            layer: state.layer,
+            basis: state.basis,
+            top_k: state.top_k,
+            view,
+            measure: state.measure,
+            selection: state.selection,
+            exclude_sink: state.exclude_sink,
+            output_position: state.output_position,
+        };
+        if self.key.as_ref() == Some(&key) {
+            return;
+        }
+        let base = &result.baseline.record;
+        let inter = result.intervened.as_ref().map(|s| &s.record);
+        let (record, minus): (&ActivationRecord, Option<&ActivationRecord>) = match (view, inter) {
+            (ViewMode::Intervened, Some(i)) => (i, None),
+            (ViewMode::Difference, Some(i)) => (i, Some(base)),
+            _ => (base, None),
+        };
+        let len = result.tokens.len();
+        let from = first_counted(state.exclude_sink, len);
+        let values_of = |f: FeatureId| {
+            let v = maps::feature_activations(record, f);
+            match minus {
+                Some(b) => v
+                    .iter()
+                    .zip(maps::feature_activations(b, f))
+                    .map(|(a, b)| a - b)
+                    .collect(),
+                None => v,
+            }
+        };
+
+        // Rows are ranked on the baseline, so they stay put when an edit changes the values.
+        let mut features = maps::top_features(base, state.layer, state.basis, state.top_k, from);
+        let pinned = state
+            .selection
+            .filter(|f| f.layer == state.layer && f.basis == state.basis)
+            .filter(|f| !features.contains(f));
+        features.extend(pinned);
+        let rows: Vec<FeatureRow> = features
+            .into_iter()
+            .map(|f| FeatureRow {
+                feature: f,
+                values: values_of(f),
+                pinned: Some(f) == pinned,
+            })
+            .collect();
+        let row_scale = maps::robust_scale(
+            rows.iter()
+                .flat_map(|r| r.values.iter().skip(from).copied()),
+            0.98,
+        );
+
+        let mut map = maps::layer_map(record, state.measure, layers, state.selection);
+        if let Some(b) = minus {
+            let base_map = maps::layer_map(b, state.measure, layers, state.selection);
+            for (row, base_row) in map.iter_mut().zip(base_map) {
+                for (cell, b) in row.iter_mut().zip(base_row) {
+                    if let (Some(c), Some(b)) = (cell.as_mut(), b) {
+                        c.value -= b.value;
+                        // A difference has no single strongest neuron.
+                        c.neuron = None;
+                    }
+                }
+            }
+        }
+        let map_scale = maps::robust_scale(
+            map.iter()
+                .flat_map(|row| row.iter().skip(from))
+                .flatten()
+                .map(|c| c.value),
+            0.98,
+        );
+
+        let position = state
+            .output_position
+            .unwrap_or(len.saturating_sub(1))
+            .min(len.saturating_sub(1));
+        let next = match result.baseline.logits_at(position) {
+            Some(b) => {
+                let i = result
+                    .intervened
+                    .as_ref()
+                    .and_then(|s| s.logits_at(position));
+                NextTokens {
+                    position,
+                    is_last: position + 1 == len,
+                    baseline: named(vocab, analysis::top_k(b, TOP_NEXT)),
+                    intervened: i.map(|i| named(vocab, analysis::top_k(i, TOP_NEXT))),
+                    kl: i.map(|i| analysis::kl_divergence(b, i)),
+                }
+            }
+            None => NextTokens::default(),
+        };
+
+        let curve = match state.selection {
+            Some(f) => {
+                let baseline = maps::feature_activations(base, f);
+                let counted = baseline.iter().skip(from);
+                let signed_peak =
+                    counted
+                        .clone()
+                        .copied()
+                        .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+                FeatureCurve {
+                    feature: Some(f),
+                    peak: signed_peak.abs(),
+                    signed_peak,
+                    intervened: inter.map(|i| maps::feature_activations(i, f)),
+                    pattern: (f.basis == Basis::Heads)
+                        .then(|| maps::head_pattern(base, f.layer, f.index))
+                        .flatten(),
+                    baseline,
+                }
+            }
+            None => FeatureCurve::default(),
+        };
+
+        *self = Derived {
+            key: Some(key),
+            view: Some(view),
+            rows,
+            row_scale,
+            rows_diverging: view == ViewMode::Difference || state.basis == Basis::Neurons,
+            map,
+            map_scale,
+            map_diverging: view == ViewMode::Difference || state.measure.signed(state.selection),
+            next,
+            curve,
+        };
+    }
+}

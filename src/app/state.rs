@@ -1,0 +1,125 @@
+//! What the viewer remembers: [`AppState`] is the working state a user would lose on a crash or
+//! a restart (probe, interventions, selection, views); it is saved by eframe's persistence and
+//! restored at start, with the interventions and selection checked against the model first.
+//! [`AppConfig`] is how the app is set up (where assets go, which registry clients and dialogs
+//! to use), passed in explicitly so tests never touch process-wide environment variables.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::maps::Measure;
+use crate::assets::{self, Clients};
+use crate::features::{Basis, FeatureId};
+use crate::hooks::Intervention;
+use crate::session::Session;
+
+/// Which run the maps show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ViewMode {
+    /// A: the run without edits.
+    Baseline,
+    /// B: the run with the edits; every site shows what the rest of the model saw.
+    Intervened,
+    /// B − A.
+    Difference,
+}
+
+impl ViewMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewMode::Baseline => "A: baseline",
+            ViewMode::Intervened => "B: intervened",
+            ViewMode::Difference => "B − A",
+        }
+    }
+}
+
+/// The saved working state (`#[serde(default)]`, so old settings survive new fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppState {
+    pub model_path: Option<PathBuf>,
+    pub probe: String,
+    pub top_k: usize,
+    pub measure: Measure,
+    pub basis: Basis,
+    pub layer: usize,
+    pub continuation: usize,
+    pub view: ViewMode,
+    pub interventions: Vec<Intervention>,
+    pub selection: Option<FeatureId>,
+    /// The position whose next-token distribution the output panel shows; `None`: the last.
+    pub output_position: Option<usize>,
+    /// Leave position 0 (the attention sink, with a huge residual norm) out of colour scales
+    /// and of the heatmap's ranking.
+    pub exclude_sink: bool,
+    /// The card's direct effect on this probe (final-norm scale frozen at the output position)
+    /// rather than per unit of activation.
+    pub effect_on_probe: bool,
+    /// Always use the built-in file dialog (set on systems whose desktop dialog misbehaves).
+    pub builtin_file_dialog: bool,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        AppState {
+            model_path: None,
+            probe: "She left the party early.".into(),
+            top_k: 16,
+            measure: Measure::StrongestNeuron,
+            basis: Basis::Neurons,
+            layer: 0,
+            continuation: 12,
+            view: ViewMode::Intervened,
+            interventions: Vec::new(),
+            selection: None,
+            output_position: None,
+            exclude_sink: true,
+            effect_on_probe: false,
+            builtin_file_dialog: false,
+        }
+    }
+}
+
+impl AppState {
+    /// The intervention that edits `feature` as a whole, if any.
+    pub fn intervention_on(&self, feature: FeatureId) -> Option<usize> {
+        self.interventions
+            .iter()
+            .position(|iv| FeatureId::of_intervention(iv) == Some(feature))
+    }
+
+    /// The part of the state a session file holds.
+    pub fn session(&self) -> Session {
+        Session {
+            model_path: self.model_path.clone(),
+            probe: self.probe.clone(),
+            interventions: self.interventions.clone(),
+            selection: self.selection,
+            layer: Some(self.layer),
+            basis: self.basis,
+            ..Session::default()
+        }
+    }
+}
+
+/// How the app is set up; not saved.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    /// Where the default model is fetched to and looked for.
+    pub assets: PathBuf,
+    pub clients: Clients,
+    /// Try the desktop's file dialog (xdg portal / zenity) before the built-in one.
+    pub native_dialogs: bool,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            assets: assets::assets_dir(),
+            clients: Clients::default(),
+            native_dialogs: true,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The model's thread on its own: the newest run wins, stale results are dropped, a panicking
+//! request is reported and the thread keeps serving, errors of every request come back.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubel::app::worker::{EffectRequest, Request, Response, RunRequest, WorkerHandle};
+use hubel::features::FeatureId;
+
+fn tiny_llama() -> PathBuf {
+    common::fixtures().join("tiny_llama").join("model")
+}
+
+fn next(w: &WorkerHandle) -> Response {
+    w.rx.recv_timeout(Duration::from_secs(60))
+        .expect("the worker answers")
+}
+
+fn run(id: u64, text: &str) -> Request {
+    Request::Run(RunRequest {
+        id,
+        text: text.into(),
+        interventions: Vec::new(),
+        continuation: 0,
+        cancel: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+fn loaded() -> WorkerHandle {
+    let w = WorkerHandle::spawn(|| {});
+    assert!(w.send(Request::Load(tiny_llama())));
+    match next(&w) {
+        Response::Loaded { info, vocab } => assert_eq!(vocab.len(), info.vocab),
+        _ => panic!("expected Loaded"),
+    }
+    w
+}
+
+#[test]
+fn of_queued_runs_only_the_newest_is_done() {
+    let w = WorkerHandle::spawn(|| {});
+    // The runs queue up behind the load; the worker takes them together and does the newest.
+    w.send(Request::Load(tiny_llama()));
+    for id in 1..=3 {
+        w.send(run(id, &format!("probe number {id}")));
+    }
+    let mut runs = Vec::new();
+    loop {
+        match next(&w) {
+            Response::Loaded { .. } => {}
+            Response::Run(r) => {
+                runs.push(r.id);
+                if r.id == 3 {
+                    break;
+                }
+            }
+            Response::RunFailed { id, message } => panic!("run {id} failed: {message}"),
+            _ => {}
+        }
+    }
+    assert_eq!(runs, vec![3], "runs 1 and 2 were skipped");
+}
+
+#[test]
+fn a_panicking_request_is_reported_and_the_worker_keeps_serving() {
+    let w = loaded();
+    w.send(Request::Job {
+        name: "a job that panics".into(),
+        job: Box::new(|_| panic!("deliberate test panic")),
+    });
+    match next(&w) {
+        Response::Failed { request, message } => {
+            assert_eq!(request, "a job that panics");
+            assert!(message.contains("deliberate test panic"), "{message}");
+        }
+        _ => panic!("expected Failed"),
+    }
+    w.send(run(7, "still alive"));
+    match next(&w) {
+        Response::Run(r) => assert_eq!(r.id, 7),
+        _ => panic!("expected the run"),
+    }
+}
+
+#[test]
+fn effect_errors_come_back_as_messages() {
+    let w = loaded();
+    // A neuron that does not exist: an error, not a panic and not silence.
+    let bad = EffectRequest {
+        feature: FeatureId::neuron(99, 0),
+        position: None,
+    };
+    w.send(Request::Effect(bad));
+    match next(&w) {
+        Response::EffectFailed { request, message } => {
+            assert_eq!(request, bad);
+            assert!(!message.is_empty());
+        }
+        Response::Failed { message, .. } => panic!("it panicked: {message}"),
+        _ => panic!("expected EffectFailed"),
+    }
+    // A head needs a probe position; without a probe that is said too.
+    let head = EffectRequest {
+        feature: FeatureId::head(0, 0),
+        position: Some(0),
+    };
+    w.send(Request::Effect(head));
+    match next(&w) {
+        Response::EffectFailed { message, .. } => {
+            assert!(message.contains("run a probe"), "{message}")
+        }
+        _ => panic!("expected EffectFailed"),
+    }
+    // With a probe, both scales work.
+    w.send(run(1, "hello world"));
+    assert!(matches!(next(&w), Response::Run(_)));
+    for request in [
+        EffectRequest {
+            feature: FeatureId::neuron(1, 3),
+            position: None,
+        },
+        EffectRequest {
+            feature: FeatureId::neuron(1, 3),
+            position: Some(1),
+        },
+        head,
+    ] {
+        w.send(Request::Effect(request));
+        match next(&w) {
+            Response::Effect(e) => {
+                assert_eq!(e.request, request);
+                assert_eq!(e.promoted.len(), 10);
+                assert!(e.promoted[0].1 >= e.suppressed[0].1);
+                let expected = if request.position.is_some() {
+                    "frozen"
+                } else {
+                    "per unit"
+                };
+                assert!(e.scale.contains(expected), "{}", e.scale);
+            }
+            Response::EffectFailed { message, .. } => panic!("{request:?}: {message}"),
+            _ => panic!("expected Effect"),
+        }
+    }
+}
+
+#[test]
+fn a_run_without_a_model_fails_with_a_message() {
+    let w = WorkerHandle::spawn(|| {});
+    w.send(run(1, "hello"));
+    match next(&w) {
+        Response::RunFailed { id, message } => {
+            assert_eq!(id, 1);
+            assert!(message.contains("no model"), "{message}");
+        }
+        _ => panic!("expected RunFailed"),
+    }
+}
+
+#[test]
+fn a_stale_result_is_dropped_by_the_app() {
+    // A result for run 1 arrives after the app asked for run 2: the app ignores it.
+    let w = loaded();
+    w.send(run(1, "first text"));
+    let Response::Run(stale) = next(&w) else {
+        panic!("expected the run")
+    };
+    let ctx = egui::Context::default();
+    let mut app = hubel::app::HubelApp::with_config(
+        &ctx,
+        hubel::app::AppState::default(),
+        hubel::app::AppConfig {
+            native_dialogs: false,
+            ..Default::default()
+        },
+    );
+    // Not loaded: no run in flight, so any result is stale.
+    app.handle(Response::Run(stale), 0.0);
+    assert!(app.runtime.result.is_none());
+    assert_eq!(app.runtime.runs_done, 0);
+}
