@@ -29,6 +29,11 @@ pub mod session;
 use std::io::Write;
 use std::path::Path;
 
+/// `1 token`, `2 tokens`: a count with its noun in the right number.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path

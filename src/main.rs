@@ -15,6 +15,7 @@ hubel: a probe viewer for language models
 
 USAGE:
   hubel                                 open the viewer
+  hubel --help | --version              this text, or the version (also `hubel COMMAND --help`)
   hubel --screenshots DIR [--model PATH]  walk through the viewer and save screenshots into DIR
   hubel --bench-ui [--model PATH]         measure the viewer (click to output, frame times, idle CPU)
   hubel fetch [--model] [--corpus]      fetch the default model (SmolLM2-135M) and corpus (WordNet 3.1)
@@ -107,7 +108,14 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     let command = words.remove(0);
     let mut args = Args(words);
-    if args.flag("--help") || args.flag("-h") {
+    if matches!(command.as_str(), "--version" | "-V") || args.flag("--version") || args.flag("-V") {
+        println!("hubel {}", env!("CARGO_PKG_VERSION"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if matches!(command.as_str(), "--help" | "-h" | "help")
+        || args.flag("--help")
+        || args.flag("-h")
+    {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -145,10 +153,6 @@ fn run() -> anyhow::Result<ExitCode> {
             args.flag("--json"),
         )
         .map(|_| ExitCode::SUCCESS),
-        "help" => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
 }
@@ -214,12 +218,26 @@ fn open_model(path: Option<String>) -> anyhow::Result<Model> {
 
 fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {
     let text = args.value("--text")?.context("probe needs --text TEXT")?;
+    let (ablate, steer) = (args.values("--ablate")?, args.values("--steer")?);
+    let (top, generate) = (args.number("--top", 10)?, args.number("--generate", 0)?);
+    let json = args.flag("--json");
+    let save = args.value("--save-logits")?;
+    let model_path = args.value("--model")?;
+    args.finish()?;
+    let model = open_model(model_path)?;
+    // Specs are read against the model, so a position or index beyond it is an error that
+    // names the model's limit before any list is expanded.
+    let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());
+    let bounds = hubel::hooks::spec::Bounds {
+        n_ctx: Some(model.config().n_ctx),
+        units: Some(&units),
+    };
     let mut interventions = Vec::new();
-    for spec in args.values("--ablate")? {
-        interventions.push(hubel::hooks::spec::parse(&spec)?);
+    for spec in ablate {
+        interventions.push(hubel::hooks::spec::parse_bounded(&spec, &bounds)?);
     }
-    for spec in args.values("--steer")? {
-        let iv = hubel::hooks::spec::parse(&spec)?;
+    for spec in steer {
+        let iv = hubel::hooks::spec::parse_bounded(&spec, &bounds)?;
         if iv.op == hubel::hooks::Op::Zero {
             bail!("--steer `{spec}` needs a value, e.g. `{spec}+=8` (use --ablate to zero)");
         }
@@ -228,14 +246,9 @@ fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {
     let req = ProbeRequest {
         text,
         interventions,
-        top: args.number("--top", 10)?,
-        generate: args.number("--generate", 0)?,
+        top,
+        generate,
     };
-    let json = args.flag("--json");
-    let save = args.value("--save-logits")?;
-    let model_path = args.value("--model")?;
-    args.finish()?;
-    let model = open_model(model_path)?;
     let report = probe::run(&model, &req)?;
     if let Some(path) = save {
         let path = PathBuf::from(path);

@@ -5,12 +5,17 @@ mod common;
 
 use std::process::{Command, Output};
 
+use hubel::hooks::{BlockSite, HookPoint, Intervention};
+
 fn hubel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hubel"))
         .args(args)
         .output()
         .expect("hubel runs")
 }
+
+/// SmolLM2-135M's greedy 5-token continuation of "She left the party early.".
+const SMOLLM2_CONTINUATION: &str = " I was going to have";
 
 fn tiny_gpt2() -> String {
     common::fixtures()
@@ -84,6 +89,22 @@ fn probe_json_on_the_default_model_prints_both_runs() {
         assert!(r["mean_nll"].as_f64().unwrap() > 0.0);
         assert!(r["continuation"].as_str().is_some_and(|c| !c.is_empty()));
     }
+    // The continuations are the library's greedy ones (the text is SmolLM2's, checked by
+    // hand once: a plausible English continuation).
+    let smollm2 = common::smollm2();
+    let prompt: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let opts = hubel::model::Generate {
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let greedy = |ivs: &[Intervention]| {
+        let new = smollm2.generate(&prompt, ivs, &opts, None).unwrap();
+        smollm2.tokenizer().decode(&new).unwrap()
+    };
+    let lesion = Intervention::zero(HookPoint::block(10, BlockSite::MlpPost), vec![123]);
+    assert_eq!(v["baseline"]["continuation"], greedy(&[]));
+    assert_eq!(v["intervened"]["continuation"], greedy(&[lesion]));
+    assert_eq!(v["baseline"]["continuation"], SMOLLM2_CONTINUATION);
     assert!(v["baseline"].get("kl_from_baseline").is_none());
     let kl = v["intervened"]["kl_from_baseline"].as_f64().unwrap();
     assert!(
@@ -103,11 +124,17 @@ fn probe_json_on_the_default_model_prints_both_runs() {
         "the intervened run's logits were saved"
     );
     std::fs::remove_dir_all(dir).unwrap();
+    assert_fails_with(
+        &[
+            "probe", "--text", "hi", "--model", &model, "--ablate", "L99N1",
+        ],
+        "layer 99 does not exist: the model has 30 layers (0–29)",
+    );
 }
 
 #[test]
 fn probe_table_on_an_hf_gpt2_folder() {
-    let out = hubel(&[
+    let steer = [
         "probe",
         "--text",
         "hello world",
@@ -117,7 +144,8 @@ fn probe_table_on_an_hf_gpt2_folder() {
         "blocks.1.hook_resid_post[3]+=8",
         "--top",
         "3",
-    ]);
+    ];
+    let out = hubel(&steer);
     assert!(
         out.status.success(),
         "{}",
@@ -130,6 +158,22 @@ fn probe_table_on_an_hf_gpt2_folder() {
             && text.contains("blocks.1.hook_resid_post[3] += 8"),
         "{text}"
     );
+    // The steer moved the output: the same request as JSON.
+    let out = hubel(&[&steer[..], &["--json"]].concat());
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logits = |run: &str| -> Vec<f64> {
+        v[run]["top_next"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logit"].as_f64().unwrap())
+            .collect()
+    };
+    let kl = v["intervened"]["kl_from_baseline"].as_f64().unwrap();
+    assert!(kl > 1e-3, "a +8 steer moves the distribution: KL {kl}");
+    assert_ne!(logits("baseline"), logits("intervened"));
+    assert_eq!(v["interventions"][0], "blocks.1.hook_resid_post[3] += 8");
 }
 
 fn assert_fails_with(args: &[&str], needle: &str) {
@@ -177,6 +221,34 @@ fn bad_input_is_a_message_and_a_non_zero_exit() {
             "--ablate",
             "blocks.7.mlp.hook_post[3]",
         ],
+        "layer 7 does not exist: the model has 2 layers (0–1)",
+    );
+    assert_fails_with(
+        &["probe", "--text", "hi", "--model", &m, "--ablate", "L99N1"],
+        "layer 99 does not exist: the model has 2 layers (0–1)",
+    );
+    assert_fails_with(
+        &[
+            "probe",
+            "--text",
+            "hi",
+            "--model",
+            &m,
+            "--ablate",
+            "blocks.5.hook_resid_pre",
+        ],
+        "layer 5 does not exist",
+    );
+    assert_fails_with(
+        &[
+            "probe",
+            "--text",
+            "hi",
+            "--model",
+            &m,
+            "--ablate",
+            "blocks.1.mlp.hook_pre_linear[0]",
+        ],
         "does not exist in this model",
     );
     assert_fails_with(
@@ -190,10 +262,8 @@ fn bad_input_is_a_message_and_a_non_zero_exit() {
         "index 9 is out of range",
     );
     assert_fails_with(
-        &[
-            "probe", "--text", "hi", "--model", &m, "--ablate", "L1N3@40",
-        ],
-        "position 40 is out of range",
+        &["probe", "--text", "a", "--model", &m, "--ablate", "L1N3@40"],
+        "position 40 is out of range (the probe has 1 token)",
     );
     assert_fails_with(
         &[
@@ -236,12 +306,19 @@ fn bad_input_is_a_message_and_a_non_zero_exit() {
 
 #[test]
 fn chinese_and_emoji_probes_run() {
+    // The tiny GPT-2 fixture's probe: ids as HF transformers gives them, and a continuation equal
+    // to the library's greedy one.
+    let fx = common::Fixture::open(common::fixtures().join("tiny_gpt2").join("probe"));
+    let text = fx.meta["text"].as_str().unwrap();
+    assert!(text.contains("苹果 🍎"));
     let out = hubel(&[
         "probe",
         "--text",
-        "苹果是一种水果 🍎",
+        text,
         "--model",
         &tiny_gpt2(),
+        "--generate",
+        "6",
         "--json",
     ]);
     assert!(
@@ -250,5 +327,136 @@ fn chinese_and_emoji_probes_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["tokens"].as_array().unwrap().len() > 4);
+    let ids: Vec<usize> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(ids, fx.usizes("tokens"));
+    let model = hubel::model::Model::open(tiny_gpt2()).unwrap();
+    let prompt: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let new = model
+        .generate(
+            &prompt,
+            &[],
+            &hubel::model::Generate {
+                max_tokens: 6,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        v["baseline"]["continuation"].as_str(),
+        Some(model.tokenizer().decode(&new).unwrap().as_str())
+    );
+}
+
+#[test]
+fn huge_position_and_index_ranges_are_errors_naming_the_limit() {
+    let m = tiny_gpt2();
+    let probe = |spec: &str| {
+        vec![
+            "probe".to_string(),
+            "--text".into(),
+            "hi".into(),
+            "--model".into(),
+            m.clone(),
+            "--ablate".into(),
+            spec.into(),
+        ]
+    };
+    for (spec, needle) in [
+        (
+            "L1N2@0..18446744073709551615",
+            "positions 0..18446744073709551615 are out of range: the model's context holds 96 tokens (positions 0–95)",
+        ),
+        (
+            "L1N2@5,100",
+            "position 100 is out of range: the model's context holds 96 tokens",
+        ),
+        (
+            "blocks.1.mlp.hook_post[0..18446744073709551615]",
+            "indices 0..18446744073709551615 are out of range: blocks.1.mlp.hook_post has 128 neurons or dimensions (0–127)",
+        ),
+        (
+            "blocks.1.attn.hook_z[2..9]",
+            "blocks.1.attn.hook_z has 4 heads (0–3)",
+        ),
+        ("L1N99999999999999999999999", "expected HOOK[INDICES]"),
+    ] {
+        let args = probe(spec);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails_with(&args, needle);
+    }
+}
+
+#[test]
+fn help_and_version_print_and_succeed() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["help"],
+        &["probe", "--help"],
+        &["probe", "-h"],
+        &["fetch", "--help"],
+        &["help", "probe"],
+    ] {
+        let out = hubel(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            stdout.contains("USAGE:") && stdout.contains("hubel probe --text TEXT"),
+            "{args:?}: {stdout}"
+        );
+    }
+    for args in [&["--version"][..], &["-V"], &["probe", "--version"]] {
+        let out = hubel(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("hubel {}", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_never_print_a_backtrace() {
+    // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; a user sees the
+    // message only.
+    let dir = std::env::temp_dir().join(format!("hubel-cli-bt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupt = dir.join("corrupt.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(u64::MAX.to_le_bytes()); // tensor count
+    bytes.extend(0u64.to_le_bytes());
+    std::fs::write(&corrupt, bytes).unwrap();
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    for (model, needle) in [
+        (corrupt.to_str().unwrap(), "tensor_count"),
+        (readme, "not a GGUF file"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hubel"))
+            .args(["probe", "--text", "hi", "--model", model])
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
+        let frame = |l: &str| {
+            l.trim_start()
+                .split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        assert!(
+            !stderr.contains("backtrace") && !stderr.lines().any(frame),
+            "{model}: a backtrace in\n{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -103,12 +103,141 @@ fn zero_ablation_changes_the_logits_and_only_from_its_layer_on() {
         let iv = Intervention::zero(point, vec![3, 5]);
         let ab = m.run(&t, &Capture::All, &[iv]).unwrap();
         assert_ne!(base.logits, ab.logits, "{arch:?}");
-        // Earlier points are untouched; the edited point records its input (record, then edit).
+        // Earlier points are untouched; the edited point records its output (edit, then record).
         let same = |p| base.record.get(p) == ab.record.get(p);
         assert!(same(HookPoint::block(0, BlockSite::ResidPost)));
-        assert!(same(point));
+        assert!(same(HookPoint::block(1, BlockSite::MlpPre)));
+        assert!(!same(point));
         assert!(!same(HookPoint::block(1, BlockSite::MlpOut)));
         assert!(!same(HookPoint::block(2, BlockSite::ResidPre)));
+    }
+}
+
+/// `[pos, width]` values of `point` in `out`.
+fn values(out: &hubel::model::RunOutput, point: HookPoint) -> (usize, Vec<f32>) {
+    let act = out.record.get(point).unwrap();
+    (act.shape[1], act.data.clone())
+}
+
+#[test]
+fn the_record_at_an_edited_point_shows_what_the_model_saw() {
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let m = tiny(arch);
+        let t = ids(&m);
+        let cache = m.prepare(&t, &Capture::All, None).unwrap();
+        let point = HookPoint::block(1, BlockSite::MlpPost);
+        let (width, base) = values(&cache.baseline, point);
+        let neuron = 5;
+        assert!(
+            base.chunks(width).all(|row| row[neuron] != 0.0),
+            "{arch:?}: the neuron is active, so zeroing it shows"
+        );
+        let zero = [Intervention::zero(point, vec![neuron])];
+        let add = [Intervention {
+            op: Op::Add { value: 2.5 },
+            ..Intervention::zero(point, vec![neuron])
+        }];
+        for (ivs, edit) in [(&zero, (|_| 0.0) as fn(f32) -> f32), (&add, |v| v + 2.5)] {
+            let full = m.run(&t, &Capture::All, ivs).unwrap();
+            let inc = m.rerun(&cache, &Capture::All, ivs, None).unwrap();
+            for (how, out) in [("run", &full), ("rerun", &inc)] {
+                let (_, got) = values(out, point);
+                for (p, (row, base_row)) in got.chunks(width).zip(base.chunks(width)).enumerate() {
+                    for i in 0..width {
+                        let want = if i == neuron {
+                            edit(base_row[i])
+                        } else {
+                            base_row[i]
+                        };
+                        assert_eq!(row[i], want, "{arch:?} {how} {ivs:?}: pos {p} neuron {i}");
+                    }
+                }
+                // What the rest of the model saw: the block's MLP output is the down projection
+                // of the recorded (edited) values, so it moved.
+                let mlp_out = HookPoint::block(1, BlockSite::MlpOut);
+                assert_ne!(
+                    out.record.get(mlp_out),
+                    cache.baseline.record.get(mlp_out),
+                    "{arch:?} {how}"
+                );
+            }
+        }
+        // The baseline records the unedited value.
+        let plain = m.run(&t, &Capture::All, &[]).unwrap();
+        assert_eq!(values(&plain, point).1, base);
+    }
+}
+
+#[test]
+fn mean_ablation_in_a_continuation_holds_the_prompts_mean() {
+    // The continuation replaces with the mean over the prompt of the values the edit saw (after
+    // any earlier edit of the same point, before its own), held fixed for every new token.
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let m = tiny(arch);
+        let t = ids(&m);
+        let point = HookPoint::block(1, BlockSite::MlpPost);
+        let cols = vec![3, 4];
+        let mean = Intervention {
+            hook: point,
+            positions: None,
+            indices: Some(cols.clone()),
+            op: Op::Mean,
+        };
+        let add = Intervention {
+            op: Op::Add { value: 2.0 },
+            ..mean.clone()
+        };
+        let base = m.run(&t, &Capture::points([point]), &[]).unwrap();
+        let (width, data) = values(&base, point);
+        // Column means over the prompt, after adding `shift` to the edited columns.
+        let means = |shift: f32| -> Vec<f32> {
+            let rows = data.len() / width;
+            (0..width)
+                .map(|i| {
+                    let s: f64 = data
+                        .chunks(width)
+                        .map(|r| {
+                            f64::from(if cols.contains(&i) {
+                                r[i] + shift
+                            } else {
+                                r[i]
+                            })
+                        })
+                        .sum();
+                    (s / rows as f64) as f32
+                })
+                .collect()
+        };
+        let held = |shift| Intervention {
+            op: Op::MeanOf {
+                values: means(shift),
+            },
+            ..mean.clone()
+        };
+        for (ivs, reference) in [
+            (vec![mean.clone()], vec![held(0.0)]),
+            (
+                vec![mean.clone(), add.clone()],
+                vec![held(0.0), add.clone()],
+            ),
+            (
+                vec![add.clone(), mean.clone()],
+                vec![add.clone(), held(2.0)],
+            ),
+        ] {
+            let opts = Generate {
+                max_tokens: 6,
+                stop_at_eos: false,
+                ..Generate::default()
+            };
+            let got = m.generate(&t, &ivs, &opts, None).unwrap();
+            let mut seq = t.clone();
+            for _ in 0..6 {
+                let out = m.run(&seq, &Capture::Nothing, &reference).unwrap();
+                seq.push(hubel::model::generate::argmax(out.last_logits()));
+            }
+            assert_eq!(got, seq[t.len()..].to_vec(), "{arch:?} {ivs:?}");
+        }
     }
 }
 

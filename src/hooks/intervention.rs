@@ -43,14 +43,20 @@ pub struct Intervention {
 /// An intervention that cannot apply to this model or this tensor.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InterventionError {
-    #[error("{hook}: index {index} is out of range (this hook point has {count} {unit})")]
+    #[error(
+        "{hook}: index {index} is out of range (this hook point has {})",
+        crate::count(*.count, &singular(.unit), .unit)
+    )]
     IndexOutOfRange {
         hook: HookPoint,
         index: usize,
         count: usize,
         unit: &'static str,
     },
-    #[error("{hook}: position {position} is out of range (the probe has {len} tokens)")]
+    #[error(
+        "{hook}: position {position} is out of range (the probe has {})",
+        crate::count(*.len, "token", "tokens")
+    )]
     PositionOutOfRange {
         hook: HookPoint,
         position: usize,
@@ -64,6 +70,30 @@ pub enum InterventionError {
     },
     #[error("{hook} does not exist in this model")]
     NoSuchHook { hook: HookPoint },
+    #[error("{hook}: layer {layer} does not exist: the model has {}", layer_count(*.layers))]
+    NoSuchLayer {
+        hook: HookPoint,
+        layer: usize,
+        layers: usize,
+    },
+}
+
+/// `30 layers (0–29)`, `1 layer (0)`.
+pub fn layer_count(layers: usize) -> String {
+    match layers {
+        0 => "no layers".to_string(),
+        1 => "1 layer (0)".to_string(),
+        n => format!("{n} layers (0–{})", n - 1),
+    }
+}
+
+/// `neurons or dimensions` → `neuron or dimension`.
+fn singular(plural: &str) -> String {
+    plural
+        .split(" or ")
+        .map(|w| w.strip_suffix('s').unwrap_or(w))
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// The shape of one hook point's tensor as `[outer, pos, inner]`, with the meaning of an index.
@@ -187,6 +217,22 @@ impl Intervention {
         Ok(())
     }
 
+    /// For an `Op::Mean` outside attention patterns: the same edit as an `Op::MeanOf` with the
+    /// means over `data` (laid out as `view`), which gives bitwise the same result when applied
+    /// to `data` and can be held fixed afterwards (a continuation's cached steps). `None` for
+    /// other ops and for patterns, whose width grows with the sequence.
+    pub fn resolve_mean(&self, data: &[f32], view: View) -> Option<Intervention> {
+        if self.op != Op::Mean || view.layout == Layout::HeadQueryKey {
+            return None;
+        }
+        Some(Intervention {
+            op: Op::MeanOf {
+                values: column_means(data, view),
+            },
+            ..self.clone()
+        })
+    }
+
     /// Applies the edit in place to `data`, laid out as `view`, whose position axis starts at
     /// absolute position `pos_offset` (non-zero during a cached continuation).
     pub fn apply(
@@ -196,21 +242,8 @@ impl Intervention {
         pos_offset: usize,
     ) -> Result<(), InterventionError> {
         self.check(view.units, view.per_position(), view.unit_name())?;
-        let per_pos = view.per_position();
-        // Column means over every position of this run, for `Op::Mean`.
         let means: Vec<f32> = if matches!(self.op, Op::Mean) {
-            let mut sums = vec![0f64; per_pos];
-            for o in 0..view.outer {
-                for p in 0..view.pos {
-                    let base = (o * view.pos + p) * view.inner;
-                    for i in 0..view.inner {
-                        sums[o * view.inner + i] += f64::from(data[base + i]);
-                    }
-                }
-            }
-            sums.iter()
-                .map(|s| (*s / view.pos.max(1) as f64) as f32)
-                .collect()
+            column_means(data, view)
         } else {
             Vec::new()
         };
@@ -251,6 +284,22 @@ impl Intervention {
         }
         Ok(())
     }
+}
+
+/// The mean of each element of a position's slice over every position of `data`, `[per_position]`.
+fn column_means(data: &[f32], view: View) -> Vec<f32> {
+    let mut sums = vec![0f64; view.per_position()];
+    for o in 0..view.outer {
+        for p in 0..view.pos {
+            let base = (o * view.pos + p) * view.inner;
+            for i in 0..view.inner {
+                sums[o * view.inner + i] += f64::from(data[base + i]);
+            }
+        }
+    }
+    sums.iter()
+        .map(|s| (*s / view.pos.max(1) as f64) as f32)
+        .collect()
 }
 
 #[cfg(test)]

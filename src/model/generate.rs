@@ -7,8 +7,8 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 
 use super::transformer::KvCache;
-use super::{Model, Result};
-use crate::hooks::{Capture, Hooks, Intervention, Layout, Op};
+use super::{Hooks, Model, Result};
+use crate::hooks::{Capture, Intervention};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Sampling {
@@ -57,49 +57,22 @@ impl Model {
         let w = self.weights();
         let n_ctx = self.config().n_ctx;
         let mut cache = KvCache::default();
-        let mean_points = interventions
-            .iter()
-            .filter(|iv| iv.op == Op::Mean && iv.hook.layout() != Layout::HeadQueryKey)
-            .map(|iv| iv.hook);
-        let capture = Capture::points(mean_points);
-
-        let mut hooks = Hooks::new(&capture, interventions);
+        // `Op::Mean` is resolved over the prompt and then held fixed for the cached steps.
+        let nothing = Capture::Nothing;
+        let mut hooks = Hooks::new(&nothing, interventions).resolving_means();
         if let Some(flag) = &cancel {
             hooks = hooks.with_cancel(flag.clone());
         }
         let x = w.embed(prompt, &mut hooks)?;
         let mut logits =
             w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
-
-        // Hold `Mean` fixed at its prompt value for the cached steps.
-        let resolved: Vec<Intervention> = interventions
-            .iter()
-            .map(|iv| match (&iv.op, hooks.record.get(iv.hook)) {
-                (Op::Mean, Some(act)) if iv.hook.layout() != Layout::HeadQueryKey => {
-                    let rows = act.shape[0].max(1);
-                    let width = act.data.len() / rows;
-                    let mut values = vec![0f64; width];
-                    for row in act.data.chunks(width) {
-                        for (s, v) in values.iter_mut().zip(row) {
-                            *s += f64::from(*v);
-                        }
-                    }
-                    let values = values.iter().map(|s| (*s / rows as f64) as f32).collect();
-                    Intervention {
-                        op: Op::MeanOf { values },
-                        ..iv.clone()
-                    }
-                }
-                _ => iv.clone(),
-            })
-            .collect();
+        let resolved = hooks.resolved();
 
         let mut rng = match opts.sampling {
             Sampling::Temperature { seed, .. } => rand::rngs::StdRng::seed_from_u64(seed),
             Sampling::Greedy => rand::rngs::StdRng::seed_from_u64(0),
         };
         let mut out = Vec::with_capacity(opts.max_tokens);
-        let nothing = Capture::Nothing;
         for step in 0..opts.max_tokens {
             let next = match opts.sampling {
                 Sampling::Greedy => argmax(&logits),

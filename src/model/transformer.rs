@@ -12,8 +12,8 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::Config;
-use super::Result;
-use crate::hooks::{BlockSite, HookPoint, Hooks};
+use super::{Hooks, Result};
+use crate::hooks::{BlockSite, HookPoint};
 
 /// `y = x · Wᵀ + b`, with `W` stored contiguous as `[out, in]` (HF's layout).
 pub(crate) struct Linear {

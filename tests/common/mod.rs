@@ -77,27 +77,81 @@ pub fn smollm2() -> &'static Model {
     MODEL.get_or_init(|| Model::open(default_model_path()).unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// `max |got - want| ≤ tol`, with the worst index in the message.
-pub fn assert_max_abs(what: &str, got: &[f32], want: &[f32], tol: f32) {
+fn show_diffs() -> bool {
+    std::env::var_os("HUBEL_SHOW_DIFFS").is_some()
+}
+
+/// Panics on the first non-finite value of `got` or `want`: NaN never compares greater than a
+/// tolerance, so without this an all-NaN array would pass every check below.
+pub fn assert_finite(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    for (name, v) in [("got", got), ("want", want)] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            panic!("{what}: {name}[{i}] is {} (not finite)", v[i]);
+        }
+    }
+}
+
+/// `max |got - want| ≤ tol` over finite values, with the worst index in the message.
+pub fn assert_max_abs(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_finite(what, got, want);
     let (i, d) = got
         .iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .enumerate()
         .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-    if std::env::var_os("HUBEL_SHOW_DIFFS").is_some() {
+    if show_diffs() {
         eprintln!("{what}: max abs diff {d:.3e} (tolerance {tol:.3e})");
     }
     assert!(
         d <= tol,
         "{what}: max abs diff {d} at {i} (got {}, want {}) > {tol}",
-        got[i],
-        want[i]
+        got.get(i).copied().unwrap_or(f32::NAN),
+        want.get(i).copied().unwrap_or(f32::NAN)
     );
 }
 
-/// `max |got - want| ≤ rel · max |want|`.
+/// Element by element, `|got - want| ≤ atol_frac · max |want| + rtol · |want|`: an absolute
+/// floor scaled to the array (values near zero carry the rounding of the large ones) plus a
+/// relative part, so a small element cannot be far off just because a large one sets the scale.
+/// With `HUBEL_SHOW_DIFFS` set, prints the worst ratio of error to allowance (1 = at the limit).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol_frac: f32, rtol: f32) {
+    assert_finite(what, got, want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let allowed = |w: f32| atol_frac * scale + rtol * w.abs();
+    let (i, ratio) = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| {
+            let d = (a - b).abs();
+            let allow = allowed(*b);
+            if allow > 0.0 {
+                d / allow
+            } else if d == 0.0 {
+                0.0
+            } else {
+                f32::INFINITY
+            }
+        })
+        .enumerate()
+        .fold((0, 0f32), |m, (i, r)| if r > m.1 { (i, r) } else { m });
+    if show_diffs() {
+        eprintln!(
+            "{what}: worst error {ratio:.3} of its allowance at {i} (atol {atol_frac:.0e}·max {scale:.3e}, rtol {rtol:.0e})"
+        );
+    }
+    assert!(
+        ratio <= 1.0,
+        "{what}: at {i} got {}, want {}: error {:.3e} > allowed {:.3e} (atol {atol_frac:.0e}·max {scale:.3e} + rtol {rtol:.0e}·|want|)",
+        got[i],
+        want[i],
+        (got[i] - want[i]).abs(),
+        allowed(want[i])
+    );
+}
+
+/// `max |got - want| ≤ rel · max |want|` (coarse: prefer [`assert_close`] for activations).
 pub fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert_max_abs(what, got, want, rel * scale);
