@@ -19,6 +19,7 @@ pub mod app;
 pub mod assets;
 pub mod bench;
 pub mod corpus;
+pub mod effect;
 pub mod features;
 pub mod hooks;
 pub mod model;

@@ -22,6 +22,7 @@ USAGE:
   hubel probe --text TEXT [--model PATH] [--ablate SPEC]... [--steer SPEC]...
               [--top K] [--generate N] [--json] [--save-logits FILE.npy]
   hubel bench [--model PATH] [--json] [--reps N]
+  hubel effect --feature L10N222 [--model PATH] [--text TEXT [--pos P]] [--top K] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -147,6 +148,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         "fetch" => fetch(args),
         "probe" => probe_command(args),
+        "effect" => effect_command(args),
         "bench" => hubel::bench::command(
             &open_model(args.value("--model")?)?,
             args.number("--reps", 20)?,
@@ -258,6 +260,39 @@ fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", probe::render_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn effect_command(mut args: Args) -> anyhow::Result<ExitCode> {
+    let feature = args
+        .value("--feature")?
+        .context("effect needs --feature, e.g. L10N222")?;
+    let feature = hubel::effect::parse_feature(&feature).map_err(anyhow::Error::msg)?;
+    let text = args.value("--text")?;
+    let pos = match args.value("--pos")? {
+        Some(p) => Some(
+            p.parse::<usize>()
+                .with_context(|| format!("--pos expects a token position (0, 1, …), got `{p}`"))?,
+        ),
+        None => None,
+    };
+    if pos.is_some() && text.is_none() {
+        bail!("--pos needs a probe: give --text TEXT too");
+    }
+    let req = hubel::effect::EffectRequest {
+        feature,
+        probe: text.map(|text| hubel::effect::ProbeAt { text, pos }),
+        top: args.number("--top", 10)?,
+    };
+    let json = args.flag("--json");
+    let model_path = args.value("--model")?;
+    args.finish()?;
+    let report = hubel::effect::run(&open_model(model_path)?, &req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", hubel::effect::render_table(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -62,9 +62,44 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32, f32)> {
         .collect()
 }
 
+/// `(token id, value)` pairs, in rank order.
+pub type Ranked = Vec<(u32, f32)>;
+
+/// The `k` highest and the `k` lowest entries of `values` as `(id, value)`: promoted (highest
+/// first) and suppressed (lowest first), ties broken by the lower id. A direct logit effect's two
+/// lists.
+pub fn promoted_suppressed(values: &[f32], k: usize) -> (Ranked, Ranked) {
+    let k = k.min(values.len());
+    let pick = |higher: bool| -> Ranked {
+        if k == 0 {
+            return Vec::new();
+        }
+        let cmp = |a: &usize, b: &usize| {
+            let by_value = values[*b].total_cmp(&values[*a]);
+            (if higher { by_value } else { by_value.reverse() }).then(a.cmp(b))
+        };
+        let mut ids: Vec<usize> = (0..values.len()).collect();
+        ids.select_nth_unstable_by(k - 1, cmp);
+        ids.truncate(k);
+        ids.sort_by(cmp);
+        ids.into_iter().map(|i| (i as u32, values[i])).collect()
+    };
+    (pick(true), pick(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn promoted_and_suppressed_are_the_extremes_in_order() {
+        let (up, down) = promoted_suppressed(&[0.5, -2.0, 3.0, -2.0, 1.0], 2);
+        assert_eq!(up, vec![(2, 3.0), (4, 1.0)]);
+        assert_eq!(down, vec![(1, -2.0), (3, -2.0)]);
+        let (up, down) = promoted_suppressed(&[1.0], 5);
+        assert_eq!((up.len(), down.len()), (1, 1));
+        assert_eq!(promoted_suppressed(&[], 3), (vec![], vec![]));
+    }
 
     #[test]
     fn kl_is_zero_for_equal_and_positive_otherwise() {

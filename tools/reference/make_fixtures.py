@@ -7,6 +7,9 @@ Needs torch, transformers, gguf, accelerate, tokenizers, safetensors and numpy (
 never runs this). Writes tests/fixtures/:
   smollm2/<probe>/   the real default model, loaded by transformers from the same GGUF
   tiny_gpt2/, tiny_llama/   tiny random HF folders (fixed seed) with their own fixtures
+  smollm2/direct_effect.json   a few neurons' direct logit effects, W_U · (γ ⊙ down_proj[:, n])
+                         with γ the final norm's weight, in float64 (`--only direct-effect` writes
+                         just this file, leaving the others as they are)
 
 Each probe folder has meta.json (text, token ids, stored positions, vocab ids) and float32 .npy
 arrays named by TransformerLens hook point. Hooks are attached as TransformerLens defines them:
@@ -150,7 +153,8 @@ def write_probe(folder, name, text, ids, model, layers, n_heads, d_head, ablate,
         json.dump(meta, f, ensure_ascii=False, indent=1)
 
 
-def smollm2(gguf):
+def load_smollm2(gguf):
+    """The default model and its tokenizer (SmolLM2's digit split) plus transformers' plain one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder, file = os.path.split(os.path.abspath(gguf))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
@@ -162,6 +166,11 @@ def smollm2(gguf):
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32,
                                                  attn_implementation="eager")
     model.eval()
+    return tok, plain, model
+
+
+def smollm2(gguf):
+    tok, plain, model = load_smollm2(gguf)
     cfg = model.config
     d_head = cfg.hidden_size // cfg.num_attention_heads
     rng = np.random.default_rng(0)
@@ -174,6 +183,43 @@ def smollm2(gguf):
         print(f"{name}: {len(ids)} tokens" + ("" if ids == plain_ids else " (transformers' plain GGUF split differs)"))
         write_probe(out, name, text, ids, model, LAYERS, cfg.num_attention_heads, d_head, ABLATE, rng_ids,
                     {"plain_gguf_split_differs": ids != plain_ids})
+
+
+# (layer, neuron): L10N222 from issue 13, the others with gaps of at least 1e-4 between consecutive
+# top-11 values, so a float32 computation ranks them the same way.
+EFFECT_NEURONS = [(0, 100), (10, 222), (15, 1000), (29, 1535)]
+EFFECT_K = 10
+
+
+def direct_effect(gguf):
+    """smollm2/direct_effect.json: for each neuron, W_U · (γ ⊙ d) with d its column of down_proj and
+    γ the final RMSNorm's weight (TransformerLens folds ln_final.w into W_U the same way), in float64;
+    the top EFFECT_K promoted (highest first) and suppressed (lowest first) token ids and values."""
+    tok, _, model = load_smollm2(gguf)
+    with torch.no_grad():
+        w_u = model.get_output_embeddings().weight.double()  # [vocab, d_model] (tied to the embedding)
+        gamma = model.model.norm.weight.double()
+        neurons = []
+        for layer, n in EFFECT_NEURONS:
+            d = model.model.layers[layer].mlp.down_proj.weight[:, n].double()
+            effect = (w_u @ (gamma * d)).numpy()
+            up = np.argsort(-effect, kind="stable")[:EFFECT_K]
+            down = np.argsort(effect, kind="stable")[:EFFECT_K]
+            neurons.append({
+                "layer": layer, "neuron": n, "label": f"L{layer}N{n}",
+                "promoted_ids": up.tolist(), "promoted_values": [float(effect[i]) for i in up],
+                "promoted_tokens": [tok.decode([int(i)]) for i in up],
+                "suppressed_ids": down.tolist(), "suppressed_values": [float(effect[i]) for i in down],
+                "suppressed_tokens": [tok.decode([int(i)]) for i in down],
+            })
+            print(f"L{layer}N{n}: promotes " + ", ".join(f"{tok.decode([int(i)])!r} {effect[i]:+.3f}" for i in up[:5])
+                  + "; suppresses " + ", ".join(f"{tok.decode([int(i)])!r} {effect[i]:+.3f}" for i in down[:5]))
+    out = os.path.join(OUT, "smollm2")
+    os.makedirs(out, exist_ok=True)
+    meta = {"model": os.path.basename(gguf), "formula": "W_U · (γ ⊙ down_proj[:, n]), float64",
+            "k": EFFECT_K, "neurons": neurons}
+    with open(os.path.join(out, "direct_effect.json"), "w") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
 
 
 def tiny(kind):
@@ -225,9 +271,17 @@ def tiny(kind):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", help="the default model's GGUF file")
+    ap.add_argument("--only", choices=["direct-effect"],
+                    help="write only this fixture (needs --gguf), leaving the others untouched")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    tiny("gpt2")
-    tiny("llama")
-    if args.gguf:
-        smollm2(args.gguf)
+    if args.only == "direct-effect":
+        if not args.gguf:
+            ap.error("--only direct-effect needs --gguf")
+        direct_effect(args.gguf)
+    else:
+        tiny("gpt2")
+        tiny("llama")
+        if args.gguf:
+            smollm2(args.gguf)
+            direct_effect(args.gguf)
