@@ -16,7 +16,8 @@ hubel: a probe viewer for language models
 USAGE:
   hubel                                 open the viewer
   hubel --help | --version              this text, or the version (also `hubel COMMAND --help`)
-  hubel --screenshots DIR [--model PATH]  walk through the viewer and save screenshots into DIR
+  hubel --screenshots DIR [--model PATH] [--size WxH]  walk through the viewer (default 1280x720)
+                                        and save screenshots into DIR
   hubel --bench-ui [--model PATH]         measure the viewer (click to output, frame times, idle CPU)
   hubel fetch [--model] [--corpus]      fetch the default model (SmolLM2-135M) and corpus (WordNet 3.1)
   hubel probe --text TEXT [--model PATH] [--ablate SPEC]... [--steer SPEC]...
@@ -43,6 +44,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `1280x720` → `[1280.0, 720.0]`, within what a window can be.
+fn parse_size(s: &str) -> anyhow::Result<[f32; 2]> {
+    let parsed = s
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((w, h)) if (640..=7680).contains(&w) && (480..=4320).contains(&h) => {
+            Ok([w as f32, h as f32])
+        }
+        _ => bail!(
+            "--size takes WIDTHxHEIGHT between 640x480 and 7680x4320, e.g. 1280x720 (got `{s}`)"
+        ),
     }
 }
 
@@ -137,13 +153,17 @@ fn run() -> anyhow::Result<ExitCode> {
                 Some(p) => PathBuf::from(p),
                 None => assets::default_model_path(&assets::assets_dir()),
             };
+            let size = match args.value("--size")? {
+                Some(s) => parse_size(&s)?,
+                None => [1280.0, 720.0],
+            };
             args.finish()?;
             let mode = if command == "--bench-ui" {
                 hubel::app::tour::Mode::BenchUi
             } else {
                 hubel::app::tour::Mode::Screenshots
             };
-            hubel::app::tour::run(mode, model, dir)?;
+            hubel::app::tour::run(mode, model, dir, size)?;
             Ok(ExitCode::SUCCESS)
         }
         "fetch" => fetch(args),

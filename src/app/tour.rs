@@ -254,7 +254,7 @@ impl Tour {
                 );
                 true
             }
-            15 if self.ready(true) => {
+            15 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }

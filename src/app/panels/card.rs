@@ -29,19 +29,6 @@ impl Default for CardView {
     }
 }
 
-/// A plot's x axis labelled with the probe's tokens at whole positions.
-fn token_axis(
-    tokens: &[String],
-) -> impl Fn(egui_plot::GridMark, &std::ops::RangeInclusive<f64>) -> String + '_ {
-    move |mark, _| {
-        let v = mark.value;
-        if v.fract().abs() > 1e-6 || v < 0.0 {
-            return String::new();
-        }
-        tokens.get(v as usize).cloned().unwrap_or_default()
-    }
-}
-
 impl CardView {
     pub fn panel_ui(
         &mut self,
@@ -105,7 +92,8 @@ impl CardView {
             .height(130.0)
             .legend(Legend::default())
             .allow_scroll(false)
-            .x_axis_formatter(token_axis(&tokens))
+            .x_grid_spacer(super::token_grid(tokens.len()))
+            .custom_x_axes(vec![super::token_x_axis(tokens.clone())])
             .label_formatter(move |hover| {
                 let (name, p) = match hover {
                     egui_plot::HoverPosition::NearDataPoint {

@@ -39,19 +39,15 @@ fn legend_ui(ui: &mut egui::Ui, scale: f32, diverging: bool, exclude_sink: bool)
                 colors::scaled(v, scale, diverging),
             );
         }
-        ui.label(egui::RichText::new(format!("{scale:.3}")).small());
         let sink = if exclude_sink {
-            ", position 0 (attention sink) left out"
+            ", position 0 (the attention sink) left out"
         } else {
             ""
         };
-        ui.label(
-            egui::RichText::new(format!(
-                "(98th percentile of |value|{sink}; larger values saturate)"
-            ))
-            .weak()
-            .small(),
-        );
+        ui.label(egui::RichText::new(format!("{scale:.3}")).small())
+            .on_hover_text(format!(
+                "The colour scale ends at the 98th percentile of |value|{sink}; larger values saturate."
+            ));
     });
 }
 
@@ -139,18 +135,22 @@ impl MapsView {
                     "Position 0 is an attention sink with a huge residual norm: left out of colour \
                      scales and of the heatmap's ranking, so the other tokens are not washed out",
                 );
+            legend_ui(ui, d.map_scale, d.map_diverging, state.exclude_sink);
         });
-        legend_ui(ui, d.map_scale, d.map_diverging, state.exclude_sink);
         let w = cell_width(ui.available_width(), tokens.len());
         let layers = d.map.len().max(1);
+        // Rows shrink to fit every layer in the panel (down to 5 px; the map scrolls below that).
         let row_height =
-            ((ui.available_height() - HEADER_HEIGHT - 24.0) / layers as f32).clamp(6.0, ROW_HEIGHT);
+            ((ui.available_height() - HEADER_HEIGHT - 8.0) / layers as f32).clamp(5.0, ROW_HEIGHT);
         let scale = d.map_scale;
         let mut clicked: Option<(usize, Option<usize>)> = None;
         egui::ScrollArea::both()
             .id_salt("layer map")
             .auto_shrink([false, false])
             .show(ui, |ui| {
+                // Rows touch: no spacing, no minimum widget height.
+                ui.spacing_mut().item_spacing.y = 0.0;
+                ui.spacing_mut().interact_size.y = row_height;
                 token_header_ui(ui, &tokens, w, LABEL_WIDTH);
                 for (layer, row) in d.map.iter().enumerate() {
                     ui.horizontal(|ui| {
@@ -173,13 +173,16 @@ impl MapsView {
                         } else {
                             ui.visuals().text_color()
                         };
-                        ui.painter().text(
-                            name_rect.right_center() - Vec2::new(6.0, 0.0),
-                            egui::Align2::RIGHT_CENTER,
-                            format!("L{layer}"),
-                            egui::FontId::proportional(row_height.clamp(7.0, 11.0)),
-                            text_color,
-                        );
+                        // Thin rows name every fifth layer (and the chosen one), readably.
+                        if row_height >= 9.0 || layer % 5 == 0 || selected {
+                            ui.painter().text(
+                                name_rect.right_center() - Vec2::new(6.0, 0.0),
+                                egui::Align2::RIGHT_CENTER,
+                                format!("L{layer}"),
+                                egui::FontId::proportional(row_height.clamp(9.0, 11.0)),
+                                text_color,
+                            );
+                        }
                         if name
                             .on_hover_text_at_pointer(format!("Open layer {layer} in the heatmap"))
                             .clicked()
@@ -278,16 +281,24 @@ impl MapsView {
             let label = ui.label("Top K");
             ui.add(egui::DragValue::new(&mut state.top_k).range(1..=256))
                 .labelled_by(label.id);
-            let label = ui.label("Go to");
-            let field = ui
-                .add(
-                    egui::TextEdit::singleline(&mut self.jump)
-                        .desired_width(70.0)
-                        .hint_text("L10N123"),
-                )
-                .labelled_by(label.id)
-                .on_hover_text("Open any feature's card by name: L10N123 (neuron), L5H3 (head)");
-            let go = ui.button("Open").clicked();
+            // The field and its button wrap as one.
+            let (field, go) = ui
+                .horizontal(|ui| {
+                    let label = ui.label("Go to");
+                    let field = ui
+                        .add(
+                            egui::TextEdit::singleline(&mut self.jump)
+                                .desired_width(70.0)
+                                .hint_text("L10N123"),
+                        )
+                        .labelled_by(label.id)
+                        .on_hover_text(
+                            "Open any feature's card by name: L10N123 (neuron), L5H3 (head)",
+                        );
+                    let go = ui.button("Open").clicked();
+                    (field, go)
+                })
+                .inner;
             if go || field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                 let found = FeatureId::parse(&self.jump).and_then(|f| match &cx.runtime.model {
                     Some(m) => f.check(m).map(|()| f),
@@ -312,16 +323,19 @@ impl MapsView {
         };
         let what = match state.basis {
             Basis::Neurons => "MLP neurons",
-            Basis::Heads => "heads (‖z‖ of each head's output)",
+            Basis::Heads => "Heads (‖z‖ of each head's output)",
         };
-        ui.label(
-            egui::RichText::new(format!(
-                "{what} ranked by peak |activation| over the probe{sink}, in the baseline; click a label to open its card, tick to ablate."
-            ))
-            .weak()
-            .small(),
-        );
-        legend_ui(ui, d.row_scale, d.rows_diverging, state.exclude_sink);
+        ui.horizontal_wrapped(|ui| {
+            legend_ui(ui, d.row_scale, d.rows_diverging, state.exclude_sink);
+            ui.label(
+                egui::RichText::new(format!(
+                    "{what} by peak |activation| over the probe{sink}, ranked in the baseline"
+                ))
+                .weak()
+                .small(),
+            )
+            .on_hover_text("Click a label to open its card, tick the box to zero-ablate it.");
+        });
         let w = cell_width(ui.available_width(), tokens.len());
         let scale = d.row_scale;
         let mut select = None;
@@ -330,6 +344,8 @@ impl MapsView {
             .id_salt("heatmap")
             .auto_shrink([false, false])
             .show(ui, |ui| {
+                ui.spacing_mut().item_spacing.y = 2.0;
+                ui.spacing_mut().interact_size.y = ROW_HEIGHT;
                 token_header_ui(ui, &tokens, w, LABEL_WIDTH + 22.0);
                 for row in &d.rows {
                     let f = row.feature;

@@ -31,6 +31,31 @@ pub struct Views {
     card: card::CardView,
 }
 
+/// Grid marks at whole token positions for a plot over `n` tokens: every token when few, every
+/// 5th or 10th when many, so the axis labels (the tokens) do not overlap.
+fn token_grid(n: usize) -> Box<dyn Fn(egui_plot::GridInput) -> Vec<egui_plot::GridMark>> {
+    let step = match n {
+        0..=16 => 1.0,
+        17..=60 => 5.0,
+        _ => 10.0,
+    };
+    egui_plot::uniform_grid_spacer(move |_| [step, step * 5.0, step * 10.0])
+}
+
+/// An x axis labelled with the probe's tokens at whole positions; labels stay visible down to
+/// 24 px apart (egui_plot's default hides x labels closer than 60 px).
+fn token_x_axis(tokens: Vec<String>) -> egui_plot::AxisHints<'static> {
+    egui_plot::AxisHints::new_x()
+        .formatter(move |mark, _| {
+            let v = mark.value;
+            if v.fract().abs() > 1e-6 || v < 0.0 {
+                return String::new();
+            }
+            tokens.get(v as usize).cloned().unwrap_or_default()
+        })
+        .label_spacing(24.0..=36.0)
+}
+
 /// Side panels' default widths for a window `width` wide: narrow windows keep the centre usable.
 fn side_widths(width: f32) -> (f32, f32) {
     (
@@ -57,17 +82,23 @@ impl Views {
         let (left, right) = side_widths(width);
         probe::probe_panel_ui(ui, state, cx, out, left);
         self.card.panel_ui(ui, state, cx, out, right);
-        output::output_panel_ui(ui, state, cx, out, (height * 0.3).clamp(170.0, 300.0));
+        output::output_panel_ui(ui, state, cx, out, (height * 0.28).clamp(150.0, 300.0));
         egui::CentralPanel::default().show(ui, |ui| {
             interventions::interventions_bar_ui(ui, state, cx, out);
             ui.separator();
             let h = ui.available_height();
+            // Room for every layer at 6-8 px a row plus the header, within 60% of the centre.
+            let map = (cx.runtime.layers() as f32 * 7.5 + 90.0).clamp(120.0, h * 0.6);
             egui::Panel::top("layer map panel")
                 .resizable(true)
-                .default_size(h * 0.45)
+                .default_size(map)
                 .min_size(60.0)
                 .max_size((h - 80.0).max(60.0))
-                .show(ui, |ui| self.maps.layer_map_ui(ui, state, cx, out));
+                .show(ui, |ui| {
+                    // Fill the panel, so its size is the one chosen, not its first content's.
+                    ui.set_min_height(ui.available_height());
+                    self.maps.layer_map_ui(ui, state, cx, out)
+                });
             self.maps.heatmap_ui(ui, state, cx, out);
         });
     }

@@ -73,6 +73,8 @@ pub fn output_panel_ui(
         .resizable(true)
         .default_size(height)
         .show(ui, |ui| {
+            // Fill the panel, so its size is the one chosen, not its first content's.
+            ui.set_min_height(ui.available_height());
             let Some(result) = &cx.runtime.result else {
                 ui.label("Output appears after the first run.");
                 return;
@@ -149,13 +151,7 @@ pub fn output_panel_ui(
                                 .width(ui.available_width().clamp(160.0, 460.0))
                                 .legend(Legend::default())
                                 .allow_scroll(false)
-                                .x_axis_formatter(move |mark, _| {
-                                    let v = mark.value;
-                                    if v.fract().abs() > 1e-6 || v < 0.0 {
-                                        return String::new();
-                                    }
-                                    axis_tokens.get(v as usize).cloned().unwrap_or_default()
-                                })
+                                .custom_x_axes(vec![super::token_x_axis(axis_tokens)])
                                 .label_formatter(move |hover| {
                                     let (name, p) = match hover {
                                         egui_plot::HoverPosition::NearDataPoint {
