@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::analysis;
 use crate::features::{Basis, FeatureId};
-use crate::hooks::{BlockSite, Capture, HookPoint, Intervention};
+use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Intervention};
 use crate::model::{EffectScale, Model, ModelError, ModelInfo};
 
 /// Why a report could not be made.
@@ -91,28 +91,113 @@ pub fn parse_feature(s: &str) -> std::result::Result<FeatureId, String> {
     FeatureId::of_intervention(&iv).ok_or_else(bad)
 }
 
-/// Computes the report.
-pub fn run(model: &Model, req: &EffectRequest) -> Result<EffectReport, EffectError> {
-    let feature = req.feature;
+/// What a feature writes into the residual stream, and the scale its direct effect is read at.
+pub struct Direction {
+    pub vector: Vec<f32>,
+    pub scale: EffectScale,
+    /// The neuron's activation (`mlp.hook_post`) or the norm of the head's `z` at the position;
+    /// `None` per unit of activation.
+    pub activation: Option<f32>,
+    /// What one unit is, in words.
+    pub unit: String,
+}
+
+/// A feature's output direction, per unit of activation (`at = None`, neurons only), or at a
+/// position of a run whose record holds the last block's `hook_resid_post` and the feature's own
+/// hook point (its `z` for a head): then the final norm's scale is frozen at its value there.
+/// The one place the CLI and the viewer's card get a direct effect's input from.
+pub fn direction(
+    model: &Model,
+    feature: FeatureId,
+    at: Option<(&ActivationRecord, usize)>,
+) -> Result<Direction, EffectError> {
     // An unknown layer or index gets the same message as an edit of it would.
     model.check_interventions(
         &[Intervention::zero(feature.hook(), vec![feature.index])],
         1,
     )?;
-    let (direction, scale, unit, probe) = match &req.probe {
-        None => {
-            if feature.basis == Basis::Heads {
-                return Err(EffectError::NeedsProbe(feature.label()));
-            }
-            let d = model.neuron_out_direction(feature.layer, feature.index)?;
+    let Some((record, pos)) = at else {
+        if feature.basis == Basis::Heads {
+            return Err(EffectError::NeedsProbe(feature.label()));
+        }
+        return Ok(Direction {
+            vector: model.neuron_out_direction(feature.layer, feature.index)?,
+            scale: EffectScale::PerUnit,
+            activation: None,
+            unit: "one unit of the neuron's activation".into(),
+        });
+    };
+    let last = HookPoint::block(model.config().n_layers - 1, BlockSite::ResidPost);
+    let row = |point: HookPoint| -> Result<&[f32], EffectError> {
+        let act = record
+            .get(point)
+            .ok_or(ModelError::Format(format!("{point} was not recorded")))?;
+        if pos >= act.shape[0] {
+            return Err(EffectError::PositionOutOfRange {
+                pos,
+                len: act.shape[0],
+            });
+        }
+        Ok(act.row(pos))
+    };
+    let inv_scale = model.final_norm_inv_scale(row(last)?)?;
+    let acts = row(feature.hook())?;
+    let (vector, activation, unit) = match feature.basis {
+        Basis::Neurons => (
+            model.neuron_out_direction(feature.layer, feature.index)?,
+            acts[feature.index],
+            "one unit of the neuron's activation".to_string(),
+        ),
+        Basis::Heads => {
+            let d_head = model.config().d_head;
+            let z = &acts[feature.index * d_head..(feature.index + 1) * d_head];
+            let norm = z.iter().map(|v| v * v).sum::<f32>().sqrt();
             (
-                d,
-                EffectScale::PerUnit,
-                "one unit of the neuron's activation".to_string(),
-                None,
+                model.head_out_direction(feature.layer, feature.index, z)?,
+                norm,
+                format!("the head's output at position {pos}"),
             )
         }
+    };
+    Ok(Direction {
+        vector,
+        scale: EffectScale::Frozen { inv_scale },
+        activation: Some(activation),
+        unit,
+    })
+}
+
+/// The `top` tokens a direction promotes (highest first) and suppresses (lowest first).
+pub fn ranked(
+    model: &Model,
+    d: &Direction,
+    top: usize,
+) -> Result<(Vec<EffectToken>, Vec<EffectToken>), EffectError> {
+    let effect = model.direct_effect(&d.vector, d.scale)?;
+    let (up, down) = analysis::promoted_suppressed(&effect, top);
+    let named = |list: Vec<(u32, f32)>| {
+        list.into_iter()
+            .map(|(id, value)| EffectToken {
+                id,
+                token: model.tokenizer().token_text(id),
+                value,
+            })
+            .collect()
+    };
+    Ok((named(up), named(down)))
+}
+
+/// Computes the report.
+pub fn run(model: &Model, req: &EffectRequest) -> Result<EffectReport, EffectError> {
+    let feature = req.feature;
+    let (d, probe) = match &req.probe {
+        None => (direction(model, feature, None)?, None),
         Some(at) => {
+            // Check the feature before running anything.
+            model.check_interventions(
+                &[Intervention::zero(feature.hook(), vec![feature.index])],
+                1,
+            )?;
             let tokens = model.tokenize(&at.text)?;
             let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
             let pos = at.pos.unwrap_or(ids.len() - 1);
@@ -124,54 +209,23 @@ pub fn run(model: &Model, req: &EffectRequest) -> Result<EffectReport, EffectErr
             }
             let last = HookPoint::block(model.config().n_layers - 1, BlockSite::ResidPost);
             let out = model.run(&ids, &Capture::points([last, feature.hook()]), &[])?;
-            let row = |point: HookPoint| {
-                out.record
-                    .get(point)
-                    .map(|a| a.row(pos).to_vec())
-                    .ok_or(ModelError::Format(format!("{point} was not recorded")))
-            };
-            let inv_scale = model.final_norm_inv_scale(&row(last)?)?;
-            let acts = row(feature.hook())?;
-            let (d, activation, unit) = match feature.basis {
-                Basis::Neurons => (
-                    model.neuron_out_direction(feature.layer, feature.index)?,
-                    acts[feature.index],
-                    "one unit of the neuron's activation".to_string(),
-                ),
-                Basis::Heads => {
-                    let d_head = model.config().d_head;
-                    let z = &acts[feature.index * d_head..(feature.index + 1) * d_head];
-                    let norm = z.iter().map(|v| v * v).sum::<f32>().sqrt();
-                    (
-                        model.head_out_direction(feature.layer, feature.index, z)?,
-                        norm,
-                        format!("the head's output at position {pos}"),
-                    )
-                }
-            };
+            let d = direction(model, feature, Some((&out.record, pos)))?;
             let summary = ProbeSummary {
                 text: at.text.clone(),
                 position: pos,
                 token: tokens[pos].text.clone(),
-                inv_scale,
-                activation,
+                inv_scale: match d.scale {
+                    EffectScale::Frozen { inv_scale } => inv_scale,
+                    EffectScale::PerUnit => 1.0,
+                },
+                activation: d.activation.unwrap_or(0.0),
             };
-            (d, EffectScale::Frozen { inv_scale }, unit, Some(summary))
+            (d, Some(summary))
         }
     };
-    let effect = model.direct_effect(&direction, scale)?;
-    let (up, down) = analysis::promoted_suppressed(&effect, req.top);
-    let named = |list: Vec<(u32, f32)>| {
-        list.into_iter()
-            .map(|(id, value)| EffectToken {
-                id,
-                token: model.tokenizer().token_text(id),
-                value,
-            })
-            .collect()
-    };
+    let (promoted, suppressed) = ranked(model, &d, req.top)?;
     let scale = match &probe {
-        None => scale.describe().to_string(),
+        None => d.scale.describe().to_string(),
         Some(p) => format!(
             "on this probe at position {}, final-norm scale frozen",
             p.position
@@ -181,10 +235,10 @@ pub fn run(model: &Model, req: &EffectRequest) -> Result<EffectReport, EffectErr
         model: model.info().clone(),
         feature: feature.label(),
         scale,
-        unit,
+        unit: d.unit,
         probe,
-        promoted: named(up),
-        suppressed: named(down),
+        promoted,
+        suppressed,
     })
 }
 

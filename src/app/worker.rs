@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::assets::{self, Clients, Progress};
-use crate::features::{Basis, FeatureId};
-use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Intervention};
-use crate::model::{EffectScale, Generate, Model, ModelError, ModelInfo, ProbeCache, Token};
+use crate::features::FeatureId;
+use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
+use crate::model::{Generate, Model, ModelError, ModelInfo, ProbeCache, Token};
 use crate::probe::{self, RunSummary};
 
 pub type RunId = u64;
@@ -121,7 +121,8 @@ pub struct Effect {
 }
 
 pub enum Response {
-    /// A model is loaded; `vocab` names every token id (for next-token lists at any position).
+    /// A model is loaded; `vocab` labels every token id as the views show it (for next-token
+    /// lists at any position).
     Loaded {
         info: ModelInfo,
         vocab: Arc<Vec<String>>,
@@ -305,8 +306,9 @@ impl Worker {
         match Model::open(&path) {
             Ok(model) => {
                 let info = model.info().clone();
+                // Labels, as the views show tokens: whitespace visible, stray bytes as <E8>.
                 let vocab: Vec<String> = (0..info.vocab as u32)
-                    .map(|id| model.tokenizer().token_text(id))
+                    .map(|id| super::text::label_bytes(&model.tokenizer().token_bytes(id)))
                     .collect();
                 self.model = Some(model);
                 self.send(Response::Loaded {
@@ -353,55 +355,26 @@ impl Worker {
     }
 
     fn compute_effect(&self, model: &Model, req: EffectRequest) -> Result<Effect, String> {
-        let f = req.feature;
-        let record = self.probe.as_ref().map(|p| &p.baseline.record);
-        let at = |pos: usize| -> Result<(&ActivationRecord, usize), String> {
-            let record = record.ok_or("run a probe first")?;
-            Ok((record, pos))
-        };
-        let scale = match req.position {
-            None => EffectScale::PerUnit,
+        let at = match req.position {
+            None => None,
             Some(pos) => {
-                let (record, pos) = at(pos)?;
-                let last = model.config().n_layers - 1;
-                let resid = record
-                    .get(HookPoint::block(last, BlockSite::ResidPost))
-                    .filter(|a| pos < a.shape[0])
-                    .ok_or_else(|| format!("position {pos} is not in the probe"))?;
-                let inv_scale = model
-                    .final_norm_inv_scale(resid.row(pos))
-                    .map_err(|e| e.to_string())?;
-                EffectScale::Frozen { inv_scale }
+                let probe = self.probe.as_ref().ok_or("run a probe first")?;
+                Some((&probe.baseline.record, pos))
             }
         };
-        let direction = match (f.basis, req.position) {
-            (Basis::Neurons, _) => model.neuron_out_direction(f.layer, f.index),
-            (Basis::Heads, None) => {
-                return Err("a head's output depends on the probe: choose a position".into())
-            }
-            (Basis::Heads, Some(pos)) => {
-                let (record, pos) = at(pos)?;
-                let z = record
-                    .get(HookPoint::block(f.layer, BlockSite::Z))
-                    .filter(|a| pos < a.shape[0])
-                    .ok_or_else(|| format!("no head output recorded at position {pos}"))?;
-                let d_head = z.shape.get(2).copied().unwrap_or(0);
-                let row = z.row(pos);
-                let zh = row
-                    .get(f.index * d_head..(f.index + 1) * d_head)
-                    .ok_or_else(|| format!("{f} does not exist in this model"))?;
-                model.head_out_direction(f.layer, f.index, zh)
-            }
-        }
-        .map_err(|e| e.to_string())?;
-        let effect = model
-            .direct_effect(&direction, scale)
-            .map_err(|e| e.to_string())?;
-        let (promoted, suppressed) = crate::analysis::promoted_suppressed(&effect, 10);
-        let name = |(id, v): (u32, f32)| (model.tokenizer().token_text(id), v);
+        let d = crate::effect::direction(model, req.feature, at).map_err(|e| e.to_string())?;
+        let (promoted, suppressed) =
+            crate::effect::ranked(model, &d, 10).map_err(|e| e.to_string())?;
+        // Labels show a byte fragment's bytes, not a replacement character.
+        let name = |t: crate::effect::EffectToken| {
+            (
+                super::text::label_bytes(&model.tokenizer().token_bytes(t.id)),
+                t.value,
+            )
+        };
         let scale = match req.position {
-            None => scale.describe().to_string(),
-            Some(p) => format!("{} at position {p}", scale.describe()),
+            None => d.scale.describe().to_string(),
+            Some(p) => format!("{} at position {p}", d.scale.describe()),
         };
         Ok(Effect {
             request: req,

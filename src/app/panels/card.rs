@@ -270,11 +270,11 @@ impl CardView {
                 ui.columns(2, |cols| {
                     cols[0].label(egui::RichText::new("promotes").strong());
                     for (t, v) in &e.promoted {
-                        cols[0].label(format!("{} {v:+.3}", super::visible(t)));
+                        cols[0].label(format!("{t} {v:+.3}"));
                     }
                     cols[1].label(egui::RichText::new("suppresses").strong());
                     for (t, v) in &e.suppressed {
-                        cols[1].label(format!("{} {v:+.3}", super::visible(t)));
+                        cols[1].label(format!("{t} {v:+.3}"));
                     }
                 });
             }

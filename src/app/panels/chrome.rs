@@ -120,7 +120,7 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                 let layers = if r.layers_computed == 0 {
                     "cached".to_string()
                 } else {
-                    format!("{} layers recomputed", r.layers_computed)
+                    format!("{} recomputed", crate::count(r.layers_computed, "layer", "layers"))
                 };
                 ui.label(format!("last run {:.0} ms · {layers}", r.elapsed_ms));
             }

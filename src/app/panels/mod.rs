@@ -14,7 +14,7 @@ use super::fonts::CjkFont;
 use super::{AppState, Command, Runtime};
 
 /// How token text is shown (whitespace made visible, stray bytes as `<E8>`): see `app/text.rs`.
-pub use super::text::{bytes_hover, token_label, visible};
+pub use super::text::{bytes_hover, token_label};
 
 /// What every view may read.
 pub struct ViewCtx<'a> {

@@ -5,7 +5,7 @@ use egui::{Rect, Sense, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use super::super::{colors, AppState, Command};
-use super::{token_label, visible, ViewCtx};
+use super::{token_label, ViewCtx};
 use crate::model::Token;
 
 fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::Color32) {
@@ -20,7 +20,7 @@ fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::C
                     color,
                 );
                 ui.label(
-                    egui::RichText::new(format!("{p:.4} {}", visible(text)))
+                    egui::RichText::new(format!("{p:.4} {text}"))
                         .monospace()
                         .small(),
                 );

@@ -43,11 +43,7 @@ pub fn probe_panel_ui(
             };
             let n = result.tokens.len();
             let chosen = cx.derived.next.position;
-            ui.label(if n == 1 {
-                "1 token".to_string()
-            } else {
-                format!("{n} tokens")
-            });
+            ui.label(crate::count(n, "token", "tokens"));
             ui.label(
                 egui::RichText::new(format!(
                     "Click a token to read the next-token distribution after it (now: position {chosen}{})",
