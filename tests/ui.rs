@@ -280,6 +280,9 @@ fn ablation_loop_on_a_tiny_model() {
 #[test]
 fn ablation_loop_on_smollm2() {
     ablation_loop(common::default_model_path());
+    // The status line names the model as people do, not by its GGUF `general.name`.
+    let h = loaded(common::default_model_path(), "hi");
+    h.get_by_label("SmolLM2-135M-Instruct · Q4_1 GGUF, computed in f32");
 }
 
 #[test]

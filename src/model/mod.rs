@@ -491,3 +491,30 @@ impl Model {
         &self.weights
     }
 }
+
+#[cfg(test)]
+mod title_tests {
+    use super::title_from_path;
+    use std::path::Path;
+
+    #[test]
+    fn a_model_is_named_by_family_size_and_variant() {
+        let t = |p: &str| title_from_path(Path::new(p));
+        assert_eq!(
+            t("/a/SmolLM2-135M-Instruct.Q4_1.gguf").as_deref(),
+            Some("SmolLM2-135M-Instruct")
+        );
+        assert_eq!(t("/a/llama-7b.F16.gguf").as_deref(), Some("llama-7b"));
+        assert_eq!(t("/a/model.gguf").as_deref(), Some("model"));
+        assert_eq!(
+            t("/a/gpt2-small").as_deref(),
+            Some("gpt2-small"),
+            "an HF folder"
+        );
+        assert_eq!(
+            t("/a/v1.5-chat.gguf").as_deref(),
+            Some("v1.5-chat"),
+            "not a quant suffix"
+        );
+    }
+}
