@@ -22,8 +22,9 @@ fn cell_width(available: f32, n: usize) -> f32 {
 }
 
 /// A gradient legend from −scale to +scale (or 0 to scale).
+/// Drawn into the caller's (horizontal) layout, item by item, so a wrapping row can break it.
 fn legend_ui(ui: &mut egui::Ui, scale: f32, diverging: bool, exclude_sink: bool) {
-    ui.horizontal_wrapped(|ui| {
+    {
         let lo = if diverging { -scale } else { 0.0 };
         ui.label(egui::RichText::new(format!("{lo:.3}")).small());
         let (rect, _) = ui.allocate_exact_size(Vec2::new(140.0, 10.0), Sense::hover());
@@ -48,7 +49,7 @@ fn legend_ui(ui: &mut egui::Ui, scale: f32, diverging: bool, exclude_sink: bool)
             .on_hover_text(format!(
                 "The colour scale ends at the 98th percentile of |value|{sink}; larger values saturate."
             ));
-    });
+    }
 }
 
 /// Which run a map shows, in words.
@@ -281,24 +282,16 @@ impl MapsView {
             let label = ui.label("Top K");
             ui.add(egui::DragValue::new(&mut state.top_k).range(1..=256))
                 .labelled_by(label.id);
-            // The field and its button wrap as one.
-            let (field, go) = ui
-                .horizontal(|ui| {
-                    let label = ui.label("Go to");
-                    let field = ui
-                        .add(
-                            egui::TextEdit::singleline(&mut self.jump)
-                                .desired_width(70.0)
-                                .hint_text("L10N123"),
-                        )
-                        .labelled_by(label.id)
-                        .on_hover_text(
-                            "Open any feature's card by name: L10N123 (neuron), L5H3 (head)",
-                        );
-                    let go = ui.button("Open").clicked();
-                    (field, go)
-                })
-                .inner;
+            let label = ui.add(egui::Label::new("Go to").wrap_mode(egui::TextWrapMode::Extend));
+            let field = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.jump)
+                        .desired_width(70.0)
+                        .hint_text("L10N123"),
+                )
+                .labelled_by(label.id)
+                .on_hover_text("Open any feature's card by name: L10N123 (neuron), L5H3 (head)");
+            let go = ui.button("Open").clicked();
             if go || field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                 let found = FeatureId::parse(&self.jump).and_then(|f| match &cx.runtime.model {
                     Some(m) => f.check(m).map(|()| f),

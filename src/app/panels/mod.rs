@@ -87,8 +87,8 @@ impl Views {
             interventions::interventions_bar_ui(ui, state, cx, out);
             ui.separator();
             let h = ui.available_height();
-            // Room for every layer at 6-8 px a row plus the header, within 60% of the centre.
-            let map = (cx.runtime.layers() as f32 * 7.5 + 90.0).clamp(120.0, h * 0.6);
+            // Room for every layer at 5-6 px a row plus the header, within half of the centre.
+            let map = (cx.runtime.layers() as f32 * 5.5 + 64.0).clamp(120.0, h * 0.5);
             egui::Panel::top("layer map panel")
                 .resizable(true)
                 .default_size(map)
