@@ -89,13 +89,7 @@ impl Session {
     /// Checks the session against the model it is about to be applied to: every hook point,
     /// layer, index and position must exist there. The message says what does not fit.
     pub fn check(&self, info: &ModelInfo) -> Result<(), String> {
-        let layers = |n: usize| {
-            if n == 1 {
-                "1 layer".to_string()
-            } else {
-                format!("{n} layers (0–{})", n - 1)
-            }
-        };
+        let layers = crate::hooks::intervention::layer_count;
         for iv in &self.interventions {
             let Some((units, _)) = info.hook_size(iv.hook, info.context_length) else {
                 return Err(match iv.hook.layer() {

@@ -291,28 +291,29 @@ fn missing_glyphs_draw_as_boxes() {
     assert!(lay_out(&ctx, text) >= 6);
 }
 
-/// `HUBEL_CJK_FONT` forces a file (this is the only test here that reads the environment).
+/// `HUBEL_CJK_FONT` forces a file: its value is resolved by `FontSource::auto_from`, tested
+/// here without setting the variable (other tests run in the same process).
 #[test]
 fn env_forces_the_cjk_font() {
+    assert_eq!(FontSource::auto_from(None), FontSource::Fontconfig);
+    assert_eq!(
+        FontSource::auto_from(Some("".into())),
+        FontSource::Fontconfig
+    );
     let Some(droid) = droid() else { return };
-    std::env::set_var(fonts::CJK_FONT_ENV, &droid);
-    let (_, cjk) = fonts::definitions(FontSource::Auto);
-    std::env::set_var(fonts::CJK_FONT_ENV, "/nonexistent/cjk.ttf");
-    let (defs, missing) = fonts::definitions(FontSource::Auto);
-    std::env::remove_var(fonts::CJK_FONT_ENV);
+    let (_, cjk) = fonts::definitions(FontSource::auto_from(Some(droid.clone().into())));
     assert_eq!(cjk, CjkFont::Loaded(droid));
+    let (defs, missing) =
+        fonts::definitions(FontSource::auto_from(Some("/nonexistent/cjk.ttf".into())));
     assert!(matches!(missing, CjkFont::Missing(m) if m.contains("/nonexistent/cjk.ttf")));
     assert!(!defs.font_data.contains_key(fonts::CJK_FONT));
 }
 
-/// Without the environment variable, fontconfig's choice is not Droid when a better CJK font is
-/// installed (WenQuanYi beside it on the CI machine).
+/// fontconfig's choice is not Droid when a better CJK font is installed (WenQuanYi beside it on
+/// the CI machine).
 #[test]
 fn fontconfig_choice_prefers_coverage_and_family() {
-    if std::env::var_os(fonts::CJK_FONT_ENV).is_some() {
-        return;
-    }
-    let (_, cjk) = fonts::definitions(FontSource::Auto);
+    let (_, cjk) = fonts::definitions(FontSource::Fontconfig);
     eprintln!("CJK font: {cjk:?}");
     assert!(
         !matches!(cjk, CjkFont::Missing(_)) || droid().is_none(),

@@ -4,8 +4,9 @@
 //! Most tests use the tiny random Llama fixture; one runs the real SmolLM2 end to end.
 //!
 //! The fonts are the hard case on purpose: where `fonts-droid-fallback` is installed (CI installs
-//! it), its DroidSansFallbackFull, which lacks ↵ → ‖ ✕, is forced in as the CJK fallback, so a UI
-//! symbol that is not in the bundled font panics here (epaint panics on a missing glyph in debug).
+//! it), its DroidSansFallbackFull, which lacks ↵ → ‖ ✕, is forced in as the CJK fallback, and the
+//! missing-glyph policy is set back to Panic after the app's own set-up (which chooses boxes), so
+//! any symbol the UI draws that no bundled font has fails these tests.
 //! Configuration is passed explicitly ([`AppConfig`]), never through process-wide environment.
 
 mod common;
@@ -27,8 +28,11 @@ fn tiny_llama() -> PathBuf {
     common::fixtures().join("tiny_llama").join("model")
 }
 
+/// A fresh folder of this test's own (tests run in parallel in one process).
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hubel-ui-{name}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hubel-ui-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -63,6 +67,9 @@ fn harness_sized(state: AppState, config: AppConfig, size: [f32; 2]) -> Harness<
         .build_eframe(move |cc| {
             let cjk = hubel::app::fonts::install_with(&cc.egui_ctx, cjk_source());
             assert!(matches!(cjk, CjkFont::Loaded(_)), "{cjk:?}");
+            // install_with chose boxes for missing glyphs; here a missing glyph must fail.
+            cc.egui_ctx
+                .set_missing_glyph_policy(egui::MissingGlyphPolicy::Panic);
             let mut app = HubelApp::with_config(&cc.egui_ctx, state, config);
             app.cjk = cjk;
             app
@@ -423,7 +430,6 @@ fn a_failed_load_drops_the_session_that_waited_for_it() {
 
 #[test]
 fn the_working_state_comes_back_after_a_restart() {
-    let dir = temp_dir("restore");
     let ablated = Intervention::zero(HookPoint::block(1, BlockSite::MlpPost), vec![5]);
     let state = AppState {
         model_path: Some(tiny_llama()),
@@ -451,11 +457,26 @@ fn the_working_state_comes_back_after_a_restart() {
     assert_eq!(app.state.interventions, vec![ablated]);
     assert_eq!(app.state.selection, Some(FeatureId::neuron(1, 5)));
     assert_eq!(app.state.view, ViewMode::Difference);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
-fn save_session_works_through_the_built_in_dialog_without_a_desktop_portal() {
+fn a_saved_model_that_has_moved_is_reported_at_start() {
+    let state = AppState {
+        model_path: Some(temp_dir("moved").join("gone.gguf")),
+        ..AppState::default()
+    };
+    let mut h = harness(state);
+    h.state_mut().restore();
+    h.run_steps(2);
+    assert!(!h.state().is_busy());
+    assert!(h.state().error.as_ref().unwrap().contains("gone.gguf"));
+    h.get_all_by_label_contains("is no longer there")
+        .next()
+        .unwrap();
+}
+
+#[test]
+fn save_session_works_through_the_built_in_dialog() {
     let mut h = loaded(tiny_llama(), "hello world");
     let dir = temp_dir("save-dialog");
     h.get_by_label("File").click();
@@ -482,9 +503,10 @@ fn save_session_works_through_the_built_in_dialog_without_a_desktop_portal() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// With desktop dialogs on, where none can open (no D-Bus session, no zenity: CI, containers),
+/// Save session falls back to the built-in dialog, says why, and the file is written.
 #[test]
-fn where_no_desktop_dialog_answers_the_built_in_one_opens_and_says_why() {
-    // Only meaningful where nothing can answer: no D-Bus session and no zenity (CI, containers).
+fn where_no_desktop_dialog_answers_the_built_in_one_opens_says_why_and_saves() {
     let has_zenity = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("zenity").is_file()));
     if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() || has_zenity {
@@ -493,12 +515,12 @@ fn where_no_desktop_dialog_answers_the_built_in_one_opens_and_says_why() {
     }
     let mut config = test_config();
     config.native_dialogs = true;
-    let mut h = harness_sized(probe_state(""), config, [1280.0, 720.0]);
-    h = load(h, tiny_llama(), false);
-    h.state_mut().apply(
-        hubel::app::Command::AskFile(hubel::app::file_dialog::FileAction::SaveSession),
-        1.0,
-    );
+    let mut h = harness_sized(probe_state("hello"), config, [1280.0, 720.0]);
+    h = load(h, tiny_llama(), true);
+    let dir = temp_dir("portal-less");
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Save session…").click();
     let start = Instant::now();
     while h.state_mut().dialogs.built_in().is_none() {
         assert!(start.elapsed() < Duration::from_secs(20), "no fallback");
@@ -507,6 +529,54 @@ fn where_no_desktop_dialog_answers_the_built_in_one_opens_and_says_why() {
     }
     h.run_steps(2);
     h.get_by_label_contains("did not open");
+    let d = h.state_mut().dialogs.built_in().unwrap();
+    d.folder = dir.display().to_string();
+    d.name = "fallback.json".into();
+    h.run_steps(5);
+    h.get_by_label("Save").click();
+    h.run_steps(3);
+    assert!(!h.state().dialogs.is_open(), "error: {:?}", h.state().error);
+    let saved = Session::load(&dir.join("fallback.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(saved.probe, "hello");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A result that arrives for a run the app no longer waits for is dropped; the newest is shown.
+#[test]
+fn a_stale_result_is_dropped() {
+    let mut h = loaded(tiny_llama(), "hello world");
+    // A result with another run's id, computed by a second worker.
+    let w = hubel::app::worker::WorkerHandle::spawn(|| {});
+    w.send(hubel::app::worker::Request::Load(tiny_llama()));
+    w.send(hubel::app::worker::Request::Run(
+        hubel::app::worker::RunRequest {
+            id: 1_000,
+            text: "a stale text".into(),
+            interventions: Vec::new(),
+            continuation: 0,
+            cancel: Default::default(),
+        },
+    ));
+    let stale = loop {
+        match w.rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            hubel::app::worker::Response::Run(r) => break r,
+            _ => continue,
+        }
+    };
+    h.state_mut().state.probe = "the newest text".into();
+    h.state_mut().request_run(5.0);
+    let runs = h.state().runtime.runs_done;
+    // The stale one arrives while the newest is in flight: ignored.
+    h.state_mut()
+        .handle(hubel::app::worker::Response::Run(stale), 5.1);
+    assert_eq!(h.state().runtime.runs_done, runs);
+    assert!(h.state().runtime.result.as_ref().unwrap().tokens[0].text != "a");
+    wait_for(&mut h, "the newest run", move |a| {
+        a.runtime.runs_done > runs
+    });
+    let r = h.state().runtime.result.as_ref().unwrap();
+    let text: String = r.tokens.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(text, "the newest text");
 }
 
 #[test]

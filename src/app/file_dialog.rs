@@ -187,7 +187,8 @@ impl BuiltIn {
                     let edit = ui
                         .add(egui::TextEdit::singleline(&mut self.folder).desired_width(360.0))
                         .labelled_by(label.id);
-                    if edit.lost_focus() || ui.button("Up").clicked() && self.up() {
+                    let up = ui.button("Up").clicked() && self.up();
+                    if edit.lost_focus() || up {
                         self.list();
                     }
                 });
@@ -272,8 +273,9 @@ impl BuiltIn {
 enum Open {
     Native {
         action: FileAction,
-        rx: Receiver<Option<PathBuf>>,
-        started: Instant,
+        /// The answer and how long the desktop's dialog took to give it (timed on its thread,
+        /// not when the UI next looks).
+        rx: Receiver<(Option<PathBuf>, Duration)>,
     },
     BuiltIn(BuiltIn),
 }
@@ -331,6 +333,7 @@ impl FileDialogs {
         let spawned = std::thread::Builder::new()
             .name("hubel-file-dialog".into())
             .spawn(move || {
+                let started = Instant::now();
                 let mut d = rfd::FileDialog::new()
                     .set_title(action.title())
                     .set_directory(&folder);
@@ -344,14 +347,10 @@ impl FileDialogs {
                 } else {
                     d.pick_file()
                 };
-                let _ = tx.send(chosen);
+                let _ = tx.send((chosen, started.elapsed()));
             });
         self.open = Some(match spawned {
-            Ok(_) => Open::Native {
-                action,
-                rx,
-                started: Instant::now(),
-            },
+            Ok(_) => Open::Native { action, rx },
             Err(e) => Open::BuiltIn(BuiltIn::new(
                 action,
                 &self.folder,
@@ -364,13 +363,9 @@ impl FileDialogs {
     pub fn ui(&mut self, ctx: &egui::Context) -> Option<(FileAction, PathBuf)> {
         let open = self.open.take()?;
         match open {
-            Open::Native {
-                action,
-                rx,
-                started,
-            } => match rx.try_recv() {
-                Ok(Some(path)) => self.chosen(action, path),
-                Ok(None) if started.elapsed() < NATIVE_FAILS_WITHIN => {
+            Open::Native { action, rx } => match rx.try_recv() {
+                Ok((Some(path), _)) => self.chosen(action, path),
+                Ok((None, took)) if took < NATIVE_FAILS_WITHIN => {
                     let reason = "The desktop's file dialog did not open (no xdg-desktop-portal \
                                   or zenity answered), so Hubel uses its own."
                         .to_string();
@@ -383,7 +378,7 @@ impl FileDialogs {
                     ctx.request_repaint();
                     None
                 }
-                Ok(None) => None,
+                Ok((None, _)) => None,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
                     // Waiting for the desktop's dialog; offer the built-in one meanwhile.
                     let mut switch = false;
@@ -397,11 +392,7 @@ impl FileDialogs {
                     self.open = Some(if switch {
                         Open::BuiltIn(BuiltIn::new(action, &self.folder, None))
                     } else {
-                        Open::Native {
-                            action,
-                            rx,
-                            started,
-                        }
+                        Open::Native { action, rx }
                     });
                     ctx.request_repaint_after(Duration::from_millis(100));
                     None

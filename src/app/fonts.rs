@@ -31,6 +31,8 @@ pub enum FontSource {
     Auto,
     /// This font file (the first face of a collection).
     File(PathBuf),
+    /// The best CJK font fontconfig lists, whatever `HUBEL_CJK_FONT` says.
+    Fontconfig,
     /// No CJK fallback: Chinese shows as boxes.
     None,
 }
@@ -150,17 +152,23 @@ fn check_font(bytes: &[u8], index: u32) -> Result<(), String> {
     }
 }
 
+impl FontSource {
+    /// What [`FontSource::Auto`] means for a value of `HUBEL_CJK_FONT` (unset or empty:
+    /// fontconfig's best). Tests pass the value here instead of setting the variable.
+    pub fn auto_from(env: Option<std::ffi::OsString>) -> FontSource {
+        match env.filter(|v| !v.is_empty()) {
+            Some(path) => FontSource::File(path.into()),
+            None => FontSource::Fontconfig,
+        }
+    }
+}
+
 fn cjk_face(source: FontSource) -> Result<Face, String> {
     match source {
         FontSource::None => Err("no CJK font was asked for; Chinese shows as boxes".into()),
         FontSource::File(path) => Ok(Face { path, index: 0 }),
-        FontSource::Auto => match std::env::var_os(CJK_FONT_ENV).filter(|v| !v.is_empty()) {
-            Some(path) => Ok(Face {
-                path: path.into(),
-                index: 0,
-            }),
-            None => find_cjk_font(),
-        },
+        FontSource::Fontconfig => find_cjk_font(),
+        FontSource::Auto => cjk_face(FontSource::auto_from(std::env::var_os(CJK_FONT_ENV))),
     }
 }
 

@@ -35,7 +35,8 @@ use derived::Derived;
 use file_dialog::{FileAction, FileDialogs};
 pub use state::{AppConfig, AppState, ViewMode};
 use worker::{
-    Effect, EffectRequest, Request, Response, RunId, RunRequest, RunResult, WorkerHandle,
+    Effect, EffectRequest, Request, RequestKind, Response, RunId, RunRequest, RunResult,
+    WorkerHandle,
 };
 
 /// How long typing must pause before the probe runs.
@@ -108,14 +109,16 @@ pub struct Runtime {
     pub fetching: Option<Fetching>,
     next_id: RunId,
     in_flight: Option<InFlight>,
+    /// The cancel flag of the run whose continuations are still being generated.
+    continuing: Option<Arc<AtomicBool>>,
     pub result: Option<RunResult>,
     pub continuations: [Option<Vec<Token>>; 2],
     pub effect: Option<EffectState>,
     /// Wall time from a run request to its result, for the status line.
     pub last_round_trip_ms: Option<f64>,
     pub runs_done: u64,
-    /// A session (or the restored working state) waiting for its model to load.
-    pending_session: Option<Session>,
+    /// A session (or the restored working state) waiting for the model at this path to load.
+    pending_session: Option<(PathBuf, Session)>,
 }
 
 impl Runtime {
@@ -128,6 +131,7 @@ impl Runtime {
             fetching: None,
             next_id: 1,
             in_flight: None,
+            continuing: None,
             result: None,
             continuations: [None, None],
             effect: None,
@@ -208,14 +212,21 @@ impl HubelApp {
     pub fn restore(&mut self) {
         let path = match self.state.model_path.clone() {
             Some(p) if p.exists() => Some(p),
-            Some(_) => None,
+            Some(p) => {
+                self.fail(format!(
+                    "the last model, {}, is no longer there: open it again (File) or fetch the default model",
+                    p.display()
+                ));
+                self.state.model_path = None;
+                None
+            }
             // A default model fetched earlier is opened without asking.
             None => Some(assets::default_model_path(&self.config.assets)).filter(|p| p.is_file()),
         };
         if let Some(path) = path {
             let mut saved = self.state.session();
             saved.model_path = Some(path.clone());
-            self.runtime.pending_session = Some(saved);
+            self.runtime.pending_session = Some((path.clone(), saved));
             self.load_model(path);
         }
     }
@@ -228,6 +239,10 @@ impl HubelApp {
 
     fn send(&mut self, request: Request) {
         if !self.runtime.worker.send(request) {
+            // Nothing will answer: stop waiting.
+            self.runtime.loading = None;
+            self.runtime.in_flight = None;
+            self.runtime.fetching = None;
             self.fail("the model thread has stopped; restart Hubel (your work is saved)");
         }
     }
@@ -263,6 +278,10 @@ impl HubelApp {
         }
         if let Some(f) = self.runtime.in_flight.take() {
             f.cancel.store(true, Ordering::Relaxed);
+        }
+        // A continuation still being generated for an older run is not worth waiting for.
+        if let Some(c) = self.runtime.continuing.take() {
+            c.store(true, Ordering::Relaxed);
         }
         if self.state.probe.trim().is_empty() {
             // Nothing to run while the box is empty: the maps wait for text, no error.
@@ -375,7 +394,7 @@ impl HubelApp {
                     if self.state.model_path.as_ref() != Some(model) || self.runtime.model.is_none()
                     {
                         // Apply the rest once that model is loaded (loading resets the edits).
-                        self.runtime.pending_session = Some(s.clone());
+                        self.runtime.pending_session = Some((model.clone(), s.clone()));
                         self.load_model(model.clone());
                         return;
                     }
@@ -437,8 +456,11 @@ impl HubelApp {
         let rt = &mut self.runtime;
         match response {
             Response::Loaded { info, vocab } => {
-                let path = rt.loading.take().unwrap_or_else(|| info.path.clone());
-                self.state.model_path = Some(path);
+                let path = info.path.clone();
+                if rt.loading.as_ref() == Some(&path) {
+                    rt.loading = None;
+                }
+                self.state.model_path = Some(path.clone());
                 if self.state.layer >= info.layers {
                     self.state.layer = 0;
                 }
@@ -452,14 +474,22 @@ impl HubelApp {
                 self.state.output_position = None;
                 self.undo.clear();
                 match rt.pending_session.take() {
-                    Some(session) => self.apply_session(session, now),
-                    None => self.request_run(now),
+                    Some((p, session)) if p == path => self.apply_session(session, now),
+                    other => {
+                        // A session for a model still queued waits for that one.
+                        rt.pending_session = other;
+                        self.request_run(now);
+                    }
                 }
             }
             Response::LoadFailed { path, message } => {
-                rt.loading = None;
-                // The session waited for this model; it is not applied to another.
-                rt.pending_session = None;
+                if rt.loading.as_ref() == Some(&path) {
+                    rt.loading = None;
+                }
+                // A session that waited for this model is not applied to another.
+                if rt.pending_session.as_ref().is_some_and(|(p, _)| *p == path) {
+                    rt.pending_session = None;
+                }
                 if self.state.model_path.as_ref() == Some(&path) && rt.model.is_none() {
                     self.state.model_path = None;
                 }
@@ -484,6 +514,8 @@ impl HubelApp {
                     return; // stale
                 }
                 rt.last_round_trip_ms = Some((now - f.sent_at) * 1e3);
+                // Its continuations follow; a newer run cancels them.
+                rt.continuing = Some(f.cancel.clone());
                 rt.in_flight = None;
                 rt.runs_done += 1;
                 let same_text = rt
@@ -504,10 +536,16 @@ impl HubelApp {
                     self.error = None;
                 }
                 rt.result = Some(*result);
-                if !same_text && self.state.effect_on_probe
-                    || self.state.selection.is_some() && rt.effect.is_none()
+                // An effect read on the old text (a head's, or "on this probe") is stale.
+                if !same_text
+                    && rt
+                        .effect
+                        .as_ref()
+                        .is_some_and(|e| e.request().position.is_some())
                 {
                     rt.effect = None;
+                }
+                if self.state.selection.is_some() {
                     self.request_effect();
                 }
             }
@@ -550,13 +588,40 @@ impl HubelApp {
                     rt.effect = Some(EffectState::Failed(request, message));
                 }
             }
-            Response::Failed { request, message } => {
-                // A bug on the worker: nothing it was doing will arrive, so stop waiting.
-                rt.in_flight = None;
-                rt.loading = None;
-                rt.fetching = None;
-                if let Some(EffectState::Pending(r)) = rt.effect {
-                    rt.effect = Some(EffectState::Failed(r, message.clone()));
+            Response::Failed {
+                request,
+                kind,
+                message,
+            } => {
+                // A bug on the worker: what that request would have sent will not arrive, so stop
+                // waiting for it (and only for it).
+                match kind {
+                    Some(RequestKind::Load(path)) => {
+                        if rt.loading.as_ref() == Some(&path) {
+                            rt.loading = None;
+                        }
+                        if rt.pending_session.as_ref().is_some_and(|(p, _)| *p == path) {
+                            rt.pending_session = None;
+                        }
+                    }
+                    Some(RequestKind::Fetch) => rt.fetching = None,
+                    Some(RequestKind::Run(id)) => {
+                        if rt.in_flight.as_ref().is_some_and(|f| f.id == id) {
+                            rt.in_flight = None;
+                        }
+                        // It may have panicked while continuing the text.
+                        if rt.result.as_ref().is_some_and(|r| r.id == id) {
+                            for c in rt.continuations.iter_mut().filter(|c| c.is_none()) {
+                                *c = Some(Vec::new());
+                            }
+                        }
+                    }
+                    Some(RequestKind::Effect(r)) => {
+                        if rt.effect.as_ref().is_some_and(|e| e.request() == r) {
+                            rt.effect = Some(EffectState::Failed(r, message.clone()));
+                        }
+                    }
+                    Some(RequestKind::Job) | None => {}
                 }
                 self.fail(format!(
                     "Internal error while {request}: {message}. The model thread recovered; \
@@ -672,9 +737,8 @@ impl HubelApp {
             Command::Select(f) => self.select(f),
             Command::SetOutputPosition(p) => {
                 self.state.output_position = p;
-                if self.state.effect_on_probe {
-                    self.request_effect();
-                }
+                // A head's effect, or one "on this probe", is read at the output position.
+                self.request_effect();
             }
             Command::RefreshEffect => self.request_effect(),
             Command::Undo => self.undo(now),

@@ -49,7 +49,27 @@ pub enum Request {
     },
 }
 
+/// Which request a [`Response::Failed`] answers, so the UI stops waiting for just that one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RequestKind {
+    Load(PathBuf),
+    Fetch,
+    Run(RunId),
+    Effect(EffectRequest),
+    Job,
+}
+
 impl Request {
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Load(p) => RequestKind::Load(p.clone()),
+            Request::Fetch { .. } => RequestKind::Fetch,
+            Request::Run(r) => RequestKind::Run(r.id),
+            Request::Effect(e) => RequestKind::Effect(*e),
+            Request::Job { .. } => RequestKind::Job,
+        }
+    }
+
     /// What the request was, for an error message.
     pub fn describe(&self) -> String {
         match self {
@@ -157,6 +177,7 @@ pub enum Response {
     /// A request panicked (a bug); the worker dropped its probe cache and keeps serving.
     Failed {
         request: String,
+        kind: Option<RequestKind>,
         message: String,
     },
     /// The answer of a [`Request::Job`].
@@ -193,6 +214,7 @@ impl WorkerHandle {
             let (tx2, rx2) = std::sync::mpsc::channel();
             let _ = tx2.send(Response::Failed {
                 request: "starting the model thread".into(),
+                kind: None,
                 message: e.to_string(),
             });
             return WorkerHandle { tx, rx: rx2 };
@@ -270,13 +292,14 @@ impl Worker {
                 if matches!(request, Request::Run(_)) && Some(i) != newest_run {
                     continue;
                 }
-                let what = request.describe();
+                let (what, kind) = (request.describe(), request.kind());
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(request)));
                 if let Err(payload) = outcome {
                     // The probe cache may be half updated: drop it, keep the model.
                     self.probe = None;
                     self.send(Response::Failed {
                         request: what,
+                        kind: Some(kind),
                         message: panic_message(payload.as_ref()),
                     });
                 }

@@ -105,9 +105,8 @@ impl FeatureId {
     pub fn check(&self, info: &crate::model::ModelInfo) -> Result<(), String> {
         if self.layer >= info.layers {
             return Err(format!(
-                "{self}: the model has {} layers (0–{})",
-                info.layers,
-                info.layers.saturating_sub(1)
+                "{self}: the model has {}",
+                crate::hooks::intervention::layer_count(info.layers)
             ));
         }
         let (units, what) = match self.basis {

@@ -261,7 +261,10 @@ impl CardView {
             );
         }
         match &cx.runtime.effect {
-            Some(EffectState::Ready(e)) if e.request.feature == f => {
+            // Shown only when it is the one asked for (a head's is read at the current position).
+            Some(EffectState::Ready(e))
+                if e.request.feature == f && e.request.position.is_none_or(|p| p == position) =>
+            {
                 ui.label(
                     egui::RichText::new(format!("shown: {}", e.scale))
                         .weak()

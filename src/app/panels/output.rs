@@ -48,7 +48,13 @@ fn continuation_ui(
                 ui.spacing_mut().item_spacing.x = 0.0;
                 for (i, t) in tokens.iter().enumerate() {
                     let differs = other.is_some_and(|o| o.get(i).map(|x| x.id) != Some(t.id));
-                    let text = egui::RichText::new(t.text.replace('\u{FFFD}', "?")).monospace();
+                    // A group that still holds part of a character shows its stray bytes.
+                    let shown = if t.text.contains('\u{FFFD}') {
+                        token_label(t)
+                    } else {
+                        t.text.clone()
+                    };
+                    let text = egui::RichText::new(shown).monospace();
                     let text = if differs {
                         text.background_color(colors::WORSE)
                             .color(colors::CELL_TEXT)
@@ -66,7 +72,7 @@ pub fn output_panel_ui(
     ui: &mut egui::Ui,
     state: &mut AppState,
     cx: &ViewCtx,
-    _out: &mut Vec<Command>,
+    out: &mut Vec<Command>,
     height: f32,
 ) {
     egui::Panel::bottom("output")
@@ -112,9 +118,15 @@ pub fn output_panel_ui(
                             None => ui.label(format!("mean NLL {}", nll(base.mean_nll))),
                         };
                         let label = ui.label("Continuation tokens");
-                        ui.add(egui::DragValue::new(&mut state.continuation).range(0..=64))
+                        let changed = ui
+                            .add(egui::DragValue::new(&mut state.continuation).range(0..=64))
                             .labelled_by(label.id)
-                            .on_hover_text("Applies from the next run");
+                            .changed();
+                        if changed {
+                            // Runs again once the value settles; the baseline is cached, so
+                            // only the continuations are computed.
+                            out.push(Command::ProbeEdited);
+                        }
                     });
                     ui.horizontal_top(|ui| {
                         bars_ui(ui, "Next token: baseline", &next.baseline, colors::BASELINE);
@@ -151,6 +163,7 @@ pub fn output_panel_ui(
                                 .width(ui.available_width().clamp(160.0, 460.0))
                                 .legend(Legend::default())
                                 .allow_scroll(false)
+                                .x_grid_spacer(super::token_grid(axis_tokens.len()))
                                 .custom_x_axes(vec![super::token_x_axis(axis_tokens)])
                                 .label_formatter(move |hover| {
                                     let (name, p) = match hover {
