@@ -64,6 +64,8 @@ pub struct Derived {
     key: Option<DerivedKey>,
     /// The view actually shown: B and B − A fall back to A when there is no edit.
     pub view: Option<ViewMode>,
+    /// The probe's tokens as every view labels them (`text::token_label`).
+    pub tokens: Vec<String>,
     pub rows: Vec<FeatureRow>,
     pub row_scale: f32,
     pub rows_diverging: bool,
@@ -232,6 +234,7 @@ impl Derived {
         *self = Derived {
             key: Some(key),
             view: Some(view),
+            tokens: result.tokens.iter().map(super::text::token_label).collect(),
             rows,
             row_scale,
             rows_diverging: view == ViewMode::Difference || state.basis == Basis::Neurons,

@@ -656,7 +656,8 @@ impl HubelApp {
                 .iter()
                 .map(|r| r.feature.label())
                 .collect(),
-            cols: result.tokens.iter().map(|t| t.text.clone()).collect(),
+            // As shown: a byte fragment as <E8>, not a replacement character.
+            cols: result.tokens.iter().map(text::token_label).collect(),
             values: self.derived.rows.iter().map(|r| r.values.clone()).collect(),
             scale: self.derived.row_scale,
             diverging: self.derived.rows_diverging,

@@ -6,7 +6,7 @@ use egui::{Rect, Sense, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::super::{colors, AppState, Command, EffectState};
-use super::{token_label, ViewCtx};
+use super::ViewCtx;
 use crate::features::Basis;
 use crate::hooks::Op;
 
@@ -56,14 +56,14 @@ impl CardView {
         out: &mut Vec<Command>,
     ) {
         let curve = &cx.derived.curve;
-        let (Some(f), Some(result)) = (curve.feature, &cx.runtime.result) else {
+        let (Some(f), Some(_)) = (curve.feature, &cx.runtime.result) else {
             ui.heading("Feature card");
             ui.label(
                 "Click a feature in the heatmap (or type its name in Go to) to open its card.",
             );
             return;
         };
-        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+        let tokens = &cx.derived.tokens;
         ui.heading(format!("Feature {}", f.label()));
         ui.label(
             egui::RichText::new(format!("{} · {}", f.hook(), f.basis.name()))

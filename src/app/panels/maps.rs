@@ -6,7 +6,7 @@
 use egui::{Rect, Sense, Vec2};
 
 use super::super::{colors, AppState, Command, ViewMode};
-use super::{token_label, ViewCtx};
+use super::ViewCtx;
 use crate::analysis::maps::Measure;
 use crate::features::{Basis, FeatureId};
 use crate::hooks::Op;
@@ -112,12 +112,12 @@ impl MapsView {
         cx: &ViewCtx,
         out: &mut Vec<Command>,
     ) {
-        let Some(result) = &cx.runtime.result else {
+        if cx.runtime.result.is_none() {
             ui.label("Run a probe to see every layer respond.");
             return;
         };
         let d = cx.derived;
-        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+        let tokens = &cx.derived.tokens;
         ui.horizontal_wrapped(|ui| {
             ui.heading("Layer map");
             ui.label(view_label(cx, state.view));
@@ -257,11 +257,11 @@ impl MapsView {
         cx: &ViewCtx,
         out: &mut Vec<Command>,
     ) {
-        let Some(result) = &cx.runtime.result else {
+        if cx.runtime.result.is_none() {
             return;
         };
         let d = cx.derived;
-        let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+        let tokens = &cx.derived.tokens;
         let layers = cx.runtime.layers();
         ui.horizontal_wrapped(|ui| {
             ui.heading(format!("Heatmap: layer {}", state.layer));

@@ -88,7 +88,7 @@ pub fn output_panel_ui(
             let next = &cx.derived.next;
             let base = &result.baseline.summary;
             let inter = result.intervened.as_ref().map(|s| &s.summary);
-            let tokens: Vec<String> = result.tokens.iter().map(token_label).collect();
+            let tokens = &cx.derived.tokens;
             let after = tokens.get(next.position).map_or("", String::as_str);
             egui::ScrollArea::vertical()
                 .id_salt("output")
