@@ -169,7 +169,13 @@ pub struct HubelApp {
     /// When the probe text last changed and has not run yet.
     edited_at: Option<f64>,
     pub cjk: fonts::CjkFont,
+    /// The state as eframe last saved it: a change schedules a frame after the save interval,
+    /// so an idle window still writes it (eframe saves only on frames).
+    saved: Option<AppState>,
 }
+
+/// How often eframe writes the working state while it changes.
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl HubelApp {
     /// The app as eframe starts it: restores the saved state (edits and selection included) and
@@ -204,6 +210,7 @@ impl HubelApp {
             error_from_run: false,
             edited_at: None,
             cjk: fonts::CjkFont::Missing("fonts not set up".into()),
+            saved: None,
         }
     }
 
@@ -810,10 +817,18 @@ impl eframe::App for HubelApp {
         for c in commands {
             self.apply(c, now);
         }
+        if self.saved.as_ref() != Some(&self.state) {
+            ctx.request_repaint_after(SAVE_INTERVAL + std::time::Duration::from_millis(200));
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.state);
+        self.saved = Some(self.state.clone());
+    }
+
+    fn auto_save_interval(&self) -> std::time::Duration {
+        SAVE_INTERVAL
     }
 }
 
