@@ -87,26 +87,10 @@ impl CardView {
         let line = |v: &[f32]| {
             PlotPoints::from_iter(v.iter().enumerate().map(|(i, y)| [i as f64, f64::from(*y)]))
         };
-        let label_tokens = tokens.clone();
-        Plot::new("feature plot")
+        super::token_plot(Plot::new("feature plot"), tokens, "")
             .height(130.0)
             .legend(Legend::default())
             .allow_scroll(false)
-            .x_grid_spacer(super::token_grid(tokens.len()))
-            .custom_x_axes(vec![super::token_x_axis(tokens.clone())])
-            .label_formatter(move |hover| {
-                let (name, p) = match hover {
-                    egui_plot::HoverPosition::NearDataPoint {
-                        plot_name,
-                        position,
-                        ..
-                    } => (*plot_name, *position),
-                    egui_plot::HoverPosition::Elsewhere { .. } => return None,
-                };
-                let pos = p.x.round().max(0.0) as usize;
-                let t = label_tokens.get(pos).map_or("", String::as_str);
-                Some(format!("{name}\n\"{t}\" (position {pos}): {:.4}", p.y))
-            })
             .show(ui, |plot| {
                 plot.line(Line::new("baseline", line(&curve.baseline)).color(colors::BASELINE));
                 if let Some(inter) = &curve.intervened {

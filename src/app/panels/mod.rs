@@ -56,6 +56,34 @@ fn token_x_axis(tokens: Vec<String>) -> egui_plot::AxisHints<'static> {
         .label_spacing(24.0..=36.0)
 }
 
+/// A plot over the probe's tokens: grid marks at whole positions, the tokens as x labels, and a
+/// hover label naming the token and the `what` (e.g. `loss `) of the nearest point.
+fn token_plot<'a>(
+    plot: egui_plot::Plot<'a>,
+    tokens: &[String],
+    what: &'static str,
+) -> egui_plot::Plot<'a> {
+    let hover_tokens = tokens.to_vec();
+    plot.x_grid_spacer(token_grid(tokens.len()))
+        .custom_x_axes(vec![token_x_axis(tokens.to_vec())])
+        .label_formatter(move |hover| {
+            let egui_plot::HoverPosition::NearDataPoint {
+                plot_name,
+                position: p,
+                ..
+            } = hover
+            else {
+                return None;
+            };
+            let pos = p.x.round().max(0.0) as usize;
+            let t = hover_tokens.get(pos).map_or("", String::as_str);
+            Some(format!(
+                "{plot_name}\n\"{t}\" (position {pos}): {what}{:.4}",
+                p.y
+            ))
+        })
+}
+
 /// Side panels' default widths for a window `width` wide: narrow windows keep the centre usable.
 fn side_widths(width: f32) -> (f32, f32) {
     (

@@ -156,31 +156,11 @@ pub fn output_panel_ui(
                                         .collect()
                                 })
                                 .unwrap_or_default();
-                            let axis_tokens = tokens.clone();
-                            let hover_tokens = tokens.clone();
-                            Plot::new("loss plot")
+                            super::token_plot(Plot::new("loss plot"), tokens, "loss ")
                                 .height(140.0)
                                 .width(ui.available_width().clamp(160.0, 460.0))
                                 .legend(Legend::default())
                                 .allow_scroll(false)
-                                .x_grid_spacer(super::token_grid(axis_tokens.len()))
-                                .custom_x_axes(vec![super::token_x_axis(axis_tokens)])
-                                .label_formatter(move |hover| {
-                                    let (name, p) = match hover {
-                                        egui_plot::HoverPosition::NearDataPoint {
-                                            plot_name,
-                                            position,
-                                            ..
-                                        } => (*plot_name, *position),
-                                        egui_plot::HoverPosition::Elsewhere { .. } => return None,
-                                    };
-                                    let pos = p.x.round().max(0.0) as usize;
-                                    let t = hover_tokens.get(pos).map_or("", String::as_str);
-                                    Some(format!(
-                                        "{name}\n\"{t}\" (position {pos}): loss {:.4}",
-                                        p.y
-                                    ))
-                                })
                                 .show(ui, |plot| {
                                     plot.line(
                                         Line::new("baseline", pts(&base.token_nll))
