@@ -246,11 +246,7 @@ pub fn run(model: &Model, req: &EffectRequest) -> Result<EffectReport, EffectErr
 pub fn render_table(r: &EffectReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "model  {} ({}, {} layers)",
-        r.model.name, r.model.arch, r.model.layers
-    );
+    let _ = writeln!(s, "model  {} ({})", r.model.describe(), r.model.shape());
     let _ = writeln!(
         s,
         "{}: direct effect on the logits, {} (W_U · final norm's γ; unit: {})",

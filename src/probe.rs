@@ -160,18 +160,7 @@ pub fn render_table(r: &ProbeReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let m = &r.model;
-    let _ = writeln!(
-        s,
-        "model  {} ({}, {} layers, d_model {}, d_mlp {}, {} heads / {} kv, {:.1}M params)",
-        m.name,
-        m.arch,
-        m.layers,
-        m.d_model,
-        m.d_mlp,
-        m.heads,
-        m.kv_heads,
-        m.parameters as f64 / 1e6
-    );
+    let _ = writeln!(s, "model  {} ({})", m.describe(), m.shape());
     let toks: Vec<String> = r
         .tokens
         .iter()

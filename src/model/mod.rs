@@ -142,6 +142,21 @@ impl ModelInfo {
         }
     }
 
+    /// Its shape in one line: `llama, 30 layers, d_model 576, d_mlp 1536, 9 heads / 3 kv, 134.5M
+    /// params` (the CLI's reports and the viewer's status line).
+    pub fn shape(&self) -> String {
+        format!(
+            "{}, {}, d_model {}, d_mlp {}, {} heads / {} kv, {:.1}M params",
+            self.arch,
+            crate::count(self.layers, "layer", "layers"),
+            self.d_model,
+            self.d_mlp,
+            self.heads,
+            self.kv_heads,
+            self.parameters as f64 / 1e6
+        )
+    }
+
     /// One line for a status bar: `SmolLM2-135M-Instruct · Q4_1 GGUF, computed in f32`.
     pub fn describe(&self) -> String {
         let title = if self.title.is_empty() {

@@ -99,15 +99,9 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
             match &cx.runtime.model {
                 Some(m) => {
                     ui.label(m.describe()).on_hover_text(format!(
-                        "{} ({}) · {} layers · d_model {} · {} MLP neurons and {} query / {} KV heads a layer · {:.0}M parameters\n{}",
+                        "{} ({})\n{}",
                         m.name,
-                        m.arch,
-                        m.layers,
-                        m.d_model,
-                        m.d_mlp,
-                        m.heads,
-                        m.kv_heads,
-                        m.parameters as f64 / 1e6,
+                        m.shape(),
                         m.path.display()
                     ));
                 }
@@ -120,7 +114,10 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                 let layers = if r.layers_computed == 0 {
                     "cached".to_string()
                 } else {
-                    format!("{} recomputed", crate::count(r.layers_computed, "layer", "layers"))
+                    format!(
+                        "{} recomputed",
+                        crate::count(r.layers_computed, "layer", "layers")
+                    )
                 };
                 ui.label(format!("last run {:.0} ms · {layers}", r.elapsed_ms));
             }

@@ -115,7 +115,7 @@ impl MapsView {
         if cx.runtime.result.is_none() {
             ui.label("Run a probe to see every layer respond.");
             return;
-        };
+        }
         let d = cx.derived;
         let tokens = &cx.derived.tokens;
         ui.horizontal_wrapped(|ui| {
@@ -259,7 +259,7 @@ impl MapsView {
     ) {
         if cx.runtime.result.is_none() {
             return;
-        };
+        }
         let d = cx.derived;
         let tokens = &cx.derived.tokens;
         let layers = cx.runtime.layers();
