@@ -6,6 +6,7 @@ pub mod config;
 mod effect;
 pub mod generate;
 mod hooks;
+pub mod kernels;
 pub mod load;
 pub mod random;
 pub mod tokenizer;

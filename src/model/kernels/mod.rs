@@ -1,0 +1,8 @@
+//! Matrix kernels of our own, on plain slices (no candle): weights packed once at load in the
+//! layout the kernel wants, instruction sets detected at run time, work spread over candle's one
+//! thread pool (`candle_core::utils::barrier_pool`) so that no second pool competes with it.
+//!
+//! - [`q4`]: the opt-in fast path: 4-bit weight blocks (GGUF Q4_1's layout) times
+//!   activations quantized per block to 8 bits, integer dot products.
+
+pub mod q4;
