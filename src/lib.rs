@@ -7,6 +7,7 @@
 //! - [`hooks`]: hook points with TransformerLens's names, recording, interventions;
 //! - [`analysis`]: distributions, losses and divergences over plain `f32` slices;
 //! - [`assets`]: fetching the default model and corpus by package name, with checksums;
+//! - [`jobs`]: long work on a thread of its own (progress, pause, cancel, yielding to clicks);
 //! - [`probe`]: the `hubel probe` report; [`bench`]: the runtime benchmark.
 //!
 //! Failures: library modules return their own `thiserror` enums whose messages say what to do;
@@ -22,6 +23,7 @@ pub mod corpus;
 pub mod effect;
 pub mod features;
 pub mod hooks;
+pub mod jobs;
 pub mod model;
 pub mod npy;
 pub mod probe;

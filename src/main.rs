@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 
-use hubel::assets::{self, Clients, Progress};
+use hubel::assets::{self, Clients};
+use hubel::jobs::{self, progress::run_reporting, JobError};
 use hubel::model::Model;
 use hubel::probe::{self, ProbeRequest};
 
@@ -179,21 +179,6 @@ fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints progress on stderr, one update per whole percent (a log stays readable).
-fn progress_printer() -> impl FnMut(Progress) {
-    let mut last: Option<(String, u32)> = None;
-    move |p: Progress| match p.fraction() {
-        Some(f) => {
-            let percent = (f * 100.0).floor() as u32;
-            if last.as_ref() != Some(&(p.phase.clone(), percent)) {
-                eprint!("\r{}: {percent:3}%", p.phase);
-                last = Some((p.phase, percent));
-            }
-        }
-        None => eprintln!("{}", p.phase),
-    }
-}
-
 fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
     let (model, corpus) = (args.flag("--model"), args.flag("--corpus"));
     args.finish()?;
@@ -204,11 +189,15 @@ fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
     };
     let dir = assets::assets_dir();
     let clients = Clients::default();
-    let cancel = AtomicBool::new(false);
+    // Progress on stderr: a bar on a terminal, a line every few seconds in a log.
+    let job_error = |e: JobError| anyhow::Error::msg(e.to_string());
     if model {
-        let path = assets::fetch_model(&dir, &clients, &mut progress_printer(), &cancel)
-            .context("fetching the default model")?;
-        eprintln!();
+        let (d, c) = (dir.clone(), clients.clone());
+        let path = run_reporting("Fetch the default model", move |ctx| {
+            jobs::fetch::fetch_model(ctx, &d, &c)
+        })
+        .map_err(job_error)
+        .context("fetching the default model")?;
         println!(
             "model  {} (sha256 {} verified)",
             path.display(),
@@ -216,9 +205,11 @@ fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     if corpus {
-        let path = assets::fetch_corpus(&dir, &clients, &mut progress_printer(), &cancel)
-            .context("fetching the WordNet corpus")?;
-        eprintln!();
+        let path = run_reporting("Fetch the WordNet corpus", move |ctx| {
+            jobs::fetch::fetch_corpus(ctx, &dir, &clients)
+        })
+        .map_err(job_error)
+        .context("fetching the WordNet corpus")?;
         println!("corpus {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

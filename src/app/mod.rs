@@ -26,9 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::assets::{self, Progress};
+use crate::assets;
 use crate::features::FeatureId;
 use crate::hooks::{Intervention, Op};
+use crate::jobs::{Interactive, JobError, JobId, JobRunner, JobState, JobStatus};
 use crate::model::{ModelInfo, Token};
 use crate::session::Session;
 use derived::Derived;
@@ -48,6 +49,11 @@ pub enum Command {
     LoadModel(PathBuf),
     FetchDefaultModel,
     CancelFetch,
+    PauseJob(JobId),
+    ResumeJob(JobId),
+    CancelJob(JobId),
+    /// Take a finished job off the list (`None`: every finished job).
+    ClearJobs(Option<JobId>),
     /// Run the probe now (Ctrl+Enter, the Run button).
     Run,
     /// The probe text changed: run once typing pauses.
@@ -69,10 +75,10 @@ pub enum Command {
     DismissError,
 }
 
-/// A fetch in progress.
+/// The default model's fetch, a job on the runner; its result arrives on `result`.
 pub struct Fetching {
-    pub cancel: Arc<AtomicBool>,
-    pub progress: Option<Progress>,
+    pub job: JobId,
+    result: std::sync::mpsc::Receiver<Result<PathBuf, JobError>>,
 }
 
 /// The run in flight.
@@ -102,6 +108,10 @@ impl EffectState {
 /// The UI's end of the worker: what it has told us and what we are waiting for.
 pub struct Runtime {
     worker: WorkerHandle,
+    /// Long work (fetch, and later scans and experiments) beside the worker.
+    pub jobs: JobRunner,
+    /// The runner's jobs as of this frame, for the views.
+    pub job_list: Vec<JobStatus>,
     pub model: Option<ModelInfo>,
     /// Every token id's text, for next-token lists at any position.
     pub vocab: Arc<Vec<String>>,
@@ -122,9 +132,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(worker: WorkerHandle) -> Self {
+    fn new(worker: WorkerHandle, jobs: JobRunner) -> Self {
         Runtime {
             worker,
+            jobs,
+            job_list: Vec::new(),
             model: None,
             vocab: Arc::new(Vec::new()),
             loading: None,
@@ -151,6 +163,12 @@ impl Runtime {
 
     pub fn layers(&self) -> usize {
         self.model.as_ref().map_or(0, |m| m.layers)
+    }
+
+    /// The fetch job's status, while the default model is being fetched.
+    pub fn fetch_status(&self) -> Option<&JobStatus> {
+        let id = self.fetching.as_ref()?.job;
+        self.job_list.iter().find(|j| j.id == id)
     }
 }
 
@@ -198,11 +216,15 @@ impl HubelApp {
 
     pub fn with_config(ctx: &egui::Context, state: AppState, config: AppConfig) -> Self {
         let repaint_ctx = ctx.clone();
+        let jobs_ctx = ctx.clone();
+        // Job changes repaint the window, at most ten times a second.
+        let jobs = JobRunner::new(Interactive::new(), move || jobs_ctx.request_repaint());
+        let worker = WorkerHandle::spawn_with(move || repaint_ctx.request_repaint(), jobs.clone());
         HubelApp {
             dialogs: FileDialogs::new(config.native_dialogs),
             state,
             config,
-            runtime: Runtime::new(WorkerHandle::spawn(move || repaint_ctx.request_repaint())),
+            runtime: Runtime::new(worker, jobs),
             derived: Derived::default(),
             views: panels::Views::default(),
             undo: Vec::new(),
@@ -264,17 +286,48 @@ impl HubelApp {
         self.runtime.is_busy()
     }
 
+    /// Fetches the default model as a job; it is opened when the job hands back its path.
     fn start_fetch(&mut self) {
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.runtime.fetching = Some(Fetching {
-            cancel: cancel.clone(),
-            progress: None,
+        if self.runtime.fetching.is_some() {
+            return;
+        }
+        let (tx, result) = std::sync::mpsc::channel();
+        let (dir, clients) = (self.config.assets.clone(), self.config.clients.clone());
+        let job = self.runtime.jobs.submit("Fetch the default model", move |ctx| {
+            let fetched = crate::jobs::fetch::fetch_model(ctx, &dir, &clients);
+            let _ = tx.send(fetched.clone());
+            fetched.map(|p| format!("saved as {}", p.display()))
         });
-        self.send(Request::Fetch {
-            cancel,
-            assets: self.config.assets.clone(),
-            clients: self.config.clients.clone(),
-        });
+        self.runtime.fetching = Some(Fetching { job, result });
+        self.runtime.job_list = self.runtime.jobs.list();
+    }
+
+    /// Takes the fetch job's result, if it has one: opens the model, or says why not.
+    fn poll_fetch(&mut self) {
+        let Some(f) = &self.runtime.fetching else {
+            return;
+        };
+        let outcome = match f.result.try_recv() {
+            Ok(outcome) => outcome,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            // The job ended without a word (it panicked): its status says how.
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                match self.runtime.jobs.status(f.job).map(|s| s.state) {
+                    Some(JobState::Failed(m)) => Err(JobError::Failed(m)),
+                    Some(JobState::Cancelled) => Err(JobError::Cancelled),
+                    Some(s) if !s.is_finished() => return,
+                    _ => Err(JobError::Failed("the fetch ended without a result".into())),
+                }
+            }
+        };
+        self.runtime.fetching = None;
+        match outcome {
+            Ok(path) => self.load_model(path),
+            Err(JobError::Cancelled) => {}
+            Err(JobError::Failed(m)) => {
+                self.fail(format!("Could not fetch the default model: {m}"))
+            }
+        }
     }
 
     /// Runs the probe with the current interventions; a run in flight is cancelled.
@@ -451,11 +504,13 @@ impl HubelApp {
         }
     }
 
-    /// Handles everything the worker sent since the last frame.
+    /// Handles everything the worker sent since the last frame, and takes the jobs' status.
     pub fn drain_responses(&mut self, now: f64) {
         while let Ok(response) = self.runtime.worker.rx.try_recv() {
             self.handle(response, now);
         }
+        self.runtime.job_list = self.runtime.jobs.list();
+        self.poll_fetch();
     }
 
     /// Handles one response from the worker.
@@ -501,19 +556,6 @@ impl HubelApp {
                     self.state.model_path = None;
                 }
                 self.fail(format!("Could not open the model: {message}"));
-            }
-            Response::FetchProgress(p) => {
-                if let Some(f) = &mut rt.fetching {
-                    f.progress = Some(p);
-                }
-            }
-            Response::Fetched(path) => {
-                rt.fetching = None;
-                rt.loading = Some(path);
-            }
-            Response::FetchFailed(message) => {
-                rt.fetching = None;
-                self.fail(format!("Could not fetch the default model: {message}"));
             }
             Response::Run(result) => {
                 let Some(f) = &rt.in_flight else { return };
@@ -611,7 +653,6 @@ impl HubelApp {
                             rt.pending_session = None;
                         }
                     }
-                    Some(RequestKind::Fetch) => rt.fetching = None,
                     Some(RequestKind::Run(id)) => {
                         if rt.in_flight.as_ref().is_some_and(|f| f.id == id) {
                             rt.in_flight = None;
@@ -731,9 +772,22 @@ impl HubelApp {
             Command::FetchDefaultModel => self.start_fetch(),
             Command::CancelFetch => {
                 if let Some(f) = &self.runtime.fetching {
-                    f.cancel.store(true, Ordering::Relaxed);
+                    self.runtime.jobs.cancel(f.job);
                 }
             }
+            Command::PauseJob(id) => {
+                self.runtime.jobs.pause(id);
+            }
+            Command::ResumeJob(id) => {
+                self.runtime.jobs.resume(id);
+            }
+            Command::CancelJob(id) => {
+                self.runtime.jobs.cancel(id);
+            }
+            Command::ClearJobs(Some(id)) => {
+                self.runtime.jobs.clear(id);
+            }
+            Command::ClearJobs(None) => self.runtime.jobs.clear_finished(),
             Command::Run => self.request_run(now),
             Command::ProbeEdited => self.edited_at = Some(now),
             Command::LoadStimulus(text) => {

@@ -3,6 +3,10 @@
 //! cancels the one in flight (the model checks the flag before every block), queued runs are
 //! skipped in favour of the newest, and the UI drops results whose id is stale.
 //!
+//! Long work runs beside it on the [`JobRunner`]: the model is an `Arc<Model>` shared read-only
+//! with jobs ([`Request::ModelJob`]), and the worker holds the runner's [`Interactive`] gate
+//! around each run and effect, so jobs stand at their next checkpoint while a click computes.
+//!
 //! The worker cannot die silently: every request runs under `catch_unwind`; a panic is answered
 //! with [`Response::Failed`] naming the request, the probe cache is dropped (it may be half
 //! written), and the worker goes on serving with the model it has.
@@ -14,9 +18,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::assets::{self, Clients, Progress};
 use crate::features::FeatureId;
 use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
+use crate::jobs::{self, Interactive, JobCtx, JobResult, JobRunner};
 use crate::model::{Generate, Model, ModelError, ModelInfo, ProbeCache, Token};
 use crate::probe::{self, RunSummary};
 
@@ -28,17 +32,14 @@ pub const PATTERN_TOKENS: usize = 96;
 /// Tokens listed per side in the next-token panel.
 pub const TOP_NEXT: usize = 10;
 
-/// Work for the model's thread that is not one of the fixed requests (tests, future jobs).
+/// Work for the model's thread that is not one of the fixed requests (tests).
 pub type Job = Box<dyn FnOnce(Option<&Model>) -> Response + Send>;
+
+/// Long work on the current model, run on the job runner (scan, experiments, training).
+pub type ModelJob = Box<dyn FnOnce(Arc<Model>, &JobCtx) -> JobResult + Send>;
 
 pub enum Request {
     Load(PathBuf),
-    Fetch {
-        cancel: Arc<AtomicBool>,
-        /// Where the default model goes (the app's asset folder).
-        assets: PathBuf,
-        clients: Clients,
-    },
     Run(RunRequest),
     /// What a feature writes to the output: tokens it promotes and suppresses.
     Effect(EffectRequest),
@@ -47,13 +48,18 @@ pub enum Request {
         name: String,
         job: Job,
     },
+    /// Queue a job on the job runner with the current model (it fails there when none is
+    /// loaded); its progress and outcome are in the runner's list.
+    ModelJob {
+        name: String,
+        job: ModelJob,
+    },
 }
 
 /// Which request a [`Response::Failed`] answers, so the UI stops waiting for just that one.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RequestKind {
     Load(PathBuf),
-    Fetch,
     Run(RunId),
     Effect(EffectRequest),
     Job,
@@ -63,10 +69,9 @@ impl Request {
     pub fn kind(&self) -> RequestKind {
         match self {
             Request::Load(p) => RequestKind::Load(p.clone()),
-            Request::Fetch { .. } => RequestKind::Fetch,
             Request::Run(r) => RequestKind::Run(r.id),
             Request::Effect(e) => RequestKind::Effect(*e),
-            Request::Job { .. } => RequestKind::Job,
+            Request::Job { .. } | Request::ModelJob { .. } => RequestKind::Job,
         }
     }
 
@@ -74,10 +79,9 @@ impl Request {
     pub fn describe(&self) -> String {
         match self {
             Request::Load(p) => format!("loading {}", p.display()),
-            Request::Fetch { .. } => "fetching the default model".into(),
             Request::Run(r) => format!("running the probe (run {})", r.id),
             Request::Effect(e) => format!("the direct effect of {}", e.feature),
-            Request::Job { name, .. } => name.clone(),
+            Request::Job { name, .. } | Request::ModelJob { name, .. } => name.clone(),
         }
     }
 }
@@ -151,9 +155,6 @@ pub enum Response {
         path: PathBuf,
         message: String,
     },
-    FetchProgress(Progress),
-    Fetched(PathBuf),
-    FetchFailed(String),
     Run(Box<RunResult>),
     /// Arrives after its run: the continuation of each side.
     Continuation {
@@ -194,8 +195,14 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Starts the worker thread; `repaint` is called after every response.
+    /// Starts the worker thread with a job runner of its own; `repaint` is called after every
+    /// response.
     pub fn spawn(repaint: impl Fn() + Send + 'static) -> Self {
+        Self::spawn_with(repaint, JobRunner::new(Interactive::new(), || {}))
+    }
+
+    /// Starts the worker thread; model jobs go to `jobs`, and runs hold its interactive gate.
+    pub fn spawn_with(repaint: impl Fn() + Send + 'static, jobs: JobRunner) -> Self {
         let (tx, requests) = std::sync::mpsc::channel();
         let (responses, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -204,6 +211,8 @@ impl WorkerHandle {
                 Worker {
                     model: None,
                     probe: None,
+                    interactive: jobs.interactive().clone(),
+                    jobs,
                     tx: responses,
                     repaint: Box::new(repaint),
                 }
@@ -238,8 +247,10 @@ struct Probe {
 }
 
 struct Worker {
-    model: Option<Model>,
+    model: Option<Arc<Model>>,
     probe: Option<Probe>,
+    jobs: JobRunner,
+    interactive: Arc<Interactive>,
     tx: Sender<Response>,
     repaint: Box<dyn Fn() + Send>,
 }
@@ -267,14 +278,7 @@ fn side(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
     }
 }
 
-/// The message of a caught panic.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
+use jobs::panic_message;
 
 impl Worker {
     fn send(&self, r: Response) {
@@ -309,18 +313,30 @@ impl Worker {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Run(run) => self.run(run),
+            Request::Run(run) => {
+                // Jobs stand at their next checkpoint until this run (and its continuations)
+                // is done.
+                let _busy = self.interactive.begin();
+                self.run(run)
+            }
             Request::Load(path) => self.load(path),
-            Request::Fetch {
-                cancel,
-                assets,
-                clients,
-            } => self.fetch(&cancel, &assets, &clients),
-            Request::Effect(req) => self.effect(req),
+            Request::Effect(req) => {
+                let _busy = self.interactive.begin();
+                self.effect(req)
+            }
             Request::Job { job, .. } => {
-                let response = job(self.model.as_ref());
+                let response = job(self.model.as_deref());
                 self.send(response);
             }
+            Request::ModelJob { name, job } => match self.model.clone() {
+                Some(model) => {
+                    self.jobs.submit(name, move |ctx| job(model, ctx));
+                }
+                None => {
+                    self.jobs
+                        .submit(name, |_| Err("no model is loaded; open one first".into()));
+                }
+            },
         }
     }
 
@@ -333,7 +349,7 @@ impl Worker {
                 let vocab: Vec<String> = (0..info.vocab as u32)
                     .map(|id| super::text::label_bytes(&model.tokenizer().token_bytes(id)))
                     .collect();
-                self.model = Some(model);
+                self.model = Some(Arc::new(model));
                 self.send(Response::Loaded {
                     info,
                     vocab: Arc::new(vocab),
@@ -343,21 +359,6 @@ impl Worker {
                 path,
                 message: e.to_string(),
             }),
-        }
-    }
-
-    fn fetch(&mut self, cancel: &AtomicBool, dir: &std::path::Path, clients: &Clients) {
-        let tx = self.tx.clone();
-        let mut progress = |p: Progress| {
-            let _ = tx.send(Response::FetchProgress(p));
-        };
-        // Progress repaints come from the UI's own polling while a fetch is shown.
-        match assets::fetch_model(dir, clients, &mut progress, cancel) {
-            Ok(path) => {
-                self.send(Response::Fetched(path.clone()));
-                self.load(path);
-            }
-            Err(e) => self.send(Response::FetchFailed(e.to_string())),
         }
     }
 

@@ -142,15 +142,25 @@ pub fn welcome_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                 return;
             }
             match &cx.runtime.fetching {
-                Some(f) => {
-                    let (fraction, phase) = match &f.progress {
-                        Some(p) => (p.fraction(), p.phase.clone()),
-                        None => (None, "Starting…".into()),
+                Some(_) => {
+                    // The fetch is a job: its status has the phase and the bytes.
+                    let status = cx.runtime.fetch_status();
+                    let fraction = status.and_then(|s| s.fraction());
+                    let phase = match status {
+                        Some(s) if !s.phase.is_empty() => s.phase.clone(),
+                        _ => "Starting…".into(),
                     };
                     ui.label(&phase);
                     let bar = egui::ProgressBar::new(fraction.unwrap_or(0.0)).desired_width(420.0);
                     let bar = if fraction.is_none() { bar.animate(true) } else { bar.show_percentage() };
                     ui.add(bar);
+                    if let Some(s) = status.filter(|s| s.total.is_some()) {
+                        let detail: Vec<String> = [s.counts(), s.rate_text(), s.eta_text()]
+                            .into_iter()
+                            .filter(|t| !t.is_empty())
+                            .collect();
+                        ui.label(egui::RichText::new(detail.join(" · ")).weak());
+                    }
                     if ui.button("Cancel").clicked() {
                         out.push(Command::CancelFetch);
                     }

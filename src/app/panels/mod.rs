@@ -1,10 +1,12 @@
 //! The views of the viewer. Each draws from plain data ([`ViewCtx`]: the runtime's results and
 //! the derived maps), may change display settings in [`AppState`], keeps its own UI state, and
-//! pushes [`Command`]s for anything else; `HubelApp::apply` carries them out.
+//! pushes [`Command`]s for anything else; `HubelApp::apply` carries them out. The Jobs list
+//! (`jobs`) sits above the status line whenever a job is listed.
 
 mod card;
 mod chrome;
 mod interventions;
+mod jobs;
 mod maps;
 mod output;
 mod probe;
@@ -103,6 +105,7 @@ impl Views {
         let (width, height) = (ui.available_width(), ui.available_height());
         chrome::menu_bar_ui(ui, state, cx, out);
         chrome::status_bar_ui(ui, cx, out);
+        jobs::jobs_panel_ui(ui, cx, out);
         if cx.runtime.model.is_none() {
             chrome::welcome_ui(ui, cx, out);
             return;
