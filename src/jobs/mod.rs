@@ -134,7 +134,11 @@ impl JobStatus {
             JobState::Done(summary) => {
                 out.push_str(&format!(": done in {}", clock(self.elapsed)));
                 if self.done > 0 {
-                    out.push_str(&format!(", {}", self.counts()));
+                    let all = JobStatus {
+                        total: None,
+                        ..self.clone()
+                    };
+                    out.push_str(&format!(", {}", all.counts()));
                 }
                 if !summary.is_empty() {
                     out.push_str(&format!(" ({summary})"));

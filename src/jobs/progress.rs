@@ -103,7 +103,10 @@ impl Reporter {
                     bar.set_length(t.max(1));
                     bar.set_position(s.done.min(t));
                 }
-                let mut msg = vec![s.counts()];
+                let mut msg = Vec::new();
+                if s.total.is_some() || s.done > 0 {
+                    msg.push(s.counts());
+                }
                 msg.extend([s.rate_text(), s.eta_text()].into_iter().filter(|t| !t.is_empty()));
                 if s.state == JobState::Paused {
                     msg.push("paused".into());
@@ -140,9 +143,9 @@ impl Reporter {
 
 fn style(with_total: bool) -> indicatif::ProgressStyle {
     let template = if with_total {
-        "{prefix} [{bar:30}] {percent:>3}% {msg}"
+        "{prefix} [{bar:24}] {percent:>3}% {wide_msg}"
     } else {
-        "{spinner} {prefix} {msg}"
+        "{spinner} {prefix} {wide_msg}"
     };
     indicatif::ProgressStyle::with_template(template)
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
