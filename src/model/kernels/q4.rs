@@ -58,6 +58,7 @@ const INLINE_MACS: usize = 1 << 16;
 struct Line([u8; 64]);
 
 /// A weight `[out, k]` as 4-bit blocks packed for the kernels (see the module documentation).
+#[derive(Clone)]
 pub struct PackedQ4 {
     out: usize,
     k: usize,
@@ -236,7 +237,7 @@ impl PackedQ4 {
         if rows == 0 {
             return;
         }
-        let acts = QuantActs::new(&x[..rows * k], rows, k);
+        let acts = QuantActs::new_with(isa, &x[..rows * k], rows, k);
         let chunks = rows.div_ceil(ROW_CHUNK);
         let units = self.panels * chunks;
         let y_ptr = SyncPtr(y.as_mut_ptr());
@@ -283,6 +284,24 @@ fn scales(line: &Line, j: usize) -> (f32, f32) {
     (d, m)
 }
 
+/// A finite f16 (as bits) to f32 in plain integer and float arithmetic, which the compiler
+/// vectorizes (the scales are finite: `quantize` refuses others).
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1F;
+    let mant = h & 0x3FF;
+    // Normal: rebias the exponent (15 → 127). Subnormal or zero: mant · 2⁻²⁴.
+    let normal = f32::from_bits(sign | ((exp + 112) << 23) | (mant << 13));
+    let sub = f32::from_bits(sign | (mant as f32 * (1.0 / 16_777_216.0)).to_bits());
+    if exp == 0 {
+        sub
+    } else {
+        normal
+    }
+}
+
 /// Activations quantized per row per block of 32 (Q8_1-like).
 pub(crate) struct QuantActs {
     /// `[rows, k]`, each in −127..=127.
@@ -295,40 +314,78 @@ pub(crate) struct QuantActs {
 
 impl QuantActs {
     pub(crate) fn new(x: &[f32], rows: usize, k: usize) -> QuantActs {
-        debug_assert!(k % QK == 0 && x.len() >= rows * k);
+        QuantActs::new_with(Isa::detect(), x, rows, k)
+    }
+
+    /// With a given instruction set; every one gives the same bits.
+    pub(crate) fn new_with(isa: Isa, x: &[f32], rows: usize, k: usize) -> QuantActs {
+        assert!(k % QK == 0 && x.len() >= rows * k && isa.available());
         let nb = k / QK;
-        let mut xq = vec![0i8; rows * k];
-        let mut dx = vec![0f32; rows * nb];
-        let mut s = vec![0f32; rows * nb];
-        // Adding and subtracting 1.5·2²³ rounds a value of magnitude < 2²² to the nearest
-        // integer (ties to even) in plain SSE2 arithmetic, which vectorizes; `round` does not.
-        const MAGIC: f32 = 12_582_912.0;
-        for ((xb, qb), (d, sb)) in x[..rows * k]
-            .chunks_exact(QK)
-            .zip(xq.chunks_exact_mut(QK))
-            .zip(dx.iter_mut().zip(s.iter_mut()))
-        {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let finite = xb.iter().fold(0f32, |a, &v| a + (v - v)) == 0.0;
-            if !finite {
-                *d = f32::NAN;
-                *sb = f32::NAN;
-                continue;
-            }
-            if amax == 0.0 {
-                continue;
-            }
-            let id = 127.0 / amax;
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                let r = ((v * id + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i32;
-                sum += r;
-                *q = r as i8;
-            }
-            *d = amax / 127.0;
-            *sb = *d * sum as f32;
+        let mut a = QuantActs {
+            xq: vec![0i8; rows * k],
+            dx: vec![0f32; rows * nb],
+            s: vec![0f32; rows * nb],
+        };
+        let x = &x[..rows * k];
+        match isa {
+            // SAFETY: the instruction set is available (asserted).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { x86::quantize_acts_avx512(x, &mut a) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::quantize_acts_avx2(x, &mut a) },
+            _ => quantize_acts(x, &mut a),
         }
-        QuantActs { xq, dx, s }
+        a
+    }
+}
+
+/// A block's largest |x| from its bit pattern (|x| as bits: the patterns of non-negative floats
+/// order as integers): `None` when the block holds a non-finite value (≥ the pattern of +∞);
+/// 0 when it is below 1e-30, where `127/max` would overflow and such a block adds nothing.
+#[inline(always)]
+fn block_scale(amax_bits: u32) -> Option<f32> {
+    match f32::from_bits(amax_bits) {
+        _ if amax_bits >= 0x7F80_0000 => None,
+        a if a < 1e-30 => Some(0.0),
+        a => Some(a),
+    }
+}
+
+/// Quantizes `x` into `a` block by block, in code the compiler vectorizes (lanes of 8 for the
+/// maximum; the instruction set is the caller's, see `x86::quantize_acts_*`).
+#[inline(always)]
+fn quantize_acts(x: &[f32], a: &mut QuantActs) {
+    // Adding and subtracting 1.5·2²³ rounds a value of magnitude < 2²² to the nearest integer
+    // (ties to even) in plain vector arithmetic; `round` does not vectorize.
+    const MAGIC: f32 = 12_582_912.0;
+    for ((xb, qb), (d, s)) in x
+        .chunks_exact(QK)
+        .zip(a.xq.chunks_exact_mut(QK))
+        .zip(a.dx.iter_mut().zip(a.s.iter_mut()))
+    {
+        let mut lanes = [0u32; 8];
+        for c in xb.chunks_exact(8) {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l = (*l).max(v.to_bits() & 0x7FFF_FFFF);
+            }
+        }
+        let Some(amax) = block_scale(lanes.into_iter().fold(0, u32::max)) else {
+            (*d, *s) = (f32::NAN, f32::NAN);
+            continue;
+        };
+        if amax == 0.0 {
+            continue;
+        }
+        let id = 127.0 / amax;
+        let mut sum = 0i32;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            let r = ((v * id + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i32;
+            sum += r;
+            *q = r as i8;
+        }
+        *d = amax / 127.0;
+        *s = *d * sum as f32;
     }
 }
 
@@ -395,50 +452,134 @@ unsafe fn run_tile(isa: Isa, t: &Tile, rows: usize) {
     }
 }
 
-/// The portable micro-kernel: same layout, same order of operations per block.
+/// The portable micro-kernel: same layout, same order of operations per block. It keeps the
+/// packed order: i16 lane `4j + e` of a line accumulates output `j`'s products with input `e`
+/// of each group, so the 4 inputs of a group repeat every 4 lanes, and the loop over 8 lanes is
+/// one vector operation for the compiler (SSE2, NEON). A lane sums 8 products a block, each at
+/// most 15·127 = 1905 in magnitude: 15240 fits in i16. The 4 lanes of an output are summed in
+/// i32 at the end of the block.
 ///
 /// # Safety
 /// As [`run_tile`].
 unsafe fn tile_portable(t: &Tile, rows: usize) {
     let w = std::slice::from_raw_parts(t.w, t.nb * LINES);
-    let mut acc = [[0f32; NR]; MR];
-    for b in 0..t.nb {
-        let lines = &w[b * LINES..(b + 1) * LINES];
-        let mut d = [0f32; NR];
-        let mut m = [0f32; NR];
-        for j in 0..NR {
-            (d[j], m[j]) = scales(&lines[4], j);
-        }
-        for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+    for r in 0..rows {
+        let mut acc = [0f32; NR];
+        for b in 0..t.nb {
+            let lines = &w[b * LINES..(b + 1) * LINES];
             let xq = std::slice::from_raw_parts(t.xq.add(r * t.k + b * QK), QK);
-            let mut isum = [0i32; NR];
+            let mut lanes = [0i16; 64];
             for (c, line) in lines[..4].iter().enumerate() {
-                let (xlo, xhi) = (&xq[8 * c..8 * c + 4], &xq[8 * c + 4..8 * c + 8]);
-                for (j, sum) in isum.iter_mut().enumerate() {
-                    let bytes = &line.0[4 * j..4 * j + 4];
-                    for e in 0..4 {
-                        let (lo, hi) = ((bytes[e] & 15) as i32, (bytes[e] >> 4) as i32);
-                        *sum += lo * xlo[e] as i32 + hi * xhi[e] as i32;
+                // The group's 4 inputs repeated over the 64 lanes (8 copies of 8 lanes).
+                let pat = |o: usize| -> [i16; 64] {
+                    let p8: [i16; 8] = std::array::from_fn(|l| xq[o + l % 4] as i16);
+                    let mut p = [0i16; 64];
+                    for c8 in p.chunks_exact_mut(8) {
+                        c8.copy_from_slice(&p8);
                     }
+                    p
+                };
+                let (lo, hi) = (pat(8 * c), pat(8 * c + 4));
+                for i in 0..64 {
+                    let byte = line.0[i] as i16;
+                    lanes[i] += (byte & 15) * lo[i] + (byte >> 4) * hi[i];
                 }
             }
             let dx = *t.dx.add(r * t.nb + b);
             let s = *t.s.add(r * t.nb + b);
-            for j in 0..NR {
-                acc[j] += isum[j] as f32 * (d[j] * dx);
-                acc[j] += m[j] * s;
+            let sc = &lines[4].0;
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let l = &lanes[4 * j..4 * j + 4];
+                let isum = l[0] as i32 + l[1] as i32 + l[2] as i32 + l[3] as i32;
+                let d = f16_to_f32(u16::from_le_bytes([sc[2 * j], sc[2 * j + 1]]));
+                let m = f16_to_f32(u16::from_le_bytes([sc[32 + 2 * j], sc[33 + 2 * j]]));
+                *acc += isum as f32 * (d * dx);
+                *acc += m * s;
             }
         }
-    }
-    for (r, acc) in acc.iter().enumerate().take(rows) {
         std::ptr::copy_nonoverlapping(acc.as_ptr(), t.y.add(r * t.ldy), t.ncols);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Tile, LINES, NR};
+    use super::{block_scale, QuantActs, Tile, LINES, NR, QK};
     use std::arch::x86_64::*;
+
+    /// As `quantize_acts`, with AVX-512 (two vectors a block; `vcvtps2dq` rounds to nearest
+    /// even, as the portable code's rounding does).
+    ///
+    /// # Safety
+    /// AVX-512 F + BW available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_acts_avx512(x: &[f32], a: &mut QuantActs) {
+        let abs = _mm512_set1_epi32(0x7FFF_FFFF);
+        for (bi, xb) in x.chunks_exact(QK).enumerate() {
+            let v0 = _mm512_loadu_ps(xb.as_ptr());
+            let v1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+            let b0 = _mm512_and_si512(_mm512_castps_si512(v0), abs);
+            let b1 = _mm512_and_si512(_mm512_castps_si512(v1), abs);
+            let amax_bits = _mm512_reduce_max_epu32(_mm512_max_epu32(b0, b1));
+            let Some(amax) = block_scale(amax_bits) else {
+                (a.dx[bi], a.s[bi]) = (f32::NAN, f32::NAN);
+                continue;
+            };
+            if amax == 0.0 {
+                continue;
+            }
+            let id = _mm512_set1_ps(127.0 / amax);
+            let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
+            let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+            let dst = a.xq.as_mut_ptr().add(bi * QK) as *mut __m128i;
+            _mm_storeu_si128(dst, _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128(dst.add(1), _mm512_cvtsepi32_epi8(q1));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            a.dx[bi] = amax / 127.0;
+            a.s[bi] = a.dx[bi] * sum as f32;
+        }
+    }
+
+    /// As `quantize_acts`, with AVX2 (four vectors a block).
+    ///
+    /// # Safety
+    /// AVX2 available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_acts_avx2(x: &[f32], a: &mut QuantActs) {
+        let abs = _mm256_set1_epi32(0x7FFF_FFFF);
+        for (bi, xb) in x.chunks_exact(QK).enumerate() {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+            let bits = v.map(|v| _mm256_and_si256(_mm256_castps_si256(v), abs));
+            let m = _mm256_max_epu32(
+                _mm256_max_epu32(bits[0], bits[1]),
+                _mm256_max_epu32(bits[2], bits[3]),
+            );
+            let m = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+            let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+            let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+            let Some(amax) = block_scale(_mm_cvtsi128_si32(m) as u32) else {
+                (a.dx[bi], a.s[bi]) = (f32::NAN, f32::NAN);
+                continue;
+            };
+            if amax == 0.0 {
+                continue;
+            }
+            let id = _mm256_set1_ps(127.0 / amax);
+            let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
+            // Packing interleaves the 128-bit halves; the permutation puts them back in order.
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(a.xq.as_mut_ptr().add(bi * QK) as *mut __m256i, p);
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            a.dx[bi] = amax / 127.0;
+            a.s[bi] = a.dx[bi] * _mm_cvtsi128_si32(s) as f32;
+        }
+    }
 
     /// Four input bytes of row `r` at input `i`, broadcast as an i32.
     #[inline(always)]
@@ -724,6 +865,46 @@ mod tests {
                 }
                 let rel = (se / sy).sqrt();
                 assert!(rel < 0.15 && rel > 1e-3, "{isa:?}: relative RMS error {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_quantizes_activations_to_the_same_bits() {
+        let mut rng = Rng(17);
+        let k = 576;
+        let mut x = rng.vec(6 * k, 3.0);
+        x[k..2 * k].fill(0.0); // row 1: zeros
+        x[2 * k + 5] = f32::INFINITY; // row 2, block 0: not finite
+        x[2 * k + 40] = f32::NAN; // row 2, block 1
+        x[3 * k..3 * k + 32].fill(1e-38); // row 3, block 0: below 1e-30
+        for (i, v) in x[4 * k..5 * k].iter_mut().enumerate() {
+            *v = if i % 32 == 0 { 127.0 } else { (i % 7) as f32 - 3.5 }; // ties
+        }
+        x[5 * k..5 * k + 32].fill(-2.0); // row 5, block 0: all at −max
+        let portable = QuantActs::new_with(Isa::Portable, &x, 6, k);
+        assert_eq!(portable.dx[2 * 18..2 * 18 + 2].iter().filter(|d| d.is_nan()).count(), 2);
+        assert!(portable.dx[2 * 18 + 2..].iter().take(16).all(|d| d.is_finite()));
+        assert_eq!(portable.dx[3 * 18], 0.0);
+        assert!(portable.xq[5 * k..5 * k + 32].iter().all(|&q| q == -127));
+        // Ties round to even: 0.5 → 0, 1.5 → 2, 2.5 → 2, −3.5 → −4.
+        assert_eq!(&portable.xq[4 * k + 1..4 * k + 8], &[-2, -2, 0, 0, 2, 2, -4]);
+        assert!(portable.xq.iter().all(|&q| q >= -127));
+        for isa in isas() {
+            let a = QuantActs::new_with(isa, &x, 6, k);
+            assert_eq!(a.xq, portable.xq, "{isa:?}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.dx), bits(&portable.dx), "{isa:?}");
+            assert_eq!(bits(&a.s), bits(&portable.s), "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn f16_conversion_matches_half_for_every_finite_value() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h);
+            if want.is_finite() {
+                assert_eq!(f16_to_f32(h).to_bits(), want.to_f32().to_bits(), "{h:#06x}");
             }
         }
     }
