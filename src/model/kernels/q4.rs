@@ -51,7 +51,7 @@ const ROW_CHUNK: usize = 256;
 /// 64-byte lines per (panel, block): 4 of nibble-packed `q`, 1 of `d` and `m`.
 const LINES: usize = 5;
 /// Below this many multiply-adds a call runs on the calling thread (waking the pool costs more).
-const INLINE_MACS: usize = 1 << 16;
+const INLINE_MACS: usize = 1 << 18;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -138,7 +138,7 @@ impl PackedQ4 {
     /// a block's minimum or step is not finite in f16 (|value| > 65504, or NaN): the caller
     /// keeps the exact path for such a weight.
     pub fn quantize(w: &[f32], out: usize, k: usize) -> Option<PackedQ4> {
-        if k == 0 || out == 0 || k % QK != 0 || w.len() < out.checked_mul(k)? {
+        if k == 0 || out == 0 || !k.is_multiple_of(QK) || w.len() < out.checked_mul(k)? {
             return None;
         }
         let nb = k / QK;
@@ -232,8 +232,16 @@ impl PackedQ4 {
     pub fn matmul_with(&self, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
         assert!(isa.available(), "{} is not available here", isa.name());
         let (k, out, nb) = (self.k, self.out, self.nb);
-        assert!(x.len() >= rows * k, "x holds {} values, not {rows}·{k}", x.len());
-        assert!(y.len() >= rows * out, "y holds {} values, not {rows}·{out}", y.len());
+        assert!(
+            x.len() >= rows * k,
+            "x holds {} values, not {rows}·{k}",
+            x.len()
+        );
+        assert!(
+            y.len() >= rows * out,
+            "y holds {} values, not {rows}·{out}",
+            y.len()
+        );
         if rows == 0 {
             return;
         }
@@ -319,7 +327,7 @@ impl QuantActs {
 
     /// With a given instruction set; every one gives the same bits.
     pub(crate) fn new_with(isa: Isa, x: &[f32], rows: usize, k: usize) -> QuantActs {
-        assert!(k % QK == 0 && x.len() >= rows * k && isa.available());
+        assert!(k.is_multiple_of(QK) && x.len() >= rows * k && isa.available());
         let nb = k / QK;
         let mut a = QuantActs {
             xq: vec![0i8; rows * k],
@@ -751,7 +759,11 @@ mod tests {
         p.matmul_with(isa, &x, rows, &mut y);
         let (yr, mag) = reference(&p, &x, rows);
         for i in 0..rows * out {
-            assert!(y[i].is_finite(), "{isa:?} {rows}×{k}→{out}: y[{i}] = {}", y[i]);
+            assert!(
+                y[i].is_finite(),
+                "{isa:?} {rows}×{k}→{out}: y[{i}] = {}",
+                y[i]
+            );
             let err = (y[i] as f64 - yr[i]).abs();
             assert!(
                 err <= 1e-5 * mag[i] + 1e-30,
@@ -796,7 +808,10 @@ mod tests {
                 None => first = Some(y),
                 Some(y0) => {
                     for (a, b) in y.iter().zip(y0) {
-                        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{isa:?}: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{isa:?}: {a} vs {b}"
+                        );
                     }
                 }
             }
@@ -864,7 +879,10 @@ mod tests {
                     }
                 }
                 let rel = (se / sy).sqrt();
-                assert!(rel < 0.15 && rel > 1e-3, "{isa:?}: relative RMS error {rel}");
+                assert!(
+                    rel < 0.15 && rel > 1e-3,
+                    "{isa:?}: relative RMS error {rel}"
+                );
             }
         }
     }
@@ -879,16 +897,32 @@ mod tests {
         x[2 * k + 40] = f32::NAN; // row 2, block 1
         x[3 * k..3 * k + 32].fill(1e-38); // row 3, block 0: below 1e-30
         for (i, v) in x[4 * k..5 * k].iter_mut().enumerate() {
-            *v = if i % 32 == 0 { 127.0 } else { (i % 7) as f32 - 3.5 }; // ties
+            *v = if i % 32 == 0 {
+                127.0
+            } else {
+                (i % 7) as f32 - 3.5
+            }; // ties
         }
         x[5 * k..5 * k + 32].fill(-2.0); // row 5, block 0: all at −max
         let portable = QuantActs::new_with(Isa::Portable, &x, 6, k);
-        assert_eq!(portable.dx[2 * 18..2 * 18 + 2].iter().filter(|d| d.is_nan()).count(), 2);
-        assert!(portable.dx[2 * 18 + 2..].iter().take(16).all(|d| d.is_finite()));
+        assert_eq!(
+            portable.dx[2 * 18..2 * 18 + 2]
+                .iter()
+                .filter(|d| d.is_nan())
+                .count(),
+            2
+        );
+        assert!(portable.dx[2 * 18 + 2..]
+            .iter()
+            .take(16)
+            .all(|d| d.is_finite()));
         assert_eq!(portable.dx[3 * 18], 0.0);
         assert!(portable.xq[5 * k..5 * k + 32].iter().all(|&q| q == -127));
         // Ties round to even: 0.5 → 0, 1.5 → 2, 2.5 → 2, −3.5 → −4.
-        assert_eq!(&portable.xq[4 * k + 1..4 * k + 8], &[-2, -2, 0, 0, 2, 2, -4]);
+        assert_eq!(
+            &portable.xq[4 * k + 1..4 * k + 8],
+            &[-2, -2, 0, 0, 2, 2, -4]
+        );
         assert!(portable.xq.iter().all(|&q| q >= -127));
         for isa in isas() {
             let a = QuantActs::new_with(isa, &x, 6, k);
