@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hubel::hooks::{BlockSite, Capture, HookPoint, Intervention, Op};
 use hubel::model::config::Arch;
 use hubel::model::random::{random_model, tiny_config};
-use hubel::model::{Generate, Model, ModelError, Sampling};
+use hubel::model::{Generate, Logits, Model, ModelError, Sampling};
 
 fn tiny(arch: Arch) -> Model {
     random_model(&tiny_config(arch), 7).unwrap().0
@@ -399,4 +399,97 @@ fn bad_probes_and_interventions_are_clear_errors() {
         ..Intervention::zero(HookPoint::block(0, BlockSite::MlpPost), vec![0])
     };
     assert!(bad(at).contains("position 99 is out of range"));
+}
+
+/// Several probes of different lengths, including one token alone.
+fn batch_texts() -> [&'static str; 4] {
+    [TEXT, "Turn left at the corner.", "x", "苹果 apple 🍎 pomme"]
+}
+
+#[test]
+fn a_batched_run_equals_each_sequence_run_alone() {
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let m = tiny(arch);
+        let seqs: Vec<Vec<u32>> = batch_texts()
+            .iter()
+            .map(|t| m.tokenize(t).unwrap().iter().map(|t| t.id).collect())
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let layer = m.config().n_layers / 2;
+        let interventions = [
+            Intervention::zero(HookPoint::block(layer, BlockSite::MlpPost), vec![3, 5]),
+            Intervention {
+                positions: Some(vec![0]),
+                ..Intervention::zero(HookPoint::block(0, BlockSite::Pattern), vec![1])
+            },
+            Intervention {
+                op: Op::Mean,
+                ..Intervention::zero(HookPoint::block(layer, BlockSite::ResidMid), vec![2])
+            },
+        ];
+        for ivs in [&interventions[..0], &interventions[..]] {
+            let batch = m
+                .run_batch(&refs, &Capture::All, ivs, Logits::All, None)
+                .unwrap();
+            assert_eq!(batch.len(), seqs.len());
+            for (s, (tokens, got)) in seqs.iter().zip(&batch).enumerate() {
+                let alone = m.run(tokens, &Capture::All, ivs).unwrap();
+                let what = format!("{arch:?} sequence {s} with {} interventions", ivs.len());
+                assert_eq!(got.len(), tokens.len(), "{what}: one logits row per token");
+                common::assert_finite(&what, &got.logits, &alone.logits);
+                // Each token's row is computed on its own: batching changes no bit.
+                assert_eq!(got.logits, alone.logits, "{what}: logits");
+                assert_eq!(got.record.len(), alone.record.len(), "{what}: points");
+                for (point, act) in alone.record.iter() {
+                    let b = got
+                        .record
+                        .get(*point)
+                        .unwrap_or_else(|| panic!("{what}: {point}"));
+                    assert_eq!(b.shape, act.shape, "{what}: {point} shape");
+                    assert_eq!(b.data, act.data, "{what}: {point}");
+                }
+            }
+            // Last-position logits only, and none at all for a scan.
+            let last = m
+                .run_batch(&refs, &Capture::Nothing, ivs, Logits::Last, None)
+                .unwrap();
+            let none = m
+                .run_batch(&refs, &Capture::Nothing, ivs, Logits::None, None)
+                .unwrap();
+            for ((l, n), full) in last.iter().zip(&none).zip(&batch) {
+                assert_eq!(l.logits, full.last_logits(), "{arch:?}: last logits");
+                assert!(n.logits.is_empty() && n.record.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_checks_every_sequence_and_can_be_cancelled() {
+    let m = tiny(Arch::Llama);
+    let ok = ids(&m);
+    let too_long = vec![1u32; m.config().n_ctx + 1];
+    let err = m
+        .run_batch(&[&ok, &[]], &Capture::Nothing, &[], Logits::All, None)
+        .unwrap_err();
+    assert!(matches!(err, ModelError::EmptyText), "{err}");
+    let err = m
+        .run_batch(&[&ok, &too_long], &Capture::Nothing, &[], Logits::All, None)
+        .unwrap_err();
+    assert!(matches!(err, ModelError::TooLong { .. }), "{err}");
+    assert!(m
+        .run_batch(&[], &Capture::Nothing, &[], Logits::All, None)
+        .unwrap()
+        .is_empty());
+    let cancel = Arc::new(AtomicBool::new(true));
+    let err = m
+        .run_batch(
+            &[&ok, &ok],
+            &Capture::Nothing,
+            &[],
+            Logits::None,
+            Some(cancel),
+        )
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Cancelled), "{err}");
 }

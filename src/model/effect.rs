@@ -12,8 +12,6 @@
 //! that position's logits for the part of `d` orthogonal to the (centred) residual, whose scale
 //! then does not change to first order.
 
-use candle_core::{Device, Tensor};
-
 use super::transformer::Norm;
 use super::{Model, ModelError, Result};
 use crate::hooks::{BlockSite, HookPoint, InterventionError};
@@ -63,13 +61,10 @@ impl Model {
             .zip(&gamma)
             .map(|(&d, &g)| ((d as f64 - mean) * g as f64 * factor) as f32)
             .collect();
-        let v = Tensor::from_vec(v, (d_model, 1), &Device::Cpu)?;
-        Ok(self
-            .weights
-            .unembed
-            .matmul(&v)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        let unembed = &self.weights.unembed;
+        let mut logits = vec![0f32; unembed.out()];
+        unembed.matmul(&v, 1, &mut logits);
+        Ok(logits)
     }
 
     /// `1 / s(x)` of the final norm for one position's final residual `x` (`[d_model]`, the
@@ -96,8 +91,8 @@ impl Model {
             .blocks
             .get(layer)
             .ok_or(InterventionError::NoSuchHook { hook: point })?;
-        let w = block.mlp.out_weight().weight_out_in(); // [d_model, d_mlp]
-        let d_mlp = w.dims()[1];
+        let w = block.mlp.out_weight().weight(); // [d_model, d_mlp]
+        let d_mlp = w.k();
         if neuron >= d_mlp {
             return Err(InterventionError::IndexOutOfRange {
                 hook: point,
@@ -107,7 +102,7 @@ impl Model {
             }
             .into());
         }
-        Ok(w.narrow(1, neuron, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+        Ok(w.column(neuron))
     }
 
     /// What attention head `head` of `layer` writes into the residual stream at a position where
@@ -131,10 +126,15 @@ impl Model {
             .into());
         }
         check_len("the head's z", z.len(), d_head)?;
-        let w = block.attn.o.weight_out_in(); // [d_model, n_heads · d_head]
-        let w_head = w.narrow(1, head * d_head, d_head)?.contiguous()?;
-        let z = Tensor::from_slice(z, (d_head, 1), &Device::Cpu)?;
-        Ok(w_head.matmul(&z)?.flatten_all()?.to_vec1::<f32>()?)
+        let w = block.attn.o.weight(); // [d_model, n_heads · d_head]
+        Ok((0..w.out())
+            .map(|o| {
+                z.iter()
+                    .enumerate()
+                    .map(|(j, &zj)| w.get(o, head * d_head + j) * zj)
+                    .sum()
+            })
+            .collect())
     }
 }
 

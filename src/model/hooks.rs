@@ -69,6 +69,11 @@ impl<'a> Hooks<'a> {
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
+    /// Whether [`Hooks::hook`] does anything at `point` (records or edits it).
+    pub(crate) fn touches(&self, point: HookPoint) -> bool {
+        self.capture.wants(point) || self.interventions.iter().any(|iv| iv.hook == point)
+    }
+
     /// Applies the interventions aimed at `point` to `t`, then records the result if asked:
     /// the record shows what the rest of the model saw.
     pub fn hook(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {

@@ -200,6 +200,17 @@ pub struct Model {
     info: ModelInfo,
 }
 
+/// Which logits a batched run computes ([`Model::run_batch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None: the run only records (a scan); `RunOutput::logits` is empty.
+    None,
+    /// The last position's only: `RunOutput::logits` holds one row.
+    Last,
+    /// Every position's.
+    All,
+}
+
 /// The result of one run, as plain data.
 #[derive(Clone, Debug)]
 pub struct RunOutput {
@@ -421,6 +432,67 @@ impl Model {
         let x = self.weights.embed(tokens, &mut hooks)?;
         let logits = self.weights.run_from(0, x, &mut hooks, None, None)?;
         self.output(logits, hooks.record, self.config().n_layers)
+    }
+
+    /// Several sequences in one forward pass: their tokens packed along one axis (every matrix
+    /// product runs on all of them at once), attention within each sequence. Each sequence gets
+    /// the same capture and interventions (positions count from its own start) and its own
+    /// [`RunOutput`], equal to what [`Model::run`] gives it alone: the kernels compute each
+    /// token's row on its own, so batching changes no bit. `logits` chooses which logits are
+    /// computed; a scan that only records asks for none and skips the unembedding.
+    pub fn run_batch(
+        &self,
+        seqs: &[&[u32]],
+        capture: &Capture,
+        interventions: &[Intervention],
+        logits: Logits,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Vec<RunOutput>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        for tokens in seqs {
+            self.check_tokens(tokens)?;
+            self.check_interventions(interventions, tokens.len())?;
+        }
+        let mut hooks: Vec<Hooks> = seqs
+            .iter()
+            .map(|_| {
+                let h = Hooks::new(capture, interventions);
+                match &cancel {
+                    Some(flag) => h.with_cancel(flag.clone()),
+                    None => h,
+                }
+            })
+            .collect();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let x = self.weights.embed_packed(seqs, &mut hooks)?;
+        let mut packed = transformer::Seqs::new(&mut hooks, &lens);
+        let last = self
+            .weights
+            .run_packed_from(0, x, &mut packed, None, None)?;
+        let vocab = self.config().vocab_size;
+        let mut outputs = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for (h, &len) in hooks.into_iter().zip(&lens) {
+            let rows = match logits {
+                Logits::None => None,
+                Logits::Last => Some(last.narrow(0, start + len - 1, 1)?),
+                Logits::All => Some(last.narrow(0, start, len)?),
+            };
+            let logits = match rows {
+                Some(rows) => self.weights.unembed_all(&rows)?,
+                None => Vec::new(),
+            };
+            outputs.push(RunOutput {
+                logits,
+                vocab,
+                record: h.record,
+                layers_computed: self.config().n_layers,
+            });
+            start += len;
+        }
+        Ok(outputs)
     }
 
     /// Runs the baseline (no interventions) and keeps what an incremental re-run needs.

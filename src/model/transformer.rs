@@ -12,104 +12,72 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::Config;
+use super::kernels::f32::PackedF32;
 use super::{Hooks, Result};
 use crate::hooks::{BlockSite, HookPoint};
 
-/// `y = x · Wᵀ + b`, with `W` stored contiguous as `[out, in]` (HF's layout).
+/// `y = x · Wᵀ + b`, with `W` packed once at load for the kernel ([`PackedF32`]).
 pub(crate) struct Linear {
-    w: Tensor,
+    w: PackedF32,
     b: Option<Tensor>,
 }
 
-/// `x · Wᵀ` for `x: [pos, in]` and `w: [out, in]` → `[pos, out]`, one gemm call on the raw
-/// buffers with `Wᵀ` as a strided view: no transposed copies, and single-row products (each
-/// step of a continuation) run about twice as fast as through `Tensor::matmul` (measured).
-fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (pos, k) = x.dims2()?;
-    let (out, k_w) = w.dims2()?;
-    if k != k_w {
-        return Err(super::ModelError::Format(format!(
-            "matmul of [{pos}, {k}] by [{out}, {k_w}]ᵀ"
-        )));
-    }
+/// Runs `f` on a tensor's values as one row-major slice.
+pub(crate) fn with_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let x = x.contiguous()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
         return Err(super::ModelError::Format(
             "the runtime computes on the CPU".into(),
         ));
     };
-    let xs = &xs.as_slice::<f32>()?[xl.start_offset()..];
-    let ws = &ws.as_slice::<f32>()?[wl.start_offset()..];
-    if !wl.is_contiguous() || xs.len() < pos * k || ws.len() < out * k {
-        return Err(super::ModelError::Format(
-            "matmul operands are not contiguous".into(),
-        ));
+    let values = &storage.as_slice::<f32>()?[layout.start_offset()..][..x.elem_count()];
+    Ok(f(values))
+}
+
+/// `x · Wᵀ` for `x: [pos, in]` → `[pos, out]`.
+fn matmul_packed(x: &Tensor, w: &PackedF32) -> Result<Tensor> {
+    let (pos, k) = x.dims2()?;
+    if k != w.k() {
+        return Err(super::ModelError::Format(format!(
+            "matmul of [{pos}, {k}] by [{}, {}]ᵀ",
+            w.out(),
+            w.k()
+        )));
     }
-    let mut y = vec![0f32; pos * out];
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the three buffers hold at least pos·k, out·k and pos·out elements (checked above);
-    // strides describe x as [pos, k] row-major, Wᵀ as [k, out] (W row-major) and y as [pos, out].
-    unsafe {
-        gemm::gemm(
-            out,
-            pos,
-            k,
-            y.as_mut_ptr(),
-            out as isize,
-            1,
-            false,
-            ws.as_ptr(),
-            1,
-            k as isize,
-            xs.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    Ok(Tensor::from_vec(y, (pos, out), x.device())?)
+    let mut y = vec![0f32; pos * w.out()];
+    with_values(x, |xs| w.matmul(xs, pos, &mut y))?;
+    Ok(Tensor::from_vec(y, (pos, w.out()), x.device())?)
+}
+
+/// Packs a 2-D weight tensor `[out, in]`.
+pub(crate) fn pack(w: &Tensor) -> Result<PackedF32> {
+    let (out, k) = w.dims2()?;
+    with_values(w, |values| PackedF32::pack(values, out, k))
 }
 
 impl Linear {
     /// From an HF-layout weight `[out, in]`.
     pub(crate) fn from_out_in(w: Tensor, b: Option<Tensor>) -> Result<Self> {
-        Ok(Linear {
-            w: w.contiguous()?,
-            b,
-        })
+        Ok(Linear { w: pack(&w)?, b })
     }
 
     /// From a GPT-2 Conv1D weight, stored `[in, out]`.
     pub(crate) fn from_in_out(w: Tensor, b: Option<Tensor>) -> Result<Self> {
-        Ok(Linear {
-            w: w.t()?.contiguous()?,
-            b,
-        })
+        Self::from_out_in(w.t()?.contiguous()?, b)
     }
 
     /// `[pos, in] → [pos, out]`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul_wt(x, &self.w)?;
+        let y = matmul_packed(x, &self.w)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
 
-    /// The weight as `[out, in]` rows (one row per output unit).
-    pub(crate) fn weight_out_in(&self) -> &Tensor {
+    /// The weight, `[out, in]` (row o: what output o reads; column i: what input i writes).
+    pub(crate) fn weight(&self) -> &PackedF32 {
         &self.w
     }
 
@@ -249,15 +217,16 @@ impl KvCache {
 
 pub(crate) struct Weights {
     pub(crate) cfg: Config,
-    /// `[vocab, d_model]`
-    pub(crate) embed: Tensor,
+    /// `[vocab, d_model]`; `None` when tied: rows are read from `unembed`.
+    pub(crate) embed: Option<Tensor>,
     /// `[n_ctx, d_model]` (GPT-2)
     pub(crate) pos_embed: Option<Tensor>,
     pub(crate) blocks: Vec<Block>,
     pub(crate) ln_final: Norm,
-    /// `[vocab, d_model]`; the same tensor as `embed` when tied.
-    pub(crate) unembed: Tensor,
+    /// `[vocab, d_model]`, packed (row t is token t's embedding when tied).
+    pub(crate) unembed: PackedF32,
     pub(crate) rope: Option<Rope>,
+    pub(crate) device: Device,
 }
 
 fn block_point(layer: usize, site: BlockSite) -> HookPoint {
@@ -285,26 +254,45 @@ impl Weights {
                     + mlp
             })
             .sum();
-        let unembed = if self.cfg.tie_embeddings {
-            0
-        } else {
-            self.unembed.elem_count()
-        };
-        self.embed.elem_count()
+        self.unembed.elem_count()
+            + self.embed.as_ref().map_or(0, |e| e.elem_count())
             + self.pos_embed.as_ref().map_or(0, |p| p.elem_count())
             + blocks
             + self.ln_final.elem_count()
-            + unembed
     }
 
     /// Token (and position) embeddings: the residual stream entering block 0, `[pos, d_model]`.
     pub(crate) fn embed(&self, tokens: &[u32], hooks: &mut Hooks) -> Result<Tensor> {
-        let ids = Tensor::new(tokens, self.embed.device())?;
-        let x = hooks.hook(HookPoint::Embed, self.embed.index_select(&ids, 0)?)?;
+        self.embed_packed(&[tokens], std::slice::from_mut(hooks))
+    }
+
+    /// [`Weights::embed`] of several sequences packed one after another along the token axis,
+    /// each seen by its own hooks.
+    pub(crate) fn embed_packed(&self, seqs: &[&[u32]], hooks: &mut [Hooks]) -> Result<Tensor> {
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let tokens: Vec<u32> = seqs.concat();
+        let rows = match &self.embed {
+            Some(embed) => {
+                embed.index_select(&Tensor::new(tokens.as_slice(), embed.device())?, 0)?
+            }
+            None => {
+                let d = self.unembed.k();
+                let mut rows = Vec::with_capacity(tokens.len() * d);
+                for &t in &tokens {
+                    rows.extend(self.unembed.row(t as usize));
+                }
+                Tensor::from_vec(rows, (tokens.len(), d), &self.device)?
+            }
+        };
+        let mut seqs = Seqs::new(hooks, &lens);
+        let x = seqs.hook(HookPoint::Embed, rows)?;
         match &self.pos_embed {
             Some(pos_embed) => {
-                let pos = pos_embed.narrow(0, hooks.pos_offset, tokens.len())?;
-                let pos = hooks.hook(HookPoint::PosEmbed, pos)?;
+                let mut parts = Vec::with_capacity(lens.len());
+                for (h, &len) in seqs.hooks.iter().zip(&lens) {
+                    parts.push(pos_embed.narrow(0, h.pos_offset, len)?);
+                }
+                let pos = seqs.hook(HookPoint::PosEmbed, Tensor::cat(&parts, 0)?)?;
                 Ok((x + pos)?)
             }
             None => Ok(x),
@@ -318,33 +306,54 @@ impl Weights {
     pub(crate) fn run_from(
         &self,
         start: usize,
-        mut x: Tensor,
+        x: Tensor,
         hooks: &mut Hooks,
+        cache: Option<&mut KvCache>,
+        resid_pre: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let lens = [x.dims2()?.0];
+        let mut seqs = Seqs::new(std::slice::from_mut(hooks), &lens);
+        self.run_packed_from(start, x, &mut seqs, cache, resid_pre)
+    }
+
+    /// [`Weights::run_from`] for sequences packed along the token axis: every matrix product
+    /// runs on all their tokens at once, attention within each sequence. A KV cache needs a
+    /// single sequence.
+    pub(crate) fn run_packed_from(
+        &self,
+        start: usize,
+        mut x: Tensor,
+        seqs: &mut Seqs,
         mut cache: Option<&mut KvCache>,
         mut resid_pre: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
+        if cache.is_some() && seqs.lens.len() != 1 {
+            return Err(super::ModelError::Format(
+                "a KV cache holds one sequence".into(),
+            ));
+        }
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize_with(self.blocks.len(), || None);
         }
         for layer in start..self.blocks.len() {
-            if hooks.is_cancelled() {
+            if seqs.is_cancelled() {
                 return Err(super::ModelError::Cancelled);
             }
             if let Some(saved) = resid_pre.as_deref_mut() {
                 saved.push(x.clone());
             }
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
-            x = self.block(layer, x, hooks, kv)?;
+            x = self.block(layer, x, seqs, kv)?;
         }
         if let Some(saved) = resid_pre {
             saved.push(x.clone());
         }
-        hooks.hook(HookPoint::LnFinal, self.ln_final.forward(&x)?)
+        seqs.hook(HookPoint::LnFinal, self.ln_final.forward(&x)?)
     }
 
     /// Logits at every position, `[pos, vocab]` row-major.
     pub(crate) fn unembed_all(&self, x: &Tensor) -> Result<Vec<f32>> {
-        Ok(matmul_wt(x, &self.unembed)?
+        Ok(matmul_packed(x, &self.unembed)?
             .flatten_all()?
             .to_vec1::<f32>()?)
     }
@@ -359,98 +368,147 @@ impl Weights {
         &self,
         layer: usize,
         x: Tensor,
-        hooks: &mut Hooks,
+        seqs: &mut Seqs,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let b = &self.blocks[layer];
-        let x = hooks.hook(block_point(layer, BlockSite::ResidPre), x)?;
-        let h = hooks.hook(
+        let x = seqs.hook(block_point(layer, BlockSite::ResidPre), x)?;
+        let h = seqs.hook(
             block_point(layer, BlockSite::Ln1Normalized),
             b.ln1.forward(&x)?,
         )?;
-        let attn_out = self.attention(layer, &h, hooks, kv)?;
-        let x = hooks.hook(block_point(layer, BlockSite::ResidMid), (x + attn_out)?)?;
-        let h = hooks.hook(
+        let attn_out = self.attention(layer, &h, seqs, kv)?;
+        let x = seqs.hook(block_point(layer, BlockSite::ResidMid), (x + attn_out)?)?;
+        let h = seqs.hook(
             block_point(layer, BlockSite::Ln2Normalized),
             b.ln2.forward(&x)?,
         )?;
-        let mlp_out = self.mlp(layer, &h, hooks)?;
-        hooks.hook(block_point(layer, BlockSite::ResidPost), (x + mlp_out)?)
+        let mlp_out = self.mlp(layer, &h, seqs)?;
+        seqs.hook(block_point(layer, BlockSite::ResidPost), (x + mlp_out)?)
     }
 
-    fn mlp(&self, layer: usize, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+    fn mlp(&self, layer: usize, x: &Tensor, seqs: &mut Seqs) -> Result<Tensor> {
         let p = |site| block_point(layer, site);
         let post = match &self.blocks[layer].mlp {
             Mlp::Gated { gate, up, .. } => {
-                let pre = hooks.hook(p(BlockSite::MlpPre), gate.forward(x)?)?;
-                let pre_linear = hooks.hook(p(BlockSite::MlpPreLinear), up.forward(x)?)?;
+                let pre = seqs.hook(p(BlockSite::MlpPre), gate.forward(x)?)?;
+                let pre_linear = seqs.hook(p(BlockSite::MlpPreLinear), up.forward(x)?)?;
                 (candle_core::Tensor::silu(&pre)? * pre_linear)?
             }
             Mlp::Gelu { fc, .. } => {
-                let pre = hooks.hook(p(BlockSite::MlpPre), fc.forward(x)?)?;
+                let pre = seqs.hook(p(BlockSite::MlpPre), fc.forward(x)?)?;
                 pre.gelu()?
             }
         };
-        let post = hooks.hook(p(BlockSite::MlpPost), post)?;
+        let post = seqs.hook(p(BlockSite::MlpPost), post)?;
         let out = self.blocks[layer].mlp.out_weight().forward(&post)?;
-        hooks.hook(p(BlockSite::MlpOut), out)
+        seqs.hook(p(BlockSite::MlpOut), out)
     }
 
     fn attention(
         &self,
         layer: usize,
         x: &Tensor,
-        hooks: &mut Hooks,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        seqs: &mut Seqs,
+        mut kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let p = |site| block_point(layer, site);
         let a = &self.blocks[layer].attn;
-        let (len, _) = x.dims2()?;
+        let (total, _) = x.dims2()?;
         let (nh, nkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
-        let offset = hooks.pos_offset;
-        let q = hooks.hook(p(BlockSite::Q), a.q.forward(x)?.reshape((len, nh, dh))?)?;
-        let k = hooks.hook(p(BlockSite::K), a.k.forward(x)?.reshape((len, nkv, dh))?)?;
-        let v = hooks.hook(p(BlockSite::V), a.v.forward(x)?.reshape((len, nkv, dh))?)?;
-        // Heads first: [heads, pos, d_head].
-        let mut q = q.transpose(0, 1)?.contiguous()?;
-        let mut k = k.transpose(0, 1)?.contiguous()?;
-        let mut v = v.transpose(0, 1)?.contiguous()?;
-        if let Some(rope) = &self.rope {
-            q = rope.apply(&q, offset)?;
-            k = rope.apply(&k, offset)?;
-        }
-        if let Some(slot) = kv {
-            if let Some((k_past, v_past)) = slot.as_ref() {
-                k = Tensor::cat(&[k_past, &k], 1)?;
-                v = Tensor::cat(&[v_past, &v], 1)?;
+        let q = seqs.hook(p(BlockSite::Q), a.q.forward(x)?.reshape((total, nh, dh))?)?;
+        let k = seqs.hook(p(BlockSite::K), a.k.forward(x)?.reshape((total, nkv, dh))?)?;
+        let v = seqs.hook(p(BlockSite::V), a.v.forward(x)?.reshape((total, nkv, dh))?)?;
+        let mut zs = Vec::with_capacity(seqs.lens.len());
+        let mut start = 0;
+        for (i, &len) in seqs.lens.iter().enumerate() {
+            let hooks = &mut seqs.hooks[i];
+            let offset = hooks.pos_offset;
+            // Heads first: [heads, pos, d_head].
+            let heads_first = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?)
+            };
+            let (mut q, mut k, mut v) = (heads_first(&q)?, heads_first(&k)?, heads_first(&v)?);
+            if let Some(rope) = &self.rope {
+                q = rope.apply(&q, offset)?;
+                k = rope.apply(&k, offset)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            if let Some(slot) = kv.as_deref_mut() {
+                if let Some((k_past, v_past)) = slot.as_ref() {
+                    k = Tensor::cat(&[k_past, &k], 1)?;
+                    v = Tensor::cat(&[v_past, &v], 1)?;
+                }
+                *slot = Some((k.clone(), v.clone()));
+            }
+            let keys = k.dims()[1];
+            // Grouped-query attention without copying keys: query heads h = g·rep + r share kv
+            // head g, so [heads, pos, d] viewed as [kv_heads, rep·pos, d] lines each group up
+            // with its keys.
+            let rep = nh / nkv;
+            let scale = 1.0 / (dh as f64).sqrt();
+            let scores = q
+                .reshape((nkv, rep * len, dh))?
+                .matmul(&k.t()?)?
+                .reshape((nh, len, keys))?;
+            let scores = (scores * scale)?;
+            let scores = if len > 1 || offset + len < keys {
+                scores.broadcast_add(&causal_mask(len, keys, offset, x.device())?)?
+            } else {
+                scores
+            };
+            let scores = hooks.hook(p(BlockSite::AttnScores), scores)?;
+            let pattern = hooks.hook(p(BlockSite::Pattern), softmax_last(&scores)?)?;
+            let z = pattern
+                .reshape((nkv, rep * len, keys))?
+                .matmul(&v)?
+                .reshape((nh, len, dh))?;
+            zs.push(hooks.hook(p(BlockSite::Z), z.transpose(0, 1)?.contiguous()?)?);
+            start += len;
         }
-        let keys = k.dims()[1];
-        // Grouped-query attention without copying keys: query heads h = g·rep + r share kv head g,
-        // so [heads, pos, d] viewed as [kv_heads, rep·pos, d] lines each group up with its keys.
-        let rep = nh / nkv;
-        let scale = 1.0 / (dh as f64).sqrt();
-        let scores = q
-            .reshape((nkv, rep * len, dh))?
-            .matmul(&k.t()?)?
-            .reshape((nh, len, keys))?;
-        let scores = (scores * scale)?;
-        let scores = if len > 1 || offset + len < keys {
-            scores.broadcast_add(&causal_mask(len, keys, offset, x.device())?)?
+        let z = if zs.len() == 1 {
+            zs.pop().expect("one sequence")
         } else {
-            scores
+            Tensor::cat(&zs, 0)?
         };
-        let scores = hooks.hook(p(BlockSite::AttnScores), scores)?;
-        let pattern = hooks.hook(p(BlockSite::Pattern), softmax_last(&scores)?)?;
-        let z = pattern
-            .reshape((nkv, rep * len, keys))?
-            .matmul(&v)?
-            .reshape((nh, len, dh))?;
-        let z = hooks.hook(p(BlockSite::Z), z.transpose(0, 1)?.contiguous()?)?;
-        let out = a.o.forward(&z.reshape((len, nh * dh))?)?;
-        hooks.hook(p(BlockSite::AttnOut), out)
+        let out = a.o.forward(&z.reshape((total, nh * dh))?)?;
+        seqs.hook(p(BlockSite::AttnOut), out)
+    }
+}
+
+/// The sequences of one forward pass, packed one after another along the token axis, each
+/// with its own hooks (its own capture, interventions, positions and record).
+pub(crate) struct Seqs<'s, 'a> {
+    pub(crate) hooks: &'s mut [Hooks<'a>],
+    lens: &'s [usize],
+}
+
+impl<'s, 'a> Seqs<'s, 'a> {
+    pub(crate) fn new(hooks: &'s mut [Hooks<'a>], lens: &'s [usize]) -> Self {
+        assert_eq!(hooks.len(), lens.len(), "one Hooks per sequence");
+        Seqs { hooks, lens }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.hooks.iter().any(|h| h.is_cancelled())
+    }
+
+    /// Hands each sequence's rows of `t` (`[tokens, …]`) to its hooks; untouched when no hook
+    /// wants this point.
+    fn hook(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
+        if let [hooks] = self.hooks {
+            return hooks.hook(point, t);
+        }
+        if !self.hooks.iter().any(|h| h.touches(point)) {
+            return Ok(t);
+        }
+        let mut parts = Vec::with_capacity(self.lens.len());
+        let mut start = 0;
+        for (hooks, &len) in self.hooks.iter_mut().zip(self.lens) {
+            parts.push(hooks.hook(point, t.narrow(0, start, len)?)?);
+            start += len;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 
@@ -542,13 +600,16 @@ pub(crate) fn build_llama(
         w: need("model.norm.weight", &[d])?,
         eps: cfg.norm_eps,
     };
-    let unembed = if cfg.tie_embeddings {
-        embed.clone()
+    let lm_head = if cfg.tie_embeddings {
+        None
     } else {
-        match get("lm_head.weight", &[cfg.vocab_size, d])? {
-            Some(t) => expect_shape("lm_head.weight", t, &[cfg.vocab_size, d])?,
-            None => embed.clone(),
-        }
+        get("lm_head.weight", &[cfg.vocab_size, d])?
+            .map(|t| expect_shape("lm_head.weight", t, &[cfg.vocab_size, d]))
+            .transpose()?
+    };
+    let (embed, unembed) = match lm_head {
+        Some(head) => (Some(embed), pack(&head)?),
+        None => (None, pack(&embed)?),
     };
     Ok(Weights {
         cfg: cfg.clone(),
@@ -558,6 +619,7 @@ pub(crate) fn build_llama(
         ln_final,
         unembed,
         rope: Some(Rope::new(cfg, device)?),
+        device: device.clone(),
     })
 }
 
@@ -631,11 +693,12 @@ pub(crate) fn build_gpt2(
     };
     Ok(Weights {
         cfg: cfg.clone(),
-        unembed: embed.clone(),
-        embed,
+        unembed: pack(&embed)?,
+        embed: None,
         pos_embed: Some(pos_embed),
         blocks,
         ln_final,
         rope: None,
+        device: Device::Cpu,
     })
 }
