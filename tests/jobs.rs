@@ -117,7 +117,9 @@ fn cancel_reaches_a_paused_job_and_a_queued_one() {
     assert_eq!(job.batch(), 0);
     r.pause(id);
     job.go.send(()).unwrap();
-    wait_for(&r, id, "the pause to hold", |s| s.held == Some(Hold::Paused));
+    wait_for(&r, id, "the pause to hold", |s| {
+        s.held == Some(Hold::Paused)
+    });
     assert_eq!(r.status(queued).unwrap().state, JobState::Queued);
     assert!(r.cancel(queued));
     assert_eq!(r.status(queued).unwrap().state, JobState::Cancelled);
@@ -140,17 +142,26 @@ fn pause_holds_a_job_and_resume_finishes_it() {
     });
     assert_eq!((s.state, s.done), (JobState::Paused, 1));
     // Held: no batch runs and nothing advances while paused.
-    assert!(job.done.recv_timeout(QUIET).is_err(), "a batch ran while paused");
+    assert!(
+        job.done.recv_timeout(QUIET).is_err(),
+        "a batch ran while paused"
+    );
     let s = r.status(id).unwrap();
     assert!(s.line().contains("[paused]"), "{}", s.line());
-    assert_eq!((s.state, s.done, s.held), (JobState::Paused, 1, Some(Hold::Paused)));
+    assert_eq!(
+        (s.state, s.done, s.held),
+        (JobState::Paused, 1, Some(Hold::Paused))
+    );
     assert!(r.resume(id));
     assert_eq!(job.done.recv_timeout(LONG), Ok(1), "the held batch runs");
     for i in 2..4 {
         assert_eq!(job.batch(), i);
     }
     let s = wait_for(&r, id, "the end", |s| s.state.is_finished());
-    assert_eq!((s.state, s.done, s.held), (JobState::Done("4 items".into()), 4, None));
+    assert_eq!(
+        (s.state, s.done, s.held),
+        (JobState::Done("4 items".into()), 4, None)
+    );
 }
 
 #[test]
@@ -179,7 +190,10 @@ fn a_paused_queued_job_is_passed_over_until_resumed() {
     drop(_held); // the first job ends
     assert_eq!(third_rx.recv_timeout(LONG), Ok("third"), "the third runs");
     wait_for(&r, first, "the first to end", |s| s.state.is_finished());
-    assert!(second.recv_timeout(QUIET).is_err(), "the paused job did not run");
+    assert!(
+        second.recv_timeout(QUIET).is_err(),
+        "the paused job did not run"
+    );
     assert_eq!(r.status(second_id).unwrap().state, JobState::Paused);
     r.resume(second_id);
     assert_eq!(second.recv_timeout(LONG), Ok("second"));
@@ -232,7 +246,10 @@ fn the_interactive_gate_holds_a_job_at_its_checkpoint() {
         s.held == Some(Hold::Interactive)
     });
     assert_eq!((s.state, s.done), (JobState::Running, 1));
-    assert!(job.done.recv_timeout(QUIET).is_err(), "a batch ran beside the click");
+    assert!(
+        job.done.recv_timeout(QUIET).is_err(),
+        "a batch ran beside the click"
+    );
     drop(busy);
     assert!(!gate.is_busy());
     assert_eq!(job.done.recv_timeout(LONG), Ok(1), "the job goes on");
@@ -281,7 +298,10 @@ fn notifications_come_at_most_about_ten_a_second_and_after_the_last_change() {
         Ok(String::new())
     });
     wait_for(&r, id, "the end", |s| s.state.is_finished());
-    let (at_end, seconds) = (calls.load(Ordering::SeqCst), started.elapsed().as_secs_f64());
+    let (at_end, seconds) = (
+        calls.load(Ordering::SeqCst),
+        started.elapsed().as_secs_f64(),
+    );
     // 40 000 changes: at ten a second, plus the first one and one of slack.
     assert!(
         (at_end as f64) <= 10.0 * seconds + 2.0,
@@ -289,7 +309,10 @@ fn notifications_come_at_most_about_ten_a_second_and_after_the_last_change() {
     );
     let deadline = Instant::now() + LONG;
     while !saw_done.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the job's end was never announced");
+        assert!(
+            Instant::now() < deadline,
+            "the job's end was never announced"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

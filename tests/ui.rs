@@ -152,7 +152,10 @@ fn a_job_shows_in_the_jobs_list_and_cancel_cancels_it() {
     let size = [1000.0, 700.0];
     let mut h = harness_sized(AppState::default(), test_config(), size);
     h.run_steps(2);
-    assert!(h.query_by_label_contains("Jobs").is_none(), "no list without jobs");
+    assert!(
+        h.query_by_label_contains("Jobs").is_none(),
+        "no list without jobs"
+    );
     let id = h.state().runtime.jobs.submit("Scan the corpus", |ctx| {
         ctx.set_total(10, "items");
         ctx.advance(3);
@@ -174,7 +177,10 @@ fn a_job_shows_in_the_jobs_list_and_cancel_cancels_it() {
     let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(size[0], size[1]));
     for label in ["30%", "Pause", "Cancel"] {
         let rect = h.get_by_label(label).rect();
-        assert!(window.contains_rect(rect), "{label} at {rect:?} is outside the window");
+        assert!(
+            window.contains_rect(rect),
+            "{label} at {rect:?} is outside the window"
+        );
     }
 
     h.get_by_label("Pause").click();
@@ -194,10 +200,18 @@ fn a_job_shows_in_the_jobs_list_and_cancel_cancels_it() {
     assert_eq!(job(h.state()).unwrap().done, 3);
     h.get_by_label("Cancelled");
     h.get_by_label("Jobs");
-    assert!(h.query_by_label("Cancel").is_none(), "a finished job has no Cancel");
+    assert!(
+        h.query_by_label("Cancel").is_none(),
+        "a finished job has no Cancel"
+    );
     h.get_by_label("Clear").click();
-    wait_for(&mut h, "the list to clear", |a| a.runtime.job_list.is_empty());
-    assert!(h.query_by_label_contains("Jobs").is_none(), "the list is gone");
+    wait_for(&mut h, "the list to clear", |a| {
+        a.runtime.job_list.is_empty()
+    });
+    assert!(
+        h.query_by_label_contains("Jobs").is_none(),
+        "the list is gone"
+    );
 }
 
 /// The ablation loop: type, click a feature, ablate, output changes; remove, output is back.

@@ -181,7 +181,10 @@ fn a_model_job_shares_the_model_while_the_worker_keeps_serving_runs() {
         name: "hold the model".into(),
         job: Box::new(move |model, ctx| {
             ctx.set_total(1, "items");
-            let n = model.tokenize("hello world").map_err(|e| e.to_string())?.len();
+            let n = model
+                .tokenize("hello world")
+                .map_err(|e| e.to_string())?
+                .len();
             started_tx.send(n).unwrap();
             // The job is mid-batch, with the model, until the test lets it go.
             release.recv().ok();
@@ -211,7 +214,11 @@ fn a_model_job_shares_the_model_while_the_worker_keeps_serving_runs() {
         "the run and the effect each held the interactive gate"
     );
     let job = jobs.list().pop().unwrap();
-    assert_eq!(job.state, JobState::Running, "the run did not wait for the job");
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "the run did not wait for the job"
+    );
     release_tx.send(()).unwrap();
     let done = jobs.wait(job.id, Duration::from_secs(60)).unwrap();
     assert_eq!(done.state, JobState::Done(format!("{n} tokens")));
@@ -227,9 +234,9 @@ fn a_model_job_without_a_model_fails_in_the_list() {
         job: Box::new(|_, _| Ok(String::new())),
     });
     assert!(
-        jobs.wait_until(Duration::from_secs(60), |j| j
-            .iter()
-            .any(|j| matches!(&j.state, JobState::Failed(m) if m.contains("no model")))),
+        jobs.wait_until(Duration::from_secs(60), |j| j.iter().any(
+            |j| matches!(&j.state, JobState::Failed(m) if m.contains("no model"))
+        )),
         "{:?}",
         jobs.list()
     );

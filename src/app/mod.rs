@@ -293,11 +293,14 @@ impl HubelApp {
         }
         let (tx, result) = std::sync::mpsc::channel();
         let (dir, clients) = (self.config.assets.clone(), self.config.clients.clone());
-        let job = self.runtime.jobs.submit("Fetch the default model", move |ctx| {
-            let fetched = crate::jobs::fetch::fetch_model(ctx, &dir, &clients);
-            let _ = tx.send(fetched.clone());
-            fetched.map(|p| format!("saved as {}", p.display()))
-        });
+        let job = self
+            .runtime
+            .jobs
+            .submit("Fetch the default model", move |ctx| {
+                let fetched = crate::jobs::fetch::fetch_model(ctx, &dir, &clients);
+                let _ = tx.send(fetched.clone());
+                fetched.map(|p| format!("saved as {}", p.display()))
+            });
         self.runtime.fetching = Some(Fetching { job, result });
         self.runtime.job_list = self.runtime.jobs.list();
     }

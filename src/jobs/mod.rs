@@ -98,7 +98,11 @@ impl JobStatus {
     pub fn counts(&self) -> String {
         match self.total {
             Some(t) if self.unit == "bytes" => {
-                format!("{} / {}", human_bytes(self.done as f64), human_bytes(t as f64))
+                format!(
+                    "{} / {}",
+                    human_bytes(self.done as f64),
+                    human_bytes(t as f64)
+                )
             }
             Some(t) => format!("{} / {t} {}", self.done, self.unit),
             None if self.unit == "bytes" => human_bytes(self.done as f64),
@@ -331,11 +335,9 @@ impl Entry {
             s => s.clone(),
         };
         let eta = match (rate, self.total, &state) {
-            (Some(r), Some(t), JobState::Running | JobState::Paused) if r > 0.0 => {
-                Some(Duration::from_secs_f64(
-                    (t.saturating_sub(self.done) as f64 / r).min(1e9),
-                ))
-            }
+            (Some(r), Some(t), JobState::Running | JobState::Paused) if r > 0.0 => Some(
+                Duration::from_secs_f64((t.saturating_sub(self.done) as f64 / r).min(1e9)),
+            ),
             _ => None,
         };
         JobStatus {
@@ -548,9 +550,7 @@ impl JobCtx {
                     self.shared.announce();
                 }
                 // Short waits, so a cancel is seen while the viewer computes.
-                self.shared
-                    .interactive
-                    .wait_idle(Duration::from_millis(50));
+                self.shared.interactive.wait_idle(Duration::from_millis(50));
                 continue;
             }
             break Ok(());
@@ -715,7 +715,12 @@ impl JobRunner {
     /// Every listed job, oldest first.
     pub fn list(&self) -> Vec<JobStatus> {
         let now = Instant::now();
-        self.shared.lock().jobs.iter().map(|e| e.status(now)).collect()
+        self.shared
+            .lock()
+            .jobs
+            .iter()
+            .map(|e| e.status(now))
+            .collect()
     }
 
     pub fn status(&self, id: JobId) -> Option<JobStatus> {
@@ -786,7 +791,11 @@ impl JobRunner {
     }
 
     /// Waits (up to `timeout`) until `pred` holds for the job list; returns whether it does.
-    pub fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&[JobStatus]) -> bool) -> bool {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[JobStatus]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let mut inner = self.shared.lock();
         loop {

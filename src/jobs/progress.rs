@@ -107,7 +107,11 @@ impl Reporter {
                 if s.total.is_some() || s.done > 0 {
                     msg.push(s.counts());
                 }
-                msg.extend([s.rate_text(), s.eta_text()].into_iter().filter(|t| !t.is_empty()));
+                msg.extend(
+                    [s.rate_text(), s.eta_text()]
+                        .into_iter()
+                        .filter(|t| !t.is_empty()),
+                );
                 if s.state == JobState::Paused {
                     msg.push("paused".into());
                 }
