@@ -321,10 +321,6 @@ pub(crate) struct QuantActs {
 }
 
 impl QuantActs {
-    pub(crate) fn new(x: &[f32], rows: usize, k: usize) -> QuantActs {
-        QuantActs::new_with(Isa::detect(), x, rows, k)
-    }
-
     /// With a given instruction set; every one gives the same bits.
     pub(crate) fn new_with(isa: Isa, x: &[f32], rows: usize, k: usize) -> QuantActs {
         assert!(k.is_multiple_of(QK) && x.len() >= rows * k && isa.available());
@@ -719,7 +715,7 @@ mod tests {
     /// the rounding of an f32 evaluation.
     fn reference(p: &PackedQ4, x: &[f32], rows: usize) -> (Vec<f64>, Vec<f64>) {
         let (k, out, nb) = (p.k(), p.out(), p.k() / QK);
-        let a = QuantActs::new(x, rows, k);
+        let a = QuantActs::new_with(Isa::detect(), x, rows, k);
         let w = p.dequantize();
         let mut y = vec![0f64; rows * out];
         let mut mag = vec![0f64; rows * out];
@@ -846,7 +842,7 @@ mod tests {
                     }
                 }
             }
-            let a = QuantActs::new(&x, rows, k);
+            let a = QuantActs::new_with(Isa::detect(), &x, rows, k);
             let nb = k / QK;
             let xt: Vec<f32> = (0..rows * k)
                 .map(|i| a.dx[(i / k) * nb + (i % k) / QK] * a.xq[i] as f32)
