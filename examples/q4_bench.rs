@@ -4,7 +4,7 @@
 //! (≥ 96 MiB) that every call reads them from memory, as a forward pass does.
 //!
 //! `cargo run --release --example q4_bench` (threads: candle's pool, `CANDLE_NUM_THREADS`;
-//! gemm gets the same count). Prints GMAC/s per shape, rows 1 / 32 / 128, and what that makes of
+//! gemm gets the same count; `Q4_BENCH_SECS`: time per measurement, default 0.3). Prints GMAC/s per shape, rows 1 / 32 / 128, and what that makes of
 //! a 32-token forward and of a generated token (linear layers only).
 
 use std::time::{Duration, Instant};
@@ -33,14 +33,18 @@ fn rand_vec(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Seconds per call of `f(i)` (i cycles over copies), over at least 0.3 s: the fastest call,
-/// since on a shared machine the slower ones measure other processes.
+/// Seconds per call of `f(i)` (i cycles over copies), over at least `Q4_BENCH_SECS` (0.3 s):
+/// the fastest call, since on a shared machine the slower ones measure other processes.
 fn time(mut f: impl FnMut(usize)) -> f64 {
+    let budget = std::env::var("Q4_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(0.3);
     f(0);
     let mut samples = Vec::new();
     let start = Instant::now();
     let mut i = 1;
-    while start.elapsed() < Duration::from_millis(300) || samples.len() < 5 {
+    while start.elapsed() < Duration::from_secs_f64(budget) || samples.len() < 5 {
         let t = Instant::now();
         f(i);
         samples.push(t.elapsed().as_secs_f64());
@@ -100,9 +104,13 @@ fn main() {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     // Seconds per token-batch of `rows`, per ISA (and gemm last), summed over the model.
     let mut model = vec![vec![0f64; isas.len() + 1]; ROWS.len()];
+    let mut quantize_s = 0.0;
     for &(k, out, count, name) in &SHAPES {
         let w = rand_vec(out * k, &mut seed, 0.05);
+        let t = Instant::now();
         let p = PackedQ4::quantize(&w, out, k).expect("k is a multiple of 32");
+        let t = t.elapsed().as_secs_f64();
+        quantize_s += t * count as f64;
         let copies = COLD_BYTES.div_ceil(p.bytes()).max(2);
         let packed: Vec<PackedQ4> = (0..copies).map(|_| p.clone()).collect();
         let f32_copies = COLD_BYTES.div_ceil(out * k * 4).max(2);
@@ -125,6 +133,10 @@ fn main() {
             println!("{line}");
         }
     }
+    println!(
+        "\nquantize (packing at load), all linear layers of the model: {:.0} ms",
+        quantize_s * 1e3
+    );
     println!("\nlinear layers of the whole model (30 blocks + unembedding), ms:");
     let mut head = format!("{:>5}", "rows");
     for isa in &isas {

@@ -144,37 +144,27 @@ impl PackedQ4 {
         let nb = k / QK;
         let panels = out.div_ceil(NR);
         let mut data = vec![Line([0; 64]); panels * nb * LINES];
-        for o in 0..out {
-            let (p, j) = (o / NR, o % NR);
-            for b in 0..nb {
-                let blk = &w[o * k + b * QK..o * k + (b + 1) * QK];
-                let (mn, mx) = blk
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, z), &v| {
-                        (a.min(v), z.max(v))
-                    });
-                if blk.iter().any(|v| !v.is_finite()) {
-                    return None;
+        let ok = std::sync::atomic::AtomicBool::new(true);
+        let dst = SyncPtr(data.as_mut_ptr());
+        let pack = |range: std::ops::Range<usize>| {
+            for p in range {
+                // SAFETY: panel p's lines, inside `data`; each panel is packed by one call.
+                let lines = unsafe {
+                    std::slice::from_raw_parts_mut(dst.get().add(p * nb * LINES), nb * LINES)
+                };
+                let rows = p * NR..out.min((p + 1) * NR);
+                if !pack_panel(&w[rows.start * k..rows.end * k], k, lines) {
+                    ok.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
-                let d16 = f16::from_f32((mx - mn) / 15.0);
-                let m16 = f16::from_f32(mn);
-                if !d16.is_finite() || !m16.is_finite() {
-                    return None;
-                }
-                let (d, m) = (d16.to_f32(), m16.to_f32());
-                let lines = &mut data[(p * nb + b) * LINES..(p * nb + b + 1) * LINES];
-                for (t, &v) in blk.iter().enumerate() {
-                    let q = if d > 0.0 {
-                        ((v - m) / d).round().clamp(0.0, 15.0) as u8
-                    } else {
-                        0
-                    };
-                    let (g, e) = (t / 4, t % 4);
-                    lines[g / 2].0[4 * j + e] |= q << (4 * (g % 2));
-                }
-                lines[4].0[2 * j..2 * j + 2].copy_from_slice(&d16.to_le_bytes());
-                lines[4].0[32 + 2 * j..32 + 2 * j + 2].copy_from_slice(&m16.to_le_bytes());
             }
+        };
+        if out * k < INLINE_MACS {
+            pack(0..panels);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(panels, pack);
+        }
+        if !ok.into_inner() {
+            return None;
         }
         Some(PackedQ4 {
             out,
@@ -285,6 +275,51 @@ impl PackedQ4 {
     }
 }
 
+/// Packs the rows of one panel (`w`: up to [`NR`] rows of `k`) into its `nb · LINES` lines
+/// (zeroed); false when a block cannot be held (non-finite, or beyond f16).
+fn pack_panel(w: &[f32], k: usize, lines: &mut [Line]) -> bool {
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer in vector arithmetic.
+    const MAGIC: f32 = 12_582_912.0;
+    for (j, row) in w.chunks_exact(k).enumerate() {
+        for (blk, lines) in row.chunks_exact(QK).zip(lines.chunks_exact_mut(LINES)) {
+            // Minimum and maximum in 8 lanes (`<` selects, which vectorizes; `f32::min` does
+            // not), after a check that every value is finite.
+            let mut finite = true;
+            let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+            for c in blk.chunks_exact(8) {
+                for l in 0..8 {
+                    finite &= c[l].abs() <= f32::MAX;
+                    lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+                    hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+                }
+            }
+            if !finite {
+                return false;
+            }
+            let mn = lo.into_iter().fold(f32::INFINITY, f32::min);
+            let mx = hi.into_iter().fold(f32::NEG_INFINITY, f32::max);
+            let d16 = f16::from_f32((mx - mn) / 15.0);
+            let m16 = f16::from_f32(mn);
+            if !d16.is_finite() || !m16.is_finite() {
+                return false;
+            }
+            let (d, m) = (d16.to_f32(), m16.to_f32());
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut q = [0u8; QK];
+            for (q, &v) in q.iter_mut().zip(blk) {
+                *q = ((((v - m) * id).clamp(0.0, 15.0) + MAGIC) - MAGIC) as u8;
+            }
+            for (t, &q) in q.iter().enumerate() {
+                let (g, e) = (t / 4, t % 4);
+                lines[g / 2].0[4 * j + e] |= q << (4 * (g % 2));
+            }
+            lines[4].0[2 * j..2 * j + 2].copy_from_slice(&d16.to_le_bytes());
+            lines[4].0[32 + 2 * j..32 + 2 * j + 2].copy_from_slice(&m16.to_le_bytes());
+        }
+    }
+    true
+}
+
 /// `d` and `m` of output `j` from a block's scale line.
 fn scales(line: &Line, j: usize) -> (f32, f32) {
     let d = f16::from_le_bytes([line.0[2 * j], line.0[2 * j + 1]]).to_f32();
@@ -393,13 +428,14 @@ fn quantize_acts(x: &[f32], a: &mut QuantActs) {
     }
 }
 
-struct SyncPtr(*mut f32);
-// SAFETY: the units of one call write disjoint parts of y through it, and the call returns only
+/// A pointer the units of one parallel call share.
+struct SyncPtr<T>(*mut T);
+// SAFETY: the units of one call write disjoint parts through it, and the call returns only
 // after every unit has finished.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-impl SyncPtr {
-    fn get(&self) -> *mut f32 {
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(&self) -> *mut T {
         self.0
     }
 }
