@@ -1023,13 +1023,19 @@ mod tests {
     }
 
     #[test]
-    fn large_shapes_on_the_pool_match_the_single_row_results() {
-        // Rows are independent: a 130-row call on the thread pool equals 130 one-row calls.
+    fn large_shapes_on_the_pool_match_single_rows_on_the_calling_thread() {
+        // Rows are independent: a 130-row call on the thread pool equals one-row calls.
         let mut rng = Rng(21);
         let (rows, out, k) = (130, 1000, 576);
         let w = rng.vec(out * k, 0.05);
         let x = rng.vec(rows * k, 1.0);
         let p = PackedQ4::quantize(&w, out, k).unwrap();
+        // Packed on the pool, the same weights as one row packed on the calling thread.
+        let wq = p.dequantize();
+        for o in [0, 15, 16, 500, 999] {
+            let one = PackedQ4::quantize(&w[o * k..(o + 1) * k], 1, k).unwrap();
+            assert_eq!(&wq[o * k..(o + 1) * k], &one.dequantize()[..], "row {o}");
+        }
         for isa in isas() {
             let mut y = vec![0f32; rows * out];
             p.matmul_with(isa, &x, rows, &mut y);
