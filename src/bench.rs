@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::hooks::{Capture, Intervention};
-use crate::model::{Generate, Model, Result};
+use crate::hooks::{BlockSite, Capture, HookPoint, Intervention};
+use crate::model::{Generate, Logits, Model, Precision, Result};
 
 pub const TEXT: &str =
     "The quick brown fox jumps over the lazy dog while the researchers record every \
@@ -17,13 +17,37 @@ neuron of every layer, ablate one of them, and watch the next-token distribution
 pub struct BenchReport {
     pub model: String,
     pub threads: usize,
+    /// The instruction sets the kernels chose on this machine.
+    pub f32_isa: String,
+    pub fast_isa: String,
+    /// Exact path (f32), every position's logits, nothing recorded.
     pub forward_32_ms: f64,
     pub forward_128_ms: f64,
     pub forward_32_record_all_ms: f64,
-    pub record_all_overhead_pct: f64,
-    pub ablation_round_trip_32_ms: f64,
+    /// Recording every hook point over a bare forward, as a fraction (0.08 = 8%).
+    pub record_all_overhead: f64,
+    /// The viewer's click: a layer-10 ablation changes, new logits come back (incremental).
+    pub ablation_round_trip_ms: f64,
     pub ablation_full_rerun_32_ms: f64,
-    pub generate_20_greedy_ms: f64,
+    /// A scan's batched forward: 16 probes × 32 tokens in one call, every layer's
+    /// `mlp.hook_post` recorded, no logits.
+    pub scan_tokens_per_s: f64,
+    /// 20 greedy tokens after an 8-token prompt, KV cache.
+    pub generate_20_ms: f64,
+    /// The fast path (4-bit weights × 8-bit activations).
+    pub fast_forward_32_ms: f64,
+    pub fast_forward_128_ms: f64,
+    pub generate_20_fast_ms: f64,
+    pub fast_scan_tokens_per_s: f64,
+    /// Fidelity of the fast path on the built-in probes and the bench text: the largest
+    /// last-position KL(exact ‖ fast), top-1 agreement over every position, largest |Δ logit|.
+    pub fast_kl: f64,
+    pub fast_top1_agreement: f64,
+    pub fast_max_abs_dlogit: f64,
+    pub fidelity_probes: usize,
+    /// What the fast path's weights hold, MB.
+    pub fast_weights_mb: f64,
+    /// Peak resident set of this process with both weight sets loaded.
     pub peak_rss_mb: f64,
 }
 
@@ -67,47 +91,106 @@ pub fn peak_rss_mb() -> f64 {
 
 pub fn measure(model: &Model, reps: usize) -> Result<BenchReport> {
     let reps = reps.max(1);
+    let exact = model.with_precision(Precision::Exact);
+    let fast = model.with_precision(Precision::Fast);
+    let fast_bytes = fast.prepare_fast();
     let t32 = tokens(model, 32)?;
     let t128 = tokens(model, 128.min(model.config().n_ctx))?;
     let nothing = Capture::Nothing;
-    let forward_32_ms = median_ms(reps, |_| model.run(&t32, &nothing, &[]).map(drop))?;
-    let forward_128_ms = median_ms(reps, |_| model.run(&t128, &nothing, &[]).map(drop))?;
+    let forward = |m: &Model, t: &[u32]| median_ms(reps, |_| m.run(t, &nothing, &[]).map(drop));
+    let forward_32_ms = forward(&exact, &t32)?;
+    let forward_128_ms = forward(&exact, &t128)?;
+    let fast_forward_32_ms = forward(&fast, &t32)?;
+    let fast_forward_128_ms = forward(&fast, &t128)?;
     let forward_32_record_all_ms =
-        median_ms(reps, |_| model.run(&t32, &Capture::All, &[]).map(drop))?;
-    // The viewer's click: an ablation in a middle layer changes; new logits come back.
-    let layer = model.config().n_layers / 3;
+        median_ms(reps, |_| exact.run(&t32, &Capture::All, &[]).map(drop))?;
+    // The viewer's click: an ablation in layer 10 changes; new logits come back.
+    let layer = 10.min(model.config().n_layers - 1);
     let d_mlp = model.config().d_mlp;
-    let cache = model.prepare(&t32, &nothing, None)?;
+    let cache = exact.prepare(&t32, &nothing, None)?;
     let ablate = |i: usize| {
         vec![Intervention::zero(
-            crate::hooks::HookPoint::block(layer, crate::hooks::BlockSite::MlpPost),
+            HookPoint::block(layer, BlockSite::MlpPost),
             vec![(123 + i) % d_mlp],
         )]
     };
-    let ablation_round_trip_32_ms = median_ms(reps, |i| {
-        model.rerun(&cache, &nothing, &ablate(i), None).map(drop)
+    let ablation_round_trip_ms = median_ms(reps, |i| {
+        exact.rerun(&cache, &nothing, &ablate(i), None).map(drop)
     })?;
     let ablation_full_rerun_32_ms =
-        median_ms(reps, |i| model.run(&t32, &nothing, &ablate(i)).map(drop))?;
+        median_ms(reps, |i| exact.run(&t32, &nothing, &ablate(i)).map(drop))?;
+    // A scan: many short probes per call, what it keeps recorded, no logits.
+    let probes: Vec<Vec<u32>> = (0..16)
+        .map(|i| {
+            let mut t = tokens(model, 32 + i)?;
+            t.drain(..i);
+            Ok(t)
+        })
+        .collect::<Result<_>>()?;
+    let seqs: Vec<&[u32]> = probes.iter().map(|p| p.as_slice()).collect();
+    let scan_capture = Capture::sites([BlockSite::MlpPost]);
+    let scan_tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    let scan = |m: &Model| -> Result<f64> {
+        let ms = median_ms(reps.min(5), |_| {
+            m.run_batch(&seqs, &scan_capture, &[], Logits::None, None)
+                .map(drop)
+        })?;
+        Ok(scan_tokens as f64 / (ms / 1e3))
+    };
+    let scan_tokens_per_s = scan(&exact)?;
+    let fast_scan_tokens_per_s = scan(&fast)?;
     let gen = Generate {
         max_tokens: 20,
         stop_at_eos: false,
         ..Generate::default()
     };
     let prompt = tokens(model, 8)?;
-    let generate_20_greedy_ms = median_ms(reps.min(5), |_| {
-        model.generate(&prompt, &[], &gen, None).map(drop)
-    })?;
+    let generate = |m: &Model| {
+        median_ms(reps.min(5), |_| {
+            m.generate(&prompt, &[], &gen, None).map(drop)
+        })
+    };
+    let generate_20_ms = generate(&exact)?;
+    let generate_20_fast_ms = generate(&fast)?;
+    // Fidelity on every built-in probe and the bench text.
+    let mut texts: Vec<Vec<u32>> = vec![t32.clone(), t128.clone()];
+    for p in crate::corpus::protocols() {
+        for s in p.probes {
+            if let Ok(t) = model.tokenize(&s.text) {
+                texts.push(t.iter().map(|t| t.id).collect());
+            }
+        }
+    }
+    let (mut fast_kl, mut agree, mut positions, mut max_abs) = (0f64, 0f64, 0usize, 0f32);
+    for t in &texts {
+        let f = model.fidelity(t, &[], None)?;
+        fast_kl = fast_kl.max(f.kl_last);
+        agree += f.top1_agreement * f.positions as f64;
+        positions += f.positions;
+        max_abs = max_abs.max(f.max_abs_dlogit);
+    }
     Ok(BenchReport {
         model: model.info().name.clone(),
         threads: candle_core::utils::get_num_threads(),
+        f32_isa: crate::model::kernels::f32::isa().name().to_string(),
+        fast_isa: crate::model::kernels::q4::isa().to_string(),
         forward_32_ms,
         forward_128_ms,
         forward_32_record_all_ms,
-        record_all_overhead_pct: (forward_32_record_all_ms / forward_32_ms - 1.0) * 100.0,
-        ablation_round_trip_32_ms,
+        record_all_overhead: forward_32_record_all_ms / forward_32_ms - 1.0,
+        ablation_round_trip_ms,
         ablation_full_rerun_32_ms,
-        generate_20_greedy_ms,
+        scan_tokens_per_s,
+        generate_20_ms,
+        fast_forward_32_ms,
+        fast_forward_128_ms,
+        generate_20_fast_ms,
+        fast_scan_tokens_per_s,
+        fast_kl,
+        fast_top1_agreement: agree / positions.max(1) as f64,
+        fast_max_abs_dlogit: max_abs as f64,
+        fidelity_probes: texts.len(),
+        fast_weights_mb: fast_bytes as f64 / 1e6,
         peak_rss_mb: peak_rss_mb(),
     })
 }
@@ -118,37 +201,53 @@ pub fn command(model: &Model, reps: usize, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "model {} on {} threads, medians of {reps} runs",
-            r.model, r.threads
+            "model {} on {} threads (f32 kernel: {}, fast kernel: {}), medians of {reps} runs",
+            r.model, r.threads, r.f32_isa, r.fast_isa
+        );
+        let ms = |label: &str, exact: f64, fast: Option<f64>| match fast {
+            Some(f) => println!("{label:38} {exact:8.1} ms   fast {f:8.1} ms"),
+            None => println!("{label:38} {exact:8.1} ms"),
+        };
+        ms(
+            "full forward, 32 tokens",
+            r.forward_32_ms,
+            Some(r.fast_forward_32_ms),
+        );
+        ms(
+            "full forward, 128 tokens",
+            r.forward_128_ms,
+            Some(r.fast_forward_128_ms),
         );
         println!(
-            "full forward, 32 tokens              {:8.1} ms",
-            r.forward_32_ms
+            "{:38} {:8.1} ms ({:+.1}%)",
+            "forward recording every hook, 32",
+            r.forward_32_record_all_ms,
+            r.record_all_overhead * 100.0
+        );
+        ms(
+            "ablation round trip (incremental)",
+            r.ablation_round_trip_ms,
+            None,
+        );
+        ms(
+            "ablation with a full re-run",
+            r.ablation_full_rerun_32_ms,
+            None,
+        );
+        ms(
+            "20 greedy tokens, KV cache",
+            r.generate_20_ms,
+            Some(r.generate_20_fast_ms),
         );
         println!(
-            "full forward, 128 tokens             {:8.1} ms",
-            r.forward_128_ms
+            "{:38} {:8.0} tok/s fast {:8.0} tok/s",
+            "batched scan (16 × 32, no logits)", r.scan_tokens_per_s, r.fast_scan_tokens_per_s
         );
         println!(
-            "forward recording every hook, 32     {:8.1} ms ({:+.1}%)",
-            r.forward_32_record_all_ms, r.record_all_overhead_pct
+            "fast path fidelity on {} probes: max KL {:.4} nats, top-1 agreement {:.3}, max |Δlogit| {:.3}; its weights {:.0} MB",
+            r.fidelity_probes, r.fast_kl, r.fast_top1_agreement, r.fast_max_abs_dlogit, r.fast_weights_mb
         );
-        println!(
-            "ablation round trip (incremental)    {:8.1} ms",
-            r.ablation_round_trip_32_ms
-        );
-        println!(
-            "ablation with a full re-run          {:8.1} ms",
-            r.ablation_full_rerun_32_ms
-        );
-        println!(
-            "20 greedy tokens, KV cache           {:8.1} ms",
-            r.generate_20_greedy_ms
-        );
-        println!(
-            "peak RSS                             {:8.1} MB",
-            r.peak_rss_mb
-        );
+        println!("{:38} {:8.1} MB", "peak RSS", r.peak_rss_mb);
     }
     Ok(())
 }

@@ -129,3 +129,92 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-6);
     }
 }
+
+/// How far one run's logits are from another's on the same probe (the fast path's against the
+/// exact path's): the fidelity meter.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fidelity {
+    /// `KL(exact ‖ other)` of the next-token distributions after the last position, in nats.
+    pub kl_last: f64,
+    /// The largest such KL over all positions.
+    pub kl_max: f64,
+    /// The fraction of positions whose top-1 next token is the same.
+    pub top1_agreement: f64,
+    /// The largest `|Δ logit|` anywhere.
+    pub max_abs_dlogit: f32,
+    pub positions: usize,
+}
+
+/// Compares two `[pos, vocab]` logit arrays of one probe. A non-finite logit in `other` counts
+/// as infinitely far (KL and |Δ| become infinite, the position disagrees).
+pub fn fidelity(exact: &[f32], other: &[f32], vocab: usize) -> Fidelity {
+    let positions = exact.len().min(other.len()) / vocab.max(1);
+    let (mut kl_last, mut kl_max, mut agree, mut max_abs) = (0.0, 0.0f64, 0usize, 0f32);
+    for p in 0..positions {
+        let (e, o) = (
+            &exact[p * vocab..(p + 1) * vocab],
+            &other[p * vocab..(p + 1) * vocab],
+        );
+        let finite = o.iter().all(|v| v.is_finite());
+        let kl = if finite {
+            kl_divergence(e, o)
+        } else {
+            f64::INFINITY
+        };
+        kl_max = kl_max.max(kl);
+        if p + 1 == positions {
+            kl_last = kl;
+        }
+        let argmax = |v: &[f32]| top_k(v, 1).first().map(|t| t.0);
+        agree += usize::from(finite && argmax(e) == argmax(o));
+        for (a, b) in e.iter().zip(o) {
+            let d = (a - b).abs();
+            max_abs = if d.is_nan() {
+                f32::INFINITY
+            } else {
+                max_abs.max(d)
+            };
+        }
+    }
+    Fidelity {
+        kl_last,
+        kl_max,
+        top1_agreement: if positions == 0 {
+            1.0
+        } else {
+            agree as f64 / positions as f64
+        },
+        max_abs_dlogit: max_abs,
+        positions,
+    }
+}
+
+#[cfg(test)]
+mod fidelity_tests {
+    use super::*;
+
+    #[test]
+    fn identical_logits_are_perfectly_faithful() {
+        let l = [1.0, 2.0, 0.5, 3.0, -1.0, 0.0];
+        let f = fidelity(&l, &l, 3);
+        assert_eq!(
+            (f.kl_last, f.kl_max, f.top1_agreement, f.max_abs_dlogit),
+            (0.0, 0.0, 1.0, 0.0)
+        );
+        assert_eq!(f.positions, 2);
+    }
+
+    #[test]
+    fn a_changed_top_token_and_a_nan_are_seen() {
+        let exact = [1.0, 2.0, 0.5, 3.0, -1.0, 0.0];
+        let moved = [1.0, 2.0, 0.5, 3.0, -1.0, 3.5];
+        let f = fidelity(&exact, &moved, 3);
+        assert_eq!(f.top1_agreement, 0.5);
+        assert_eq!(f.max_abs_dlogit, 3.5);
+        assert!(f.kl_last > 0.5 && f.kl_max == f.kl_last, "{f:?}");
+        let nan = [1.0, 2.0, f32::NAN, 3.0, -1.0, 0.0];
+        let f = fidelity(&exact, &nan, 3);
+        assert!(f.kl_max.is_infinite() && f.max_abs_dlogit.is_infinite());
+        assert_eq!(f.top1_agreement, 0.5);
+    }
+}

@@ -55,6 +55,7 @@ impl Model {
         self.check_tokens(prompt)?;
         self.check_interventions(interventions, prompt.len())?;
         let w = self.weights();
+        let fast = self.precision() == super::Precision::Fast;
         let n_ctx = self.config().n_ctx;
         let mut cache = KvCache::default();
         // `Op::Mean` is resolved over the prompt and then held fixed for the cached steps.
@@ -64,8 +65,10 @@ impl Model {
             hooks = hooks.with_cancel(flag.clone());
         }
         let x = w.embed(prompt, &mut hooks)?;
-        let mut logits =
-            w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
+        let mut logits = w.unembed_last(
+            &w.run_from(0, x, &mut hooks, Some(&mut cache), None, fast)?,
+            fast,
+        )?;
         let resolved = hooks.resolved();
 
         let mut rng = match opts.sampling {
@@ -94,7 +97,10 @@ impl Model {
             }
             hooks.pos_offset = len - 1;
             let x = w.embed(&[next], &mut hooks)?;
-            logits = w.unembed_last(&w.run_from(0, x, &mut hooks, Some(&mut cache), None)?)?;
+            logits = w.unembed_last(
+                &w.run_from(0, x, &mut hooks, Some(&mut cache), None, fast)?,
+                fast,
+            )?;
         }
         Ok(out)
     }

@@ -193,11 +193,31 @@ fn title_from_path(path: &std::path::Path) -> Option<String> {
     (!stem.is_empty()).then(|| stem.to_string())
 }
 
-/// A loaded model with its tokenizer.
+/// How a model computes: exactly in f32 (the default, the numbers that match the reference), or
+/// on the opt-in fast path (4-bit weight blocks × 8-bit activations, integer dot products).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Precision {
+    #[default]
+    Exact,
+    Fast,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact (f32)",
+            Precision::Fast => "fast (4-bit weights × 8-bit activations)",
+        }
+    }
+}
+
+/// A loaded model with its tokenizer. Cheap to view at another [`Precision`]
+/// ([`Model::with_precision`]): the views share the weights.
 pub struct Model {
-    weights: Weights,
-    tokenizer: Tokenizer,
+    weights: Arc<Weights>,
+    tokenizer: Arc<Tokenizer>,
     info: ModelInfo,
+    precision: Precision,
 }
 
 /// Which logits a batched run computes ([`Model::run_batch`]).
@@ -298,15 +318,41 @@ impl Model {
             path,
         };
         Ok(Model {
-            weights,
-            tokenizer,
+            weights: Arc::new(weights),
+            tokenizer: Arc::new(tokenizer),
             info,
+            precision: Precision::Exact,
         })
     }
 
     /// Opens a GGUF file or an HF folder (config.json, *.safetensors, tokenizer.json).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         load::open(&path.into())
+    }
+
+    /// The same model computing at `precision`; shares the weights. The fast path's 4-bit
+    /// weights are made the first time a fast run needs each (or all at once by
+    /// [`Model::prepare_fast`]) and then kept.
+    pub fn with_precision(&self, precision: Precision) -> Model {
+        Model {
+            weights: self.weights.clone(),
+            tokenizer: self.tokenizer.clone(),
+            info: self.info.clone(),
+            precision,
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn fast(&self) -> bool {
+        self.precision == Precision::Fast
+    }
+
+    /// Makes the fast path's 4-bit weights now; returns the bytes they hold.
+    pub fn prepare_fast(&self) -> usize {
+        self.weights.prepare_fast()
     }
 
     pub fn config(&self) -> &Config {
@@ -430,7 +476,9 @@ impl Model {
             hooks = hooks.with_cancel(flag);
         }
         let x = self.weights.embed(tokens, &mut hooks)?;
-        let logits = self.weights.run_from(0, x, &mut hooks, None, None)?;
+        let logits = self
+            .weights
+            .run_from(0, x, &mut hooks, None, None, self.fast())?;
         self.output(logits, hooks.record, self.config().n_layers)
     }
 
@@ -467,7 +515,7 @@ impl Model {
             .collect();
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let x = self.weights.embed_packed(seqs, &mut hooks)?;
-        let mut packed = transformer::Seqs::new(&mut hooks, &lens);
+        let mut packed = transformer::Seqs::new(&mut hooks, &lens, self.fast());
         let last = self
             .weights
             .run_packed_from(0, x, &mut packed, None, None)?;
@@ -481,7 +529,7 @@ impl Model {
                 Logits::All => Some(last.narrow(0, start, len)?),
             };
             let logits = match rows {
-                Some(rows) => self.weights.unembed_all(&rows)?,
+                Some(rows) => self.weights.unembed_all(&rows, self.fast())?,
                 None => Vec::new(),
             };
             outputs.push(RunOutput {
@@ -493,6 +541,34 @@ impl Model {
             start += len;
         }
         Ok(outputs)
+    }
+
+    /// The fidelity meter: this probe run exactly and on the fast path, compared at every
+    /// position (with the same interventions on both).
+    pub fn fidelity(
+        &self,
+        tokens: &[u32],
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<crate::analysis::Fidelity> {
+        let nothing = Capture::Nothing;
+        let exact = self.with_precision(Precision::Exact).run_cancellable(
+            tokens,
+            &nothing,
+            interventions,
+            cancel.clone(),
+        )?;
+        let fast = self.with_precision(Precision::Fast).run_cancellable(
+            tokens,
+            &nothing,
+            interventions,
+            cancel,
+        )?;
+        Ok(crate::analysis::fidelity(
+            &exact.logits,
+            &fast.logits,
+            exact.vocab,
+        ))
     }
 
     /// Runs the baseline (no interventions) and keeps what an incremental re-run needs.
@@ -509,9 +585,9 @@ impl Model {
         }
         let x = self.weights.embed(tokens, &mut hooks)?;
         let mut resid_pre = Vec::with_capacity(self.config().n_layers + 1);
-        let logits = self
-            .weights
-            .run_from(0, x, &mut hooks, None, Some(&mut resid_pre))?;
+        let logits =
+            self.weights
+                .run_from(0, x, &mut hooks, None, Some(&mut resid_pre), self.fast())?;
         let baseline = self.output(logits, hooks.record, self.config().n_layers)?;
         Ok(ProbeCache {
             tokens: tokens.to_vec(),
@@ -547,7 +623,9 @@ impl Model {
         }
         // resid_pre has n_layers + 1 entries: the last is the input of the final norm.
         let x = cache.resid_pre[start].clone();
-        let logits = self.weights.run_from(start, x, &mut hooks, None, None)?;
+        let logits = self
+            .weights
+            .run_from(start, x, &mut hooks, None, None, self.fast())?;
         let mut record = hooks.record;
         record.fill_before_layer(&cache.baseline.record, start);
         self.output(logits, record, n_layers - start)
@@ -560,7 +638,7 @@ impl Model {
         layers_computed: usize,
     ) -> Result<RunOutput> {
         let vocab = self.config().vocab_size;
-        let logits = self.weights.unembed_all(&final_resid)?;
+        let logits = self.weights.unembed_all(&final_resid, self.fast())?;
         Ok(RunOutput {
             logits,
             vocab,

@@ -3,8 +3,10 @@
 //! thread pool (`candle_core::utils::barrier_pool`) so that no second pool competes with it.
 //!
 //! - [`f32`]: the exact path: f32 weights packed into panels once, an AVX2 + FMA micro-kernel.
+//! - [`attention`]: causal attention on slices; fused (no score matrices) unless hooks need them.
 //! - [`q4`]: the opt-in fast path: 4-bit weight blocks (GGUF Q4_1's layout) times
 //!   activations quantized per block to 8 bits, integer dot products.
 
+pub mod attention;
 pub mod f32;
 pub mod q4;
