@@ -21,7 +21,7 @@ USAGE:
   hubel --bench-ui [--model PATH]         measure the viewer (click to output, frame times, idle CPU)
   hubel fetch [--model] [--corpus]      fetch the default model (SmolLM2-135M) and corpus (WordNet 3.1)
   hubel probe --text TEXT [--model PATH] [--ablate SPEC]... [--steer SPEC]...
-              [--top K] [--generate N] [--json] [--save-logits FILE.npy]
+              [--top K] [--generate N] [--fast] [--json] [--save-logits FILE.npy]
   hubel bench [--model PATH] [--json] [--reps N]
   hubel effect --feature L10N222 [--model PATH] [--text TEXT [--pos P]] [--top K] [--json]
 
@@ -29,11 +29,15 @@ SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
 
 --model takes a .gguf file or an HF folder (config.json, *.safetensors, tokenizer.json);
-the default is the fetched SmolLM2 under assets/models.";
+the default is the fetched SmolLM2 under assets/models.
+--fast computes on the opt-in fast path (4-bit weights × 8-bit activations, about twice as
+fast; `hubel bench` prints its fidelity); numbers to compare with a reference need the default,
+exact f32 path.";
 
 fn main() -> ExitCode {
-    // candle asks rayon's thread count on every matmul; without the variable that means reading
-    // /proc and cgroup files each time (measurable in a 1-token generation step).
+    // The one place the thread count is decided: candle's pool (which runs our kernels and
+    // candle's element-wise ops) reads it once; without the variable candle would also read /proc
+    // and cgroup files on every call that asks.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -234,10 +238,16 @@ fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {
     let (ablate, steer) = (args.values("--ablate")?, args.values("--steer")?);
     let (top, generate) = (args.number("--top", 10)?, args.number("--generate", 0)?);
     let json = args.flag("--json");
+    let fast = args.flag("--fast");
     let save = args.value("--save-logits")?;
     let model_path = args.value("--model")?;
     args.finish()?;
     let model = open_model(model_path)?;
+    let model = if fast {
+        model.with_precision(hubel::model::Precision::Fast)
+    } else {
+        model
+    };
     // Specs are read against the model, so a position or index beyond it is an error that
     // names the model's limit before any list is expanded.
     let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::analysis;
 use crate::hooks::{Capture, Intervention};
-use crate::model::{Generate, Model, ModelInfo, Result, RunOutput, Token};
+use crate::model::{Generate, Model, ModelInfo, Precision, Result, RunOutput, Token};
 
 /// What the user asked for.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +40,8 @@ pub struct RunSummary {
 #[derive(Debug, Serialize)]
 pub struct ProbeReport {
     pub model: ModelInfo,
+    /// Exact (f32, the reference) or the opt-in fast path.
+    pub precision: Precision,
     pub tokens: Vec<Token>,
     pub interventions: Vec<String>,
     pub baseline: RunSummary,
@@ -119,6 +121,7 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
     };
     Ok(ProbeReport {
         model: model.info().clone(),
+        precision: model.precision(),
         tokens,
         interventions: req.interventions.iter().map(describe).collect(),
         baseline,
@@ -161,6 +164,9 @@ pub fn render_table(r: &ProbeReport) -> String {
     let mut s = String::new();
     let m = &r.model;
     let _ = writeln!(s, "model  {} ({})", m.describe(), m.shape());
+    if r.precision != Precision::Exact {
+        let _ = writeln!(s, "path   {}", r.precision.name());
+    }
     let toks: Vec<String> = r
         .tokens
         .iter()

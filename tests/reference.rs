@@ -219,3 +219,35 @@ fn smollm2_full_last_logits_and_model_facts() {
         LOGIT_TOL,
     );
 }
+
+/// The fast path (4-bit weight blocks × 8-bit activations) on every reference probe, against
+/// the exact path: SmolLM2's block weights are Q4_1 in the file, so only the activations are
+/// rounded. Targets: last-position KL(exact ‖ fast) ≤ 0.01 nats, top-1 agreement ≥ 0.98 over
+/// every position of every probe.
+#[test]
+fn smollm2_fast_path_stays_within_its_fidelity_bounds() {
+    let model = common::smollm2();
+    let (mut agree, mut positions) = (0.0, 0);
+    for name in ["left_party", "digits", "code", "unicode", "repeat", "long"] {
+        let fx = Fixture::open(fixtures().join("smollm2").join(name));
+        let text = fx.meta["text"].as_str().unwrap();
+        let tokens: Vec<u32> = model.tokenize(text).unwrap().iter().map(|t| t.id).collect();
+        let f = model.fidelity(&tokens, &[], None).unwrap();
+        assert!(
+            f.kl_last <= 0.01,
+            "{name}: KL(exact ‖ fast) {} nats",
+            f.kl_last
+        );
+        assert!(
+            f.max_abs_dlogit.is_finite() && f.max_abs_dlogit > 0.0,
+            "{name}: {f:?}"
+        );
+        agree += f.top1_agreement * f.positions as f64;
+        positions += f.positions;
+    }
+    let agreement = agree / positions as f64;
+    assert!(
+        agreement >= 0.98,
+        "top-1 agreement {agreement} over {positions} positions"
+    );
+}

@@ -62,6 +62,30 @@ fn normal(rng: &mut rand::rngs::StdRng) -> f32 {
 
 /// A random model of `cfg` (seeded), and its tensors by HF name.
 pub fn random_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, Tensor>)> {
+    random_model_with(cfg, seed, false)
+}
+
+/// [`random_model`] whose matrices are exactly representable in 4-bit blocks of 32 along their
+/// input axis (as a Q4_1 GGUF's are), so that the fast path rounds only activations: the tiny
+/// stand-in for SmolLM2's file in fast-path tests.
+pub fn random_q4_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, Tensor>)> {
+    random_model_with(cfg, seed, true)
+}
+
+/// `w` (`[rows, k]`, one row per output) rounded to the fast path's 4-bit blocks, when `k`
+/// allows them.
+fn round_q4(w: Vec<f32>, rows: usize, k: usize) -> Vec<f32> {
+    match super::kernels::q4::PackedQ4::quantize(&w, rows, k) {
+        Some(q) => q.dequantize(),
+        None => w,
+    }
+}
+
+fn random_model_with(
+    cfg: &Config,
+    seed: u64,
+    q4: bool,
+) -> Result<(Model, BTreeMap<String, Tensor>)> {
     let device = Device::Cpu;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut made = BTreeMap::new();
@@ -80,6 +104,19 @@ pub fn random_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, 
                 }
             })
             .collect();
+        let data = match dims {
+            [a, b] if q4 => {
+                // GPT-2's Conv1D weights are stored [in, out]: round along `in`.
+                if name.contains(".c_") {
+                    let t: Vec<f32> = (0..a * b).map(|i| data[(i % a) * b + i / a]).collect();
+                    let r = round_q4(t, *b, *a);
+                    (0..a * b).map(|i| r[(i % b) * a + i / b]).collect()
+                } else {
+                    round_q4(data, *a, *b)
+                }
+            }
+            _ => data,
+        };
         let t = Tensor::from_vec(data, dims, &device)?;
         made.insert(name.to_string(), t.clone());
         Ok(Some(t))
