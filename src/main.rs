@@ -15,6 +15,7 @@ hubel: a probe viewer for language models
 
 USAGE:
   hubel                                 open the viewer
+  hubel paths [--json]                  where the data directory, model, corpus and settings are
   hubel --help | --version              this text, or the version (also `hubel COMMAND --help`)
   hubel --screenshots DIR [--model PATH] [--size WxH]  walk through the viewer (default 1280x720)
                                         and save screenshots into DIR
@@ -29,7 +30,10 @@ SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
 
 --model takes a .gguf file or an HF folder (config.json, *.safetensors, tokenizer.json);
-the default is the fetched SmolLM2 under assets/models.
+the default is the fetched SmolLM2 under the data directory's models/.
+--data-dir DIR (before or after any command) puts downloads and settings in DIR. Without it:
+$HUBEL_ASSETS, else a source checkout's assets/ that already holds the default model, else the
+platform's data directory (~/.local/share/hubel on Linux); `hubel paths` says which.
 --fast computes on the opt-in fast path (4-bit weights × 8-bit activations, about twice as
 fast; `hubel bench` prints its fidelity); numbers to compare with a reference need the default,
 exact f32 path.";
@@ -122,13 +126,16 @@ impl Args {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let mut words: Vec<String> = std::env::args().skip(1).collect();
-    if words.is_empty() {
+    let mut args = Args(std::env::args().skip(1).collect());
+    // `--data-dir DIR` applies to every command, so it is taken out first.
+    if let Some(dir) = args.value("--data-dir")? {
+        assets::set_data_dir_flag(PathBuf::from(dir));
+    }
+    if args.0.is_empty() {
         hubel::app::run_native()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let command = words.remove(0);
-    let mut args = Args(words);
+    let command = args.0.remove(0);
     if matches!(command.as_str(), "--version" | "-V") || args.flag("--version") || args.flag("-V") {
         println!("hubel {}", env!("CARGO_PKG_VERSION"));
         return Ok(ExitCode::SUCCESS);
@@ -171,6 +178,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "fetch" => fetch(args),
+        "paths" => paths_command(args),
         "probe" => probe_command(args),
         "effect" => effect_command(args),
         "bench" => hubel::bench::command(
@@ -216,6 +224,41 @@ fn fetch(mut args: Args) -> anyhow::Result<ExitCode> {
         .context("fetching the WordNet corpus")?;
         println!("corpus {}", path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn paths_command(mut args: Args) -> anyhow::Result<ExitCode> {
+    let json = args.flag("--json");
+    args.finish()?;
+    let paths = assets::Paths::current();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&paths)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let why = match paths.source {
+        assets::DataSource::Flag => "--data-dir",
+        assets::DataSource::Env => "$HUBEL_ASSETS",
+        assets::DataSource::Checkout => "the source checkout's, which holds the default model",
+        assets::DataSource::Platform => "the platform's data directory",
+        assets::DataSource::Temporary => "no home directory: a temporary folder",
+    };
+    let show = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string())
+    };
+    println!("data dir  {} ({why})", paths.data_dir.display());
+    println!(
+        "model     {} ({})",
+        paths.model.display(),
+        if paths.model_present {
+            "present"
+        } else {
+            "not fetched: `hubel fetch`"
+        }
+    );
+    println!("corpus    {}", paths.corpus.display());
+    println!("settings  {}", show(&paths.settings));
+    println!("platform  {}", show(&paths.platform_dir));
     Ok(ExitCode::SUCCESS)
 }
 

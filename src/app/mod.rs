@@ -16,6 +16,7 @@ pub mod derived;
 pub mod export;
 pub mod file_dialog;
 pub mod fonts;
+pub mod icon;
 mod panels;
 pub mod state;
 pub mod text;
@@ -889,13 +890,28 @@ impl eframe::App for HubelApp {
     }
 }
 
-/// Opens the viewer window.
+/// Opens the viewer window. Settings are kept in [`assets::settings_file`] (the platform's data
+/// directory, or the one `--data-dir` / `$HUBEL_ASSETS` names).
 pub fn run_native() -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("Hubel")
+        // Matches the desktop entry (packaging/linux/hubel.desktop) on Wayland.
+        .with_app_id("hubel")
+        .with_inner_size([1400.0, 900.0])
+        .with_min_inner_size([800.0, 560.0]);
+    match icon::window_icon() {
+        Ok(icon) => viewport = viewport.with_icon(icon),
+        Err(e) => eprintln!("warning: no window icon: {e}"),
+    }
+    let settings =
+        assets::settings_file(&assets::data_dir(), assets::platform_data_dir().as_deref());
+    if let Some(dir) = settings.as_deref().and_then(Path::parent) {
+        // eframe writes the file but does not create its folder.
+        let _ = std::fs::create_dir_all(dir);
+    }
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Hubel")
-            .with_inner_size([1400.0, 900.0])
-            .with_min_inner_size([800.0, 560.0]),
+        viewport,
+        persistence_path: settings,
         ..Default::default()
     };
     eframe::run_native(
