@@ -272,3 +272,46 @@ fn the_first_fetch_writes_into_the_data_dir_and_the_second_reuses_it() {
     );
     assert_eq!(std::fs::read_dir(home.cwd()).unwrap().count(), 0);
 }
+
+/// The window icon decodes from the compiled-in PNG: 64×64 RGBA, transparent corners (the rounded
+/// square), an opaque middle.
+#[test]
+fn the_window_icon_decodes() {
+    let icon = hubel::app::icon::window_icon().unwrap();
+    assert_eq!((icon.width, icon.height), (64, 64));
+    assert_eq!(icon.rgba.len(), 64 * 64 * 4);
+    let alpha = |x: usize, y: usize| icon.rgba[(y * 64 + x) * 4 + 3];
+    assert_eq!(alpha(0, 0), 0);
+    assert_eq!(alpha(32, 32), 255);
+}
+
+/// What the .deb installs exists and agrees: the desktop entry starts `hubel` and names the icon
+/// the package puts in the hicolor theme.
+#[test]
+fn the_desktop_entry_and_package_metadata_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let entry = std::fs::read_to_string(root.join("packaging/linux/hubel.desktop")).unwrap();
+    for line in [
+        "[Desktop Entry]",
+        "Type=Application",
+        "Exec=hubel",
+        "Icon=hubel",
+        "Name=Hubel",
+    ] {
+        assert!(entry.lines().any(|l| l == line), "{line} in {entry}");
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for path in [
+        "packaging/linux/hubel.desktop",
+        "assets/icon/hubel.svg",
+        "assets/icon/hubel-256.png",
+    ] {
+        assert!(root.join(path).is_file(), "{path}");
+        assert!(
+            manifest.contains(&format!("[\"{path}\"")),
+            "{path} in [package.metadata.deb]"
+        );
+    }
+    assert!(manifest.contains("\"usr/share/icons/hicolor/256x256/apps/hubel.png\""));
+    assert!(manifest.contains("\"usr/share/icons/hicolor/scalable/apps/\""));
+}
