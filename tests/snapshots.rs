@@ -43,7 +43,7 @@ fn harness(size: [f32; 2], state: AppState) -> Harness<'static, HubelApp> {
 
 fn settle(h: &mut Harness<'static, HubelApp>, what: &str, cond: impl Fn(&HubelApp) -> bool) {
     let start = Instant::now();
-    while !(cond(h.state()) && !h.state().is_busy()) {
+    while !cond(h.state()) || h.state().is_busy() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "timed out waiting for {what}: {:?}",

@@ -625,6 +625,7 @@ fn a_stale_result_is_dropped() {
             interventions: Vec::new(),
             continuation: 0,
             cancel: Default::default(),
+            precision: hubel::model::Precision::Exact,
         },
     ));
     let stale = loop {
@@ -856,4 +857,107 @@ fn the_chip_bar_keeps_its_height() {
     let after = h.get_by_label("Layer map").rect();
     assert_eq!(before.top(), after.top(), "the layer map did not move");
     h.get_by_label("Remove L0N0");
+}
+
+/// The Fast toggle runs the probe again on the fast path: the headers and the status line say
+/// so, the fidelity meter appears with numbers (its jobs stay out of the Jobs list, the job that
+/// made the 4-bit weights is in it), an edit is measured again, and toggling back shows the exact
+/// numbers again with no mark and no meter.
+#[test]
+fn the_fast_toggle_reruns_on_the_fast_path_with_a_fidelity_meter() {
+    use hubel::app::MeterState;
+    use hubel::model::Precision;
+    let mut h = loaded(tiny_llama(), "The cat sat on the mat.");
+    let exact = h.state().runtime.result.as_ref().unwrap();
+    assert_eq!(exact.precision, Precision::Exact);
+    let exact_logits = exact.baseline.logits.clone();
+    h.get_by_label("exact");
+    assert!(h.query_by_label("fast path (4-bit)").is_none());
+    assert!(h.query_by_label("Fidelity").is_none());
+
+    let runs = h.state().runtime.runs_done;
+    h.get_by_label("Fast (4-bit)").click();
+    let measured = |a: &HubelApp| {
+        a.runtime.precision() == Some(Precision::Fast)
+            && matches!(
+                a.runtime.fidelity.as_ref().map(|m| &m.state),
+                Some(MeterState::Ready(_))
+            )
+    };
+    wait_for(&mut h, "the fast run and its meter", move |a| {
+        a.runtime.runs_done > runs && measured(a)
+    });
+    assert_eq!(
+        h.state().state.precision,
+        Precision::Fast,
+        "saved in the state"
+    );
+    let r = h.state().runtime.result.as_ref().unwrap();
+    assert_ne!(r.baseline.logits, exact_logits, "fast numbers");
+    // The layer map, the heatmap and the output each say so; so does the status line.
+    assert_eq!(h.get_all_by_label("fast path (4-bit)").count(), 3);
+    h.get_by_label("fast path");
+    let Some(MeterState::Ready(f)) = h.state().runtime.fidelity.as_ref().map(|m| m.state.clone())
+    else {
+        unreachable!()
+    };
+    assert_eq!(f.positions, r.tokens.len());
+    assert!(f.kl_last > 0.0 && f.kl_last.is_finite() && f.max_abs_dlogit > 0.0);
+    h.get_by_label("Fidelity");
+    h.get_by_label(&format!(
+        "KL(exact‖fast) {:.4} nats · top-1 agreement {:.3} · max |Δlogit| {:.2}",
+        f.kl_last, f.top1_agreement, f.max_abs_dlogit
+    ));
+    wait_for(&mut h, "the 4-bit weights' job", |a| {
+        a.runtime
+            .job_list
+            .iter()
+            .any(|j| j.name == hubel::app::worker::PREPARE_FAST_JOB && j.state.is_finished())
+    });
+    h.get_by_label(hubel::app::worker::PREPARE_FAST_JOB);
+    assert!(
+        h.query_by_label(hubel::app::worker::FIDELITY_JOB).is_none(),
+        "the meter's jobs are not listed"
+    );
+
+    // An ablation on the fast path: the meter measures the edited runs.
+    let feature = h.state().derived.rows[0].feature;
+    let serial = h.state().runtime.fidelity.as_ref().unwrap().serial;
+    h.state_mut()
+        .set_feature_op(feature, Some(hubel::hooks::Op::Zero), 10.0);
+    wait_for(&mut h, "the edited run's meter", move |a| {
+        measured(a)
+            && a.runtime.fidelity.as_ref().unwrap().serial > serial
+            && a.runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.intervened.is_some())
+    });
+    assert_eq!(
+        h.state().runtime.result.as_ref().unwrap().precision,
+        Precision::Fast,
+        "both sides on the fast path"
+    );
+    h.get_by_label_contains("KL(exact‖fast)");
+    h.state_mut().set_feature_op(feature, None, 11.0);
+    wait_for(&mut h, "the unedited run", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_none())
+            && !a.is_busy()
+    });
+
+    // Back to exact: the reference numbers, unmarked, no meter.
+    let runs = h.state().runtime.runs_done;
+    h.get_by_label("Fast (4-bit)").click();
+    wait_for(&mut h, "the exact run", move |a| {
+        a.runtime.runs_done > runs && a.runtime.precision() == Some(Precision::Exact)
+    });
+    let r = h.state().runtime.result.as_ref().unwrap();
+    assert_eq!(r.baseline.logits, exact_logits);
+    assert!(h.state().runtime.fidelity.is_none());
+    assert!(h.query_by_label("fast path (4-bit)").is_none());
+    assert!(h.query_by_label("Fidelity").is_none());
+    h.get_by_label("exact");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use hubel::app::worker::{EffectRequest, Request, Response, RunRequest, WorkerHandle};
 use hubel::features::FeatureId;
 use hubel::jobs::{Interactive, JobRunner, JobState};
+use hubel::model::Precision;
 
 fn tiny_llama() -> PathBuf {
     common::fixtures().join("tiny_llama").join("model")
@@ -29,6 +30,7 @@ fn run(id: u64, text: &str) -> Request {
         interventions: Vec::new(),
         continuation: 0,
         cancel: Arc::new(AtomicBool::new(false)),
+        precision: Precision::Exact,
     })
 }
 
@@ -240,4 +242,120 @@ fn a_model_job_without_a_model_fails_in_the_list() {
         "{:?}",
         jobs.list()
     );
+}
+
+fn run_at(id: u64, text: &str, precision: Precision) -> Request {
+    match run(id, text) {
+        Request::Run(r) => Request::Run(RunRequest { precision, ..r }),
+        _ => unreachable!(),
+    }
+}
+
+fn next_run(w: &WorkerHandle) -> Box<hubel::app::worker::RunResult> {
+    loop {
+        match next(w) {
+            Response::Run(r) => return r,
+            Response::RunFailed { message, .. } | Response::Failed { message, .. } => {
+                panic!("{message}")
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// A fast run says so and differs from the exact one (the worker keeps a probe per precision:
+/// going back to exact reuses its baseline, bitwise); the fidelity job on the same probe reports
+/// the KL between exactly those two runs' last logits, and values within their bounds; a stale
+/// fidelity job ends cancelled without an answer.
+#[test]
+fn a_fast_run_says_so_and_its_fidelity_job_measures_it() {
+    use hubel::app::worker::{fidelity_job, prepare_fast_job};
+    let jobs = JobRunner::new(Interactive::new(), || {});
+    let w = WorkerHandle::spawn_with(|| {}, jobs.clone());
+    w.send(Request::Load(tiny_llama()));
+    assert!(matches!(next(&w), Response::Loaded { .. }));
+    const TEXT: &str = "The cat sat on the mat, and then it slept.";
+    w.send(run_at(1, TEXT, Precision::Exact));
+    let exact = next_run(&w);
+    assert_eq!(exact.precision, Precision::Exact);
+
+    w.send(Request::ModelJob {
+        name: "prepare".into(),
+        job: prepare_fast_job(),
+    });
+    w.send(run_at(2, TEXT, Precision::Fast));
+    let fast = next_run(&w);
+    assert_eq!(fast.precision, Precision::Fast);
+    assert_eq!(fast.tokens, exact.tokens);
+    assert_eq!(
+        fast.layers_computed, 2,
+        "the fast probe was prepared, not reused"
+    );
+    let (e, f) = (&exact.baseline.logits, &fast.baseline.logits);
+    assert_eq!(e.len(), f.len());
+    assert!(e != f, "the fast path computes other numbers");
+    let prepared = jobs.wait_until(Duration::from_secs(60), |j| {
+        j.iter()
+            .any(|j| j.name == "prepare" && j.state.is_finished())
+    });
+    assert!(prepared, "{:?}", jobs.list());
+    let prepared = jobs
+        .list()
+        .into_iter()
+        .find(|j| j.name == "prepare")
+        .unwrap();
+    assert!(
+        matches!(&prepared.state, JobState::Done(m) if m.contains("4-bit")),
+        "{:?}",
+        prepared.state
+    );
+
+    // Back to exact: the exact probe is still there, nothing recomputed, the same numbers.
+    w.send(run_at(3, TEXT, Precision::Exact));
+    let again = next_run(&w);
+    assert_eq!(again.precision, Precision::Exact);
+    assert_eq!(again.layers_computed, 0);
+    assert_eq!(again.baseline.logits, exact.baseline.logits);
+
+    let ids: Vec<u32> = exact.tokens.iter().map(|t| t.id).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    w.send(Request::ModelJob {
+        name: "fidelity".into(),
+        job: fidelity_job(7, ids.clone(), Vec::new(), Default::default(), tx.clone()),
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(60)).expect("an answer");
+    assert_eq!(answer.serial, 7);
+    let m = answer.result.unwrap();
+    assert_eq!(m.positions, ids.len());
+    let vocab = exact.baseline.vocab;
+    let last = |l: &[f32]| l[l.len() - vocab..].to_vec();
+    let kl = hubel::analysis::kl_divergence(&last(e), &last(f));
+    assert!(
+        (m.kl_last - kl).abs() <= 1e-9 * kl.max(1e-12) + 1e-12,
+        "the meter measures the runs shown: {} vs {kl}",
+        m.kl_last
+    );
+    assert!(m.kl_last > 0.0 && m.kl_last <= m.kl_max && m.kl_max.is_finite());
+    assert!((0.0..=1.0).contains(&m.top1_agreement));
+    let dmax = e
+        .iter()
+        .zip(f)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(
+        m.max_abs_dlogit, dmax,
+        "the largest |Δlogit| of the two runs"
+    );
+    assert!(m.max_abs_dlogit > 0.0);
+
+    // Stale before it computes: cancelled, no answer.
+    let stale = Arc::new(AtomicBool::new(true));
+    w.send(Request::ModelJob {
+        name: "stale fidelity".into(),
+        job: fidelity_job(8, ids, Vec::new(), stale, tx),
+    });
+    assert!(jobs.wait_until(Duration::from_secs(60), |j| j
+        .iter()
+        .any(|j| j.name == "stale fidelity" && j.state == JobState::Cancelled)));
+    assert!(rx.try_recv().is_err(), "a stale meter answers nothing");
 }

@@ -18,6 +18,8 @@ pub const ABLATED: Color32 = Color32::from_rgb(200, 60, 60);
 pub const ERROR: Color32 = Color32::from_rgb(240, 90, 90);
 /// The rule between side-by-side texts.
 pub const GUTTER: Color32 = Color32::from_gray(90);
+/// The fast path's marker: numbers that are not the exact reference.
+pub const FAST: Color32 = Color32::from_rgb(80, 200, 210);
 /// Text on a coloured cell.
 pub const CELL_TEXT: Color32 = Color32::from_gray(20);
 

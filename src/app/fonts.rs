@@ -304,7 +304,7 @@ mod tests {
         assert!(check_font(&SYMBOLS_TTF[..20], 0).is_err());
         assert!(check_font(b"wOF2 and more bytes", 0).is_err());
         let mut ttc = b"ttcf\x00\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x10".to_vec();
-        ttc.extend_from_slice(&SYMBOLS_TTF[..]);
+        ttc.extend_from_slice(SYMBOLS_TTF);
         assert_eq!(check_font(&ttc, 0), Ok(()));
         assert!(check_font(&ttc, 1).is_err());
     }

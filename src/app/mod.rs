@@ -27,18 +27,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::analysis::Fidelity;
 use crate::assets;
 use crate::features::FeatureId;
 use crate::hooks::{Intervention, Op};
 use crate::jobs::{Interactive, JobError, JobId, JobRunner, JobState, JobStatus};
-use crate::model::{ModelInfo, Token};
+use crate::model::{ModelInfo, Precision, Token};
 use crate::session::Session;
 use derived::Derived;
 use file_dialog::{FileAction, FileDialogs};
 pub use state::{AppConfig, AppState, ViewMode};
 use worker::{
-    Effect, EffectRequest, Request, RequestKind, Response, RunId, RunRequest, RunResult,
-    WorkerHandle,
+    Effect, EffectRequest, FidelityAnswer, Request, RequestKind, Response, RunId, RunRequest,
+    RunResult, WorkerHandle,
 };
 
 /// How long typing must pause before the probe runs.
@@ -62,6 +63,8 @@ pub enum Command {
     /// Load a stimulus into the probe box and run it.
     LoadStimulus(String),
     SetInterventions(Vec<Intervention>),
+    /// Compute exactly (the reference) or on the fast path; runs again.
+    SetPrecision(Precision),
     /// Add, replace or (with `None`) remove the edit of one feature.
     SetFeatureOp(FeatureId, Option<Op>),
     Select(Option<FeatureId>),
@@ -106,6 +109,31 @@ impl EffectState {
     }
 }
 
+/// The fidelity meter: how far the fast path's logits are from the exact path's on the probe
+/// (with the edits) the output panel shows, measured by a job in the background.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    /// Which request the answers must carry.
+    pub serial: u64,
+    /// The token ids and interventions measured.
+    key: (Vec<u32>, Vec<Intervention>),
+    /// Set when a newer probe or edit makes this one stale.
+    stale: Arc<AtomicBool>,
+    pub state: MeterState,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MeterState {
+    Measuring,
+    Ready(Fidelity),
+    Failed(String),
+}
+
+/// The fidelity meter warns above this KL(exact ‖ fast) after the last position, in nats…
+pub const FIDELITY_WARN_KL: f64 = 0.01;
+/// …or below this top-1 agreement over the probe's positions.
+pub const FIDELITY_WARN_AGREEMENT: f64 = 0.98;
+
 /// The UI's end of the worker: what it has told us and what we are waiting for.
 pub struct Runtime {
     worker: WorkerHandle,
@@ -130,10 +158,18 @@ pub struct Runtime {
     pub runs_done: u64,
     /// A session (or the restored working state) waiting for the model at this path to load.
     pending_session: Option<(PathBuf, Session)>,
+    /// The fast path's weights were asked for (a job) for the loaded model.
+    fast_requested: bool,
+    /// The fidelity meter of the result shown, when it is a fast-path result.
+    pub fidelity: Option<Meter>,
+    fidelity_serial: u64,
+    fidelity_tx: std::sync::mpsc::Sender<FidelityAnswer>,
+    fidelity_rx: std::sync::mpsc::Receiver<FidelityAnswer>,
 }
 
 impl Runtime {
     fn new(worker: WorkerHandle, jobs: JobRunner) -> Self {
+        let (fidelity_tx, fidelity_rx) = std::sync::mpsc::channel();
         Runtime {
             worker,
             jobs,
@@ -151,7 +187,51 @@ impl Runtime {
             last_round_trip_ms: None,
             runs_done: 0,
             pending_session: None,
+            fast_requested: false,
+            fidelity: None,
+            fidelity_serial: 0,
+            fidelity_tx,
+            fidelity_rx,
         }
+    }
+
+    /// The precision of the result shown.
+    pub fn precision(&self) -> Option<Precision> {
+        self.result.as_ref().map(|r| r.precision)
+    }
+
+    /// Stops the fidelity meter: its job (queued, waiting or running) is cancelled.
+    fn stop_fidelity(&mut self) {
+        if let Some(m) = self.fidelity.take() {
+            m.stale.store(true, Ordering::Relaxed);
+        }
+        for j in self.jobs.list() {
+            if j.name == worker::FIDELITY_JOB && !j.state.is_finished() {
+                self.jobs.cancel(j.id);
+            }
+        }
+    }
+
+    /// Takes the jobs' status for this frame; finished meter jobs leave the runner's list (the
+    /// meter shows them), and the Jobs list shows the rest.
+    fn refresh_jobs(&mut self) {
+        while let Ok(a) = self.fidelity_rx.try_recv() {
+            if let Some(m) = self.fidelity.as_mut().filter(|m| m.serial == a.serial) {
+                m.state = match a.result {
+                    Ok(f) => MeterState::Ready(f),
+                    Err(e) => MeterState::Failed(e),
+                };
+            }
+        }
+        let mut list = self.jobs.list();
+        list.retain(|j| {
+            let meter = j.name == worker::FIDELITY_JOB;
+            if meter && j.state.is_finished() {
+                self.jobs.clear(j.id);
+            }
+            !meter
+        });
+        self.job_list = list;
     }
 
     pub fn is_busy(&self) -> bool {
@@ -360,13 +440,72 @@ impl HubelApp {
             cancel: cancel.clone(),
             sent_at: now,
         });
+        let precision = self.state.precision;
+        if precision == Precision::Fast && !self.runtime.fast_requested {
+            // The 4-bit weights, made as a job the Jobs list shows; the run makes any it needs
+            // first itself, so it never waits for the job's queue.
+            self.runtime.fast_requested = true;
+            self.send(Request::ModelJob {
+                name: worker::PREPARE_FAST_JOB.into(),
+                job: worker::prepare_fast_job(),
+            });
+        }
         self.send(Request::Run(RunRequest {
             id,
             text: self.state.probe.clone(),
             interventions: self.state.interventions.clone(),
             continuation: self.state.continuation,
             cancel,
+            precision,
         }));
+    }
+
+    /// Switches between the exact path and the fast path, and runs again.
+    pub fn set_precision(&mut self, precision: Precision, now: f64) {
+        if self.state.precision != precision {
+            self.state.precision = precision;
+            self.request_run(now);
+        }
+    }
+
+    /// Asks for the fidelity meter of the result shown when it is a fast-path result (once per
+    /// probe and edits); a meter of another probe or edits is stopped.
+    fn update_fidelity(&mut self) {
+        let rt = &mut self.runtime;
+        let key = match &rt.result {
+            Some(r) if r.precision == Precision::Fast => (
+                r.tokens.iter().map(|t| t.id).collect::<Vec<u32>>(),
+                self.state.interventions.clone(),
+            ),
+            _ => return rt.stop_fidelity(),
+        };
+        if rt
+            .fidelity
+            .as_ref()
+            .is_some_and(|m| m.key == key && !matches!(m.state, MeterState::Failed(_)))
+        {
+            return;
+        }
+        rt.stop_fidelity();
+        rt.fidelity_serial += 1;
+        let stale = Arc::new(AtomicBool::new(false));
+        let job = worker::fidelity_job(
+            rt.fidelity_serial,
+            key.0.clone(),
+            key.1.clone(),
+            stale.clone(),
+            rt.fidelity_tx.clone(),
+        );
+        rt.fidelity = Some(Meter {
+            serial: rt.fidelity_serial,
+            key,
+            stale,
+            state: MeterState::Measuring,
+        });
+        self.send(Request::ModelJob {
+            name: worker::FIDELITY_JOB.into(),
+            job,
+        });
     }
 
     /// Replaces the interventions (undoably) and re-runs.
@@ -513,7 +652,7 @@ impl HubelApp {
         while let Ok(response) = self.runtime.worker.rx.try_recv() {
             self.handle(response, now);
         }
-        self.runtime.job_list = self.runtime.jobs.list();
+        self.runtime.refresh_jobs();
         self.poll_fetch();
     }
 
@@ -534,6 +673,8 @@ impl HubelApp {
                 rt.vocab = vocab;
                 rt.result = None;
                 rt.effect = None;
+                rt.fast_requested = false;
+                rt.stop_fidelity();
                 self.error = None;
                 self.state.selection = None;
                 self.state.interventions.clear();
@@ -571,12 +712,20 @@ impl HubelApp {
                 rt.continuing = Some(f.cancel.clone());
                 rt.in_flight = None;
                 rt.runs_done += 1;
-                let same_text = rt
+                let same_baseline = rt
                     .result
                     .as_ref()
                     .is_some_and(|r| Arc::ptr_eq(&r.baseline, &result.baseline));
-                if !same_text {
+                // The same text at another precision keeps the position and the selection.
+                let same_text = same_baseline
+                    || rt
+                        .result
+                        .as_ref()
+                        .is_some_and(|r| r.tokens == result.tokens);
+                if !same_baseline {
                     rt.continuations = [None, None];
+                }
+                if !same_text {
                     self.state.output_position = None;
                     if let Some(f) = self.state.selection {
                         if f.layer >= rt.layers() {
@@ -589,8 +738,8 @@ impl HubelApp {
                     self.error = None;
                 }
                 rt.result = Some(*result);
-                // An effect read on the old text (a head's, or "on this probe") is stale.
-                if !same_text
+                // An effect read on the old baseline (a head's, or "on this probe") is stale.
+                if !same_baseline
                     && rt
                         .effect
                         .as_ref()
@@ -601,6 +750,7 @@ impl HubelApp {
                 if self.state.selection.is_some() {
                     self.request_effect();
                 }
+                self.update_fidelity();
             }
             Response::Continuation {
                 id,
@@ -799,6 +949,7 @@ impl HubelApp {
                 self.request_run(now);
             }
             Command::SetInterventions(ivs) => self.set_interventions(ivs, now),
+            Command::SetPrecision(p) => self.set_precision(p, now),
             Command::SetFeatureOp(f, op) => self.set_feature_op(f, op, now),
             Command::Select(f) => self.select(f),
             Command::SetOutputPosition(p) => {

@@ -12,6 +12,7 @@ use crate::analysis::maps::Measure;
 use crate::assets::{self, Clients};
 use crate::features::{Basis, FeatureId};
 use crate::hooks::Intervention;
+use crate::model::Precision;
 use crate::session::Session;
 
 /// Which run the maps show.
@@ -59,6 +60,8 @@ pub struct AppState {
     pub effect_on_probe: bool,
     /// Always use the built-in file dialog (set on systems whose desktop dialog misbehaves).
     pub builtin_file_dialog: bool,
+    /// Exact (f32, the reference) or the fast path (4-bit weights × 8-bit activations).
+    pub precision: Precision,
 }
 
 impl Default for AppState {
@@ -78,6 +81,7 @@ impl Default for AppState {
             exclude_sink: true,
             effect_on_probe: false,
             builtin_file_dialog: false,
+            precision: Precision::Exact,
         }
     }
 }

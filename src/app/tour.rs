@@ -1,15 +1,22 @@
 //! Scripted runs of the real window: `hubel --screenshots DIR` walks through the app and saves
-//! what it shows (welcome, a probe, a feature card, an ablation diff, Chinese text);
-//! `hubel --bench-ui` measures launch-to-first-heatmap, click-to-output over 20 clicks, frame
-//! times and idle CPU, inside the app, and prints them as JSON. Both close the window when done.
+//! what it shows (welcome, a probe, a feature card, an ablation diff, the fast path with its
+//! fidelity meter, Chinese text); `hubel --bench-ui` measures launch-to-first-heatmap, clicks
+//! that turn an ablation on (a recompute) and off (the cached baseline) on the exact path and then
+//! on the fast path, frame times and idle CPU, inside the app, and prints them as JSON. Both close
+//! the window when done.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::HubelApp;
+use super::{HubelApp, MeterState};
+use crate::analysis::Fidelity;
 use crate::features::FeatureId;
 use crate::hooks::Op;
+use crate::model::Precision;
+
+/// Clicks of each kind (on, off) per precision.
+const CLICKS: usize = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
@@ -35,12 +42,20 @@ pub struct Tour {
 #[derive(Default, Debug, serde::Serialize)]
 pub struct BenchUi {
     pub launch_to_first_heatmap_ms: f64,
-    pub click_to_output_ms: Vec<f64>,
-    pub click_to_output_median_ms: f64,
+    pub probe_tokens: usize,
+    /// The neuron whose ablation the clicks turn on and off.
+    pub feature: String,
+    /// Clicks on the exact path (the default), then on the fast path.
+    pub exact: Clicks,
+    pub fast: Clicks,
+    /// From switching to the fast path (its 4-bit weights made by a job and by the first run)
+    /// to the fast result on screen.
+    pub fast_switch_ms: f64,
+    /// The fidelity meter on the probe (no edits) once the fast path was on.
+    pub fidelity: Option<Fidelity>,
     pub frame_ms_idle_median: f64,
     pub frame_ms_in_flight_median: f64,
     pub idle_cpu_percent: f64,
-    pub probe_tokens: usize,
     #[serde(skip)]
     frames_idle: Vec<f64>,
     #[serde(skip)]
@@ -48,7 +63,41 @@ pub struct BenchUi {
     #[serde(skip)]
     clicks: usize,
     #[serde(skip)]
+    last_on: bool,
+    #[serde(skip)]
+    switched_at: Option<Instant>,
+    #[serde(skip)]
     idle_since: Option<(Instant, f64)>,
+}
+
+/// Click to output at one precision: a click that turns the ablation on (the worker recomputes
+/// from the ablated layer) and one that turns it off (the cached baseline, nothing recomputed),
+/// each as the whole round trip (click to the frame that shows it) and the worker's part of it.
+#[derive(Default, Debug, serde::Serialize)]
+pub struct Clicks {
+    pub on_click_median_ms: f64,
+    pub off_click_median_ms: f64,
+    pub on_click_ms: Vec<f64>,
+    pub off_click_ms: Vec<f64>,
+    pub on_click_worker_median_ms: f64,
+    pub off_click_worker_median_ms: f64,
+    pub on_click_worker_ms: Vec<f64>,
+    pub off_click_worker_ms: Vec<f64>,
+    /// Blocks an on-click recomputed.
+    pub layers_recomputed: usize,
+}
+
+impl Clicks {
+    fn done(&self) -> bool {
+        self.on_click_ms.len() >= CLICKS && self.off_click_ms.len() >= CLICKS
+    }
+
+    fn finish(&mut self) {
+        self.on_click_median_ms = median(&self.on_click_ms);
+        self.off_click_median_ms = median(&self.off_click_ms);
+        self.on_click_worker_median_ms = median(&self.on_click_worker_ms);
+        self.off_click_worker_median_ms = median(&self.off_click_worker_ms);
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -207,6 +256,26 @@ impl Tour {
                 true
             }
             10 => {
+                // The fast path on the ablation: its numbers marked, its fidelity meter.
+                self.app.state.view = super::ViewMode::Intervened;
+                self.app.set_precision(Precision::Fast, now);
+                true
+            }
+            11 if self.ready(
+                self.app.runtime.precision() == Some(Precision::Fast)
+                    && matches!(
+                        self.app.runtime.fidelity.as_ref().map(|m| &m.state),
+                        Some(MeterState::Ready(_))
+                    )
+                    && self.app.runtime.continuations[1].is_some(),
+            ) =>
+            {
+                self.shot(ctx, "fast_path");
+                true
+            }
+            12 => {
+                self.app.apply(super::Command::ClearJobs(None), now);
+                self.app.set_precision(Precision::Exact, now);
                 self.app.set_interventions(Vec::new(), now);
                 self.app.state.view = super::ViewMode::Intervened;
                 self.app.state.basis = crate::features::Basis::Heads;
@@ -214,7 +283,7 @@ impl Tour {
                 self.app.select(self.feature);
                 true
             }
-            11 if self.ready(
+            13 if self.ready(
                 self.effect_ready()
                     && self
                         .app
@@ -227,14 +296,14 @@ impl Tour {
                 self.shot(ctx, "head_card");
                 true
             }
-            12 => {
+            14 => {
                 self.app.state.basis = crate::features::Basis::Neurons;
                 self.app.state.probe = "苹果是一种水果 🍎 An apple is a kind of fruit.".into();
                 self.app.select(None);
                 self.app.request_run(now);
                 true
             }
-            13 if self.ready(
+            15 if self.ready(
                 self.app
                     .runtime
                     .result
@@ -246,7 +315,7 @@ impl Tour {
                 self.shot(ctx, "chinese");
                 true
             }
-            14 => {
+            16 => {
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
                     super::Command::AskFile(super::file_dialog::FileAction::SaveSession),
@@ -254,11 +323,11 @@ impl Tour {
                 );
                 true
             }
-            15 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            17 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            16 => {
+            18 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }
@@ -308,28 +377,91 @@ impl Tour {
                     .as_ref()
                     .map_or(0, |r| r.tokens.len());
                 self.feature = self.top_feature();
+                self.bench.feature = self.feature.map(|f| f.label()).unwrap_or_default();
                 self.step = 3;
             }
-            // 20 clicks: toggle the top feature's ablation, wait for the new output.
-            3 if !self.app.is_busy() => {
+            // Clicks: toggle the feature's ablation, wait for the new output; exact, then fast.
+            3 | 13 if !self.app.is_busy() => {
+                let fast = step == 13;
                 if let Some(ms) = self.app.runtime.last_round_trip_ms.take() {
+                    let result = self.app.runtime.result.as_ref();
+                    let worker = result.map_or(0.0, |r| r.elapsed_ms);
+                    let clicks = if fast {
+                        &mut self.bench.fast
+                    } else {
+                        &mut self.bench.exact
+                    };
                     if self.bench.clicks > 0 {
-                        self.bench.click_to_output_ms.push(ms);
+                        if self.bench.last_on {
+                            clicks.on_click_ms.push(ms);
+                            clicks.on_click_worker_ms.push(worker);
+                            clicks.layers_recomputed = result.map_or(0, |r| r.layers_computed);
+                        } else {
+                            clicks.off_click_ms.push(ms);
+                            clicks.off_click_worker_ms.push(worker);
+                        }
                     }
                 }
-                if self.bench.clicks == 20 {
-                    self.step = 4;
-                    self.bench.idle_since = Some((Instant::now(), cpu_seconds()));
+                let clicks = if fast {
+                    &mut self.bench.fast
+                } else {
+                    &mut self.bench.exact
+                };
+                if clicks.done()
+                    && self
+                        .feature
+                        .and_then(|f| self.app.intervention_on(f))
+                        .is_none()
+                {
+                    clicks.finish();
+                    self.bench.clicks = 0;
+                    if fast {
+                        self.step = 4;
+                        self.bench.idle_since = Some((Instant::now(), cpu_seconds()));
+                    } else {
+                        self.bench.switched_at = Some(Instant::now());
+                        self.app.set_precision(Precision::Fast, now);
+                        self.step = 12;
+                    }
                     return;
                 }
                 if let Some(f) = self.feature {
                     let on = self.app.intervention_on(f).is_none();
                     self.app.set_feature_op(f, on.then_some(Op::Zero), now);
+                    self.bench.last_on = on;
                 }
                 self.bench.clicks += 1;
             }
+            // The switch to the fast path: its result on screen, then its fidelity meter (so
+            // that no meter job runs beside the first clicks).
+            12 if !self.app.is_busy() && self.app.runtime.precision() == Some(Precision::Fast) => {
+                if let Some(t) = self.bench.switched_at.take() {
+                    self.bench.fast_switch_ms = t.elapsed().as_secs_f64() * 1e3;
+                }
+                let meter = self.app.runtime.fidelity.as_ref().map(|m| &m.state);
+                if let Some(MeterState::Ready(f)) = meter {
+                    self.bench.fidelity = Some(*f);
+                }
+                let jobs_idle = self
+                    .app
+                    .runtime
+                    .job_list
+                    .iter()
+                    .all(|j| j.state.is_finished());
+                if !matches!(meter, Some(MeterState::Measuring)) && jobs_idle {
+                    self.app.runtime.last_round_trip_ms = None;
+                    self.step = 13;
+                }
+            }
             // Idle: frames on request for a second, then no repaints for three seconds.
             4 => {
+                // The last click's fidelity meter first.
+                if matches!(
+                    self.app.runtime.fidelity.as_ref().map(|m| &m.state),
+                    Some(MeterState::Measuring)
+                ) {
+                    return;
+                }
                 self.bench.frames_idle.push(frame_ms);
                 if self.bench.frames_idle.len() >= 60 {
                     self.bench.idle_since = Some((Instant::now(), cpu_seconds()));
@@ -347,7 +479,6 @@ impl Tour {
                     return;
                 }
                 self.bench.idle_cpu_percent = (cpu_seconds() - cpu0) / wall * 100.0;
-                self.bench.click_to_output_median_ms = median(&self.bench.click_to_output_ms);
                 self.bench.frame_ms_idle_median = median(&self.bench.frames_idle);
                 self.bench.frame_ms_in_flight_median = median(&self.bench.frames_busy);
                 println!(
@@ -389,7 +520,7 @@ impl eframe::App for Tour {
             }
             Mode::BenchUi => {
                 self.bench_step(&ctx, now, frame_ms);
-                if self.step < 5 {
+                if self.step != 5 && self.step != 6 {
                     ctx.request_repaint();
                 }
             }

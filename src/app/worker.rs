@@ -16,12 +16,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::analysis::Fidelity;
 use crate::features::FeatureId;
 use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
-use crate::jobs::{self, Interactive, JobCtx, JobResult, JobRunner};
-use crate::model::{Generate, Model, ModelError, ModelInfo, ProbeCache, Token};
+use crate::jobs::{self, Interactive, JobCtx, JobError, JobResult, JobRunner};
+use crate::model::{Generate, Model, ModelError, ModelInfo, Precision, ProbeCache, Token};
 use crate::probe::{self, RunSummary};
 
 pub type RunId = u64;
@@ -94,6 +95,9 @@ pub struct RunRequest {
     /// Tokens of continuation to generate (0 for none).
     pub continuation: usize,
     pub cancel: Arc<AtomicBool>,
+    /// Exact (f32, the reference) or the fast path; the baseline and the intervened side are
+    /// both computed at this precision.
+    pub precision: Precision,
 }
 
 /// A feature's direct effect on the logits.
@@ -132,6 +136,8 @@ pub struct RunResult {
     pub elapsed_ms: f64,
     /// Blocks computed for this result (0 when the baseline was reused and nothing changed).
     pub layers_computed: usize,
+    /// The precision every number of this result was computed at.
+    pub precision: Precision,
 }
 
 /// A feature's effect, as the card lists it.
@@ -210,7 +216,8 @@ impl WorkerHandle {
             .spawn(move || {
                 Worker {
                     model: None,
-                    probe: None,
+                    probes: [None, None],
+                    current: Precision::Exact,
                     interactive: jobs.interactive().clone(),
                     jobs,
                     tx: responses,
@@ -237,6 +244,85 @@ impl WorkerHandle {
     }
 }
 
+/// The name of the fidelity meter's jobs: the output panel shows them, the Jobs list leaves them
+/// out (one comes with every fast-path click; the list would jump on each).
+pub const FIDELITY_JOB: &str = "Fidelity meter";
+
+/// How long a fidelity job waits before it computes, so that of a burst of clicks only the last
+/// is measured and a click's own run never competes with the meter of the one before.
+pub const FIDELITY_DELAY: Duration = Duration::from_millis(250);
+
+/// The name of the job that makes the fast path's 4-bit weights.
+pub const PREPARE_FAST_JOB: &str = "Prepare the fast path (4-bit weights)";
+
+/// What a fidelity job hands back: the meter it was asked for (`serial`) and its values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FidelityAnswer {
+    pub serial: u64,
+    pub result: Result<Fidelity, String>,
+}
+
+/// A model job for the fidelity meter: the probe `tokens` with `interventions`, run exactly and
+/// on the fast path, compared at every position. It waits [`FIDELITY_DELAY`] first (and at
+/// checkpoints while a click computes); once `stale` is set it ends as cancelled without a word.
+pub fn fidelity_job(
+    serial: u64,
+    tokens: Vec<u32>,
+    interventions: Vec<Intervention>,
+    stale: Arc<AtomicBool>,
+    answer: Sender<FidelityAnswer>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let waiting = Instant::now();
+        loop {
+            ctx.checkpoint()?;
+            if stale.load(Ordering::Relaxed) {
+                return Err(JobError::Cancelled);
+            }
+            if waiting.elapsed() >= FIDELITY_DELAY {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ctx.set_phase("Running the probe exactly and on the fast path");
+        let result = match model.fidelity(&tokens, &interventions, Some(ctx.cancel_flag().clone()))
+        {
+            Err(ModelError::Cancelled) => return Err(JobError::Cancelled),
+            other => other.map_err(|e| e.to_string()),
+        };
+        if stale.load(Ordering::Relaxed) {
+            return Err(JobError::Cancelled);
+        }
+        let summary = match &result {
+            Ok(f) => format!(
+                "KL {:.4} nats, top-1 agreement {:.3}",
+                f.kl_last, f.top1_agreement
+            ),
+            Err(e) => e.clone(),
+        };
+        let failed = result.is_err();
+        let _ = answer.send(FidelityAnswer { serial, result });
+        if failed {
+            Err(JobError::Failed(summary))
+        } else {
+            Ok(summary)
+        }
+    })
+}
+
+/// A model job that makes the fast path's 4-bit weights now (else the first fast run makes
+/// those it needs).
+pub fn prepare_fast_job() -> ModelJob {
+    Box::new(|model, ctx| {
+        ctx.set_phase("Packing 4-bit weight blocks");
+        let bytes = model.prepare_fast();
+        Ok(format!(
+            "{} of 4-bit weights",
+            jobs::human_bytes(bytes as f64)
+        ))
+    })
+}
+
 /// The baseline of the current probe, kept while only interventions change.
 struct Probe {
     text: String,
@@ -248,7 +334,11 @@ struct Probe {
 
 struct Worker {
     model: Option<Arc<Model>>,
-    probe: Option<Probe>,
+    /// The current text's probe at each precision ([`slot`]); toggling the precision prepares
+    /// the other one (once), and both go when the text changes.
+    probes: [Option<Probe>; 2],
+    /// The precision of the latest run (its probe is the one effects read).
+    current: Precision,
     jobs: JobRunner,
     interactive: Arc<Interactive>,
     tx: Sender<Response>,
@@ -280,6 +370,14 @@ fn side(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
 
 use jobs::panic_message;
 
+/// Where a precision's probe is kept.
+fn slot(precision: Precision) -> usize {
+    match precision {
+        Precision::Exact => 0,
+        Precision::Fast => 1,
+    }
+}
+
 impl Worker {
     fn send(&self, r: Response) {
         let _ = self.tx.send(r);
@@ -299,8 +397,8 @@ impl Worker {
                 let (what, kind) = (request.describe(), request.kind());
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(request)));
                 if let Err(payload) = outcome {
-                    // The probe cache may be half updated: drop it, keep the model.
-                    self.probe = None;
+                    // The probe caches may be half updated: drop them, keep the model.
+                    self.probes = [None, None];
                     self.send(Response::Failed {
                         request: what,
                         kind: Some(kind),
@@ -341,7 +439,7 @@ impl Worker {
     }
 
     fn load(&mut self, path: PathBuf) {
-        self.probe = None;
+        self.probes = [None, None];
         match Model::open(&path) {
             Ok(model) => {
                 let info = model.info().clone();
@@ -382,7 +480,9 @@ impl Worker {
         let at = match req.position {
             None => None,
             Some(pos) => {
-                let probe = self.probe.as_ref().ok_or("run a probe first")?;
+                let probe = self.probes[slot(self.current)]
+                    .as_ref()
+                    .ok_or("run a probe first")?;
                 Some((&probe.baseline.record, pos))
             }
         };
@@ -417,18 +517,27 @@ impl Worker {
             });
             return;
         };
+        // A view of the one model at the run's precision (shares the weights).
+        let model = &model.with_precision(req.precision);
+        let slot = slot(req.precision);
+        // A new text: the probes of the old one (at either precision) are of no more use.
+        for p in &mut self.probes {
+            if p.as_ref().is_some_and(|p| p.text != req.text) {
+                *p = None;
+            }
+        }
+        self.current = req.precision;
         let result = (|| -> Result<RunResult, ModelError> {
-            let fresh = self.probe.as_ref().is_none_or(|p| p.text != req.text);
+            let fresh = self.probes[slot].is_none();
             let mut layers_computed = 0;
             if fresh {
-                self.probe = None;
                 let tokens = model.tokenize(&req.text)?;
                 let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
                 let cache =
                     model.prepare(&ids, &capture_for(ids.len()), Some(req.cancel.clone()))?;
                 layers_computed = model.config().n_layers;
                 let baseline = side(model, cache.baseline.clone(), &ids);
-                self.probe = Some(Probe {
+                self.probes[slot] = Some(Probe {
                     text: req.text.clone(),
                     tokens,
                     cache,
@@ -437,7 +546,7 @@ impl Worker {
                 });
             }
             // Set just above when the text is new.
-            let probe = self.probe.as_ref().ok_or(ModelError::EmptyText)?;
+            let probe = self.probes[slot].as_ref().ok_or(ModelError::EmptyText)?;
             let ids: Vec<u32> = probe.tokens.iter().map(|t| t.id).collect();
             let (intervened, kl) = if req.interventions.is_empty() {
                 (None, None)
@@ -463,6 +572,7 @@ impl Worker {
                 kl,
                 elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                 layers_computed,
+                precision: req.precision,
             })
         })();
         match result {
@@ -488,9 +598,11 @@ impl Worker {
 
     /// Continuations come after the run's numbers, so a click shows its effect at once.
     fn continuations(&mut self, req: &RunRequest) -> Result<(), ModelError> {
-        let (Some(model), Some(probe)) = (&self.model, &mut self.probe) else {
+        let (Some(model), Some(probe)) = (&self.model, &mut self.probes[slot(req.precision)])
+        else {
             return Ok(());
         };
+        let model = &model.with_precision(req.precision);
         if req.continuation == 0 {
             return Ok(());
         }

@@ -187,7 +187,7 @@ impl CardView {
             ui.separator();
             ui.label("Attention pattern, baseline (query ↓ × key →)");
             match &curve.pattern {
-                Some(pattern) => pattern_ui(ui, pattern, &tokens),
+                Some(pattern) => pattern_ui(ui, pattern, tokens),
                 None => {
                     ui.label(format!(
                         "Patterns are recorded for probes up to {} tokens.",

@@ -5,6 +5,7 @@ use super::super::fonts::CjkFont;
 use super::super::{colors, AppState, Command};
 use super::ViewCtx;
 use crate::corpus;
+use crate::model::Precision;
 
 pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Vec<Command>) {
     egui::Panel::top("menu").show(ui, |ui| {
@@ -79,6 +80,21 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &
                     });
                 }
             });
+            ui.separator();
+            let mut fast = state.precision == Precision::Fast;
+            let toggle = ui.checkbox(&mut fast, "Fast (4-bit)").on_hover_text(
+                "Compute on the fast path: 4-bit weight blocks × 8-bit activations, about twice \
+                 as fast. The exact path (f32, matching HF transformers) is the reference: fast \
+                 numbers are marked \"fast path\", and a fidelity meter under Output says how far \
+                 they are from it. The first time, the 4-bit weights are made (a job).",
+            );
+            if toggle.changed() {
+                out.push(Command::SetPrecision(if fast {
+                    Precision::Fast
+                } else {
+                    Precision::Exact
+                }));
+            }
         });
     });
 }
@@ -119,7 +135,17 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                         crate::count(r.layers_computed, "layer", "layers")
                     )
                 };
-                ui.label(format!("last run {:.0} ms · {layers}", r.elapsed_ms));
+                ui.label(format!("last run {:.0} ms ·", r.elapsed_ms));
+                match r.precision {
+                    Precision::Exact => ui.label("exact"),
+                    Precision::Fast => ui.label(
+                        egui::RichText::new("fast path")
+                            .color(colors::FAST)
+                            .strong(),
+                    ),
+                }
+                .on_hover_text(format!("computed {}", r.precision.name()));
+                ui.label(format!("· {layers}"));
             }
             if let CjkFont::Missing(msg) = cx.cjk {
                 ui.separator();

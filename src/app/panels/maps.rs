@@ -121,6 +121,7 @@ impl MapsView {
         ui.horizontal_wrapped(|ui| {
             ui.heading("Layer map");
             ui.label(view_label(cx, state.view));
+            super::precision_badge(ui, cx);
             let label = ui.label("Measure");
             egui::ComboBox::from_id_salt("measure")
                 .selected_text(state.measure.name())
@@ -152,7 +153,7 @@ impl MapsView {
                 // Rows touch: no spacing, no minimum widget height.
                 ui.spacing_mut().item_spacing.y = 0.0;
                 ui.spacing_mut().interact_size.y = row_height;
-                token_header_ui(ui, &tokens, w, LABEL_WIDTH);
+                token_header_ui(ui, tokens, w, LABEL_WIDTH);
                 for (layer, row) in d.map.iter().enumerate() {
                     ui.horizontal(|ui| {
                         ui.spacing_mut().item_spacing = Vec2::ZERO;
@@ -266,6 +267,7 @@ impl MapsView {
         ui.horizontal_wrapped(|ui| {
             ui.heading(format!("Heatmap: layer {}", state.layer));
             ui.label(view_label(cx, state.view));
+            super::precision_badge(ui, cx);
             let label = ui.label("Layer");
             ui.add(egui::DragValue::new(&mut state.layer).range(0..=layers.saturating_sub(1)))
                 .labelled_by(label.id);
@@ -339,7 +341,7 @@ impl MapsView {
             .show(ui, |ui| {
                 ui.spacing_mut().item_spacing.y = 2.0;
                 ui.spacing_mut().interact_size.y = ROW_HEIGHT;
-                token_header_ui(ui, &tokens, w, LABEL_WIDTH + 22.0);
+                token_header_ui(ui, tokens, w, LABEL_WIDTH + 22.0);
                 for row in &d.rows {
                     let f = row.feature;
                     let label = f.label();

@@ -86,6 +86,23 @@ fn token_plot<'a>(
         })
 }
 
+/// Marks numbers computed on the fast path (nothing for the exact path, the reference), so
+/// nobody compares them with the reference by mistake.
+fn precision_badge(ui: &mut egui::Ui, cx: &ViewCtx) {
+    if cx.runtime.precision() == Some(crate::model::Precision::Fast) {
+        ui.label(
+            egui::RichText::new("fast path (4-bit)")
+                .color(super::colors::FAST)
+                .strong(),
+        )
+        .on_hover_text(
+            "These numbers come from the fast path: 4-bit weight blocks × 8-bit activations. \
+             The exact path (f32, matching HF transformers) is the reference; the fidelity \
+             meter under Output says how far this probe's logits are from it.",
+        );
+    }
+}
+
 /// Side panels' default widths for a window `width` wide: narrow windows keep the centre usable.
 fn side_widths(width: f32) -> (f32, f32) {
     (

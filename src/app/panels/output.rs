@@ -4,9 +4,11 @@
 use egui::{Rect, Sense, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
-use super::super::{colors, AppState, Command};
+use super::super::{
+    colors, AppState, Command, Meter, MeterState, FIDELITY_WARN_AGREEMENT, FIDELITY_WARN_KL,
+};
 use super::{token_label, ViewCtx};
-use crate::model::Token;
+use crate::model::{Precision, Token};
 
 fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::Color32) {
     ui.vertical(|ui| {
@@ -68,6 +70,62 @@ fn continuation_ui(
     }
 }
 
+/// The fidelity meter of a fast-path result: how far its logits are from the exact path's.
+fn fidelity_ui(ui: &mut egui::Ui, meter: Option<&Meter>, edited: bool) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label(egui::RichText::new("Fidelity").strong());
+        let edits = if edited {
+            " Both runs have the same edits."
+        } else {
+            ""
+        };
+        match meter.map(|m| &m.state) {
+            None | Some(MeterState::Measuring) => {
+                ui.spinner();
+                ui.label(egui::RichText::new("measuring the fast path against the exact path…").weak());
+            }
+            Some(MeterState::Failed(e)) => {
+                ui.colored_label(colors::ERROR, format!("could not measure: {e}"));
+            }
+            Some(MeterState::Ready(f)) => {
+                // A NaN warns too.
+                let warn = f.kl_last.is_nan()
+                    || f.kl_last > FIDELITY_WARN_KL
+                    || f.top1_agreement.is_nan()
+                    || f.top1_agreement < FIDELITY_WARN_AGREEMENT;
+                let text = egui::RichText::new(format!(
+                    "KL(exact‖fast) {:.4} nats · top-1 agreement {:.3} · max |Δlogit| {:.2}",
+                    f.kl_last, f.top1_agreement, f.max_abs_dlogit
+                ));
+                let text = if warn {
+                    text.color(colors::ERROR)
+                } else {
+                    text
+                };
+                let warning = if warn {
+                    format!(
+                        "\n\nAbove {FIDELITY_WARN_KL} nats or below {FIDELITY_WARN_AGREEMENT} \
+                         agreement: check these numbers on the exact path before relying on them."
+                    )
+                } else {
+                    String::new()
+                };
+                ui.label(text).on_hover_text(format!(
+                    "This probe run on the exact path (f32, the reference) and on the fast path \
+                     (4-bit weights × 8-bit activations), compared at each of its {} positions.{edits}\n\
+                     KL(exact‖fast): how much the fast next-token distribution after the last \
+                     position differs from the exact one, in nats (0: identical; the worst \
+                     position: {:.4}).\n\
+                     top-1 agreement: the fraction of positions whose most likely next token is \
+                     the same on both paths.\n\
+                     max |Δlogit|: the largest difference of any logit at any position.{warning}",
+                    f.positions, f.kl_max
+                ));
+            }
+        }
+    });
+}
+
 pub fn output_panel_ui(
     ui: &mut egui::Ui,
     state: &mut AppState,
@@ -95,6 +153,7 @@ pub fn output_panel_ui(
                 .show(ui, |ui| {
                     ui.horizontal_wrapped(|ui| {
                         ui.heading("Output");
+                        super::precision_badge(ui, cx);
                         ui.label(format!(
                             "next token after position {} \"{after}\"{}",
                             next.position,
@@ -128,6 +187,9 @@ pub fn output_panel_ui(
                             out.push(Command::ProbeEdited);
                         }
                     });
+                    if result.precision == Precision::Fast {
+                        fidelity_ui(ui, cx.runtime.fidelity.as_ref(), inter.is_some());
+                    }
                     ui.horizontal_top(|ui| {
                         bars_ui(ui, "Next token: baseline", &next.baseline, colors::BASELINE);
                         if let Some(i) = &next.intervened {
