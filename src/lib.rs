@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod model;
 pub mod npy;
 pub mod probe;
+pub mod scan;
 pub mod session;
 
 use std::io::Write;

@@ -25,6 +25,8 @@ USAGE:
               [--top K] [--generate N] [--fast] [--json] [--save-logits FILE.npy]
   hubel bench [--model PATH] [--json] [--reps N]
   hubel effect --feature L10N222 [--model PATH] [--text TEXT [--pos P]] [--top K] [--json]
+  hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N] [--out FILE] [--k K]
+  hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -181,6 +183,8 @@ fn run() -> anyhow::Result<ExitCode> {
         "paths" => paths_command(args),
         "probe" => probe_command(args),
         "effect" => effect_command(args),
+        "scan" | "top" => hubel::scan::cli::command(&command, std::mem::take(&mut args.0))
+            .map(|_| ExitCode::SUCCESS),
         "bench" => hubel::bench::command(
             &open_model(args.value("--model")?)?,
             args.number("--reps", 20)?,

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+pub mod wordnet;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Stimulus {
     pub label: String,

@@ -1,0 +1,221 @@
+//! `hubel scan` and `hubel top`: arguments in, the index out / a feature's examples printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use super::{Corpus, ScanIndex, ScanOptions};
+use crate::assets;
+use crate::features::FeatureId;
+use crate::model::Model;
+
+pub const USAGE: &str = "\
+  hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N] [--out FILE] [--k K]
+             scan a corpus: every neuron's and head's top/lowest examples, histogram, density,
+             quantile examples, firing tokens (default --out: the data dir's scans/ folder;
+             scanning into the same file again resumes or extends it)
+  hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
+             a feature's (L8N1000, L5H3) top or lowest examples from a scan index";
+
+/// Takes `--name VALUE` or `--name=VALUE` out of `args`.
+fn value(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<String>> {
+    let mut out = None;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == name {
+            if i + 1 >= args.len() {
+                bail!("{name} needs a value");
+            }
+            out = Some(args.remove(i + 1));
+            args.remove(i);
+        } else if let Some(v) = args[i].strip_prefix(&format!("{name}=")) {
+            out = Some(v.to_string());
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn number(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<usize>> {
+    value(args, name)?
+        .map(|v| {
+            v.parse()
+                .with_context(|| format!("{name} expects a non-negative integer, got `{v}`"))
+        })
+        .transpose()
+}
+
+fn flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
+}
+
+fn finish(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("unexpected argument `{a}`\n\nUSAGE:\n{USAGE}");
+    }
+    Ok(())
+}
+
+fn scans_dir() -> PathBuf {
+    assets::assets_dir().join("scans")
+}
+
+/// `hubel scan …` or `hubel top …` (`command` is the word, `args` what follows).
+pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
+    if command == "top" {
+        return top(args);
+    }
+    let model_path = match value(&mut args, "--model")? {
+        Some(p) => PathBuf::from(p),
+        None => assets::default_model_path(&assets::assets_dir()),
+    };
+    let corpus_arg = value(&mut args, "--corpus")?.unwrap_or_else(|| "wordnet".into());
+    let limit = number(&mut args, "--limit")?;
+    let out = value(&mut args, "--out")?.map(PathBuf::from);
+    let mut opts = ScanOptions {
+        limit,
+        ..ScanOptions::default()
+    };
+    if let Some(k) = number(&mut args, "--k")? {
+        opts.config.k = k.max(1);
+    }
+    finish(&args)?;
+    if !model_path.exists() {
+        bail!(
+            "the model {} is not there: run `hubel fetch --model`, or pass --model PATH",
+            model_path.display()
+        );
+    }
+    let model = Model::open(&model_path)
+        .with_context(|| format!("opening the model {}", model_path.display()))?;
+    let corpus = if corpus_arg == "wordnet" {
+        let dir = assets::corpus_dir(&assets::assets_dir());
+        Corpus::wordnet(&dir)?
+    } else {
+        Corpus::text(Path::new(&corpus_arg))?
+    };
+    let out = out.unwrap_or_else(|| {
+        let sha = &model.info().sha256;
+        scans_dir().join(format!(
+            "{}-{}-{}.scan.safetensors",
+            &sha[..sha.len().min(12)],
+            corpus.name.replace(['/', '\\', ' '], "_"),
+            &corpus.sha256()[..12]
+        ))
+    });
+    opts.out = Some(out.clone());
+    let bytes = opts.config.state_bytes(model.info());
+    eprintln!(
+        "scan: {} stimuli of {} ({}), statistics in memory: {:.1} MB ({} features × {} B)",
+        limit.unwrap_or(corpus.stimuli.len()).min(corpus.stimuli.len()),
+        corpus.stimuli.len(),
+        corpus.name,
+        bytes as f64 / 1e6,
+        model.info().layers * (model.info().d_mlp + model.info().heads),
+        opts.config.sizes().bytes_per_unit()
+    );
+    let model = std::sync::Arc::new(model);
+    let (m, c, o) = (model.clone(), corpus, opts);
+    let index = crate::jobs::progress::run_reporting("Scan", move |ctx| super::job(ctx, &m, &c, &o))
+        .map_err(|e| anyhow::Error::msg(e.to_string()))
+        .context("scanning")?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let meta = &index.meta;
+    println!(
+        "index  {} ({:.1} MB)\nscanned {} stimuli, {} windows, {} tokens in {:.1} s ({:.0} tokens/s){}",
+        out.display(),
+        size as f64 / 1e6,
+        meta.stimuli_done,
+        meta.windows_done,
+        meta.tokens_done,
+        meta.seconds,
+        meta.tokens_done as f64 / meta.seconds.max(1e-9),
+        if meta.complete { ", the whole corpus" } else { "" }
+    );
+    Ok(())
+}
+
+fn newest_index() -> anyhow::Result<PathBuf> {
+    let dir = scans_dir();
+    let newest = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max();
+    match newest {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "no scan index in {}: run `hubel scan` first, or pass --index FILE",
+            dir.display()
+        ),
+    }
+}
+
+fn top(mut args: Vec<String>) -> anyhow::Result<()> {
+    let index = value(&mut args, "--index")?.map(PathBuf::from);
+    let k = number(&mut args, "--k")?.unwrap_or(10);
+    let lowest = flag(&mut args, "--lowest");
+    let json = flag(&mut args, "--json");
+    if args.is_empty() {
+        bail!("top needs a feature, e.g. `hubel top L8N1000`\n\nUSAGE:\n{USAGE}");
+    }
+    let feature = FeatureId::parse(&args.remove(0)).map_err(anyhow::Error::msg)?;
+    finish(&args)?;
+    let path = match index {
+        Some(p) => p,
+        None => newest_index()?,
+    };
+    let index = ScanIndex::load(&path)?;
+    let examples = index
+        .examples(&feature, lowest, k)
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&examples)?);
+        return Ok(());
+    }
+    let s = index.summary(&feature, 0).map_err(anyhow::Error::msg)?;
+    println!(
+        "{feature}: {} examples of {} ({} stimuli, {}); {}",
+        if lowest { "lowest" } else { "top" },
+        index.meta.model_name,
+        index.meta.stimuli_done,
+        index.meta.corpus,
+        index.meta.position0
+    );
+    println!(
+        "density {:.3} (> {}), mean {:.3}, range {:.3} … {:.3}",
+        s.density, s.threshold, s.mean, s.min, s.max
+    );
+    for e in &examples {
+        let lo = e.pos.saturating_sub(8);
+        let hi = (e.pos + 9).min(e.tokens.len());
+        let ctx: String = (lo..hi)
+            .map(|i| {
+                let t = e.tokens[i].replace('\n', "⏎");
+                if i == e.pos {
+                    format!("[[{t}]]")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        println!("{:>9.3}  {}  ({})", e.activation, ctx.trim(), e.source);
+    }
+    if !lowest && !s.firing_tokens.is_empty() {
+        let toks: Vec<String> = s
+            .firing_tokens
+            .iter()
+            .take(8)
+            .map(|t| format!("{:?} {} ({:+.2})", t.token, t.count, t.log_odds))
+            .collect();
+        println!("fires most on: {}", toks.join(", "));
+    }
+    Ok(())
+}
