@@ -126,7 +126,7 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let meta = &index.meta;
     println!(
-        "index  {} ({:.1} MB)\nscanned {} stimuli, {} windows, {} tokens in {:.1} s ({:.0} tokens/s){}",
+        "index  {} ({:.1} MB)\nscanned {} stimuli, {} windows, {} tokens in {:.1} s ({:.0} tokens/s; forward {:.1} s, statistics {:.1} s){}",
         out.display(),
         size as f64 / 1e6,
         meta.stimuli_done,
@@ -134,6 +134,8 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
         meta.tokens_done,
         meta.seconds,
         meta.tokens_done as f64 / meta.seconds.max(1e-9),
+        meta.forward_seconds,
+        meta.stats_seconds,
         if meta.complete { ", the whole corpus" } else { "" }
     );
     Ok(())

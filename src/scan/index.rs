@@ -64,6 +64,11 @@ pub struct IndexMeta {
     pub positions_counted: u64,
     pub complete: bool,
     pub seconds: f64,
+    /// Of `seconds`: in the model's forward passes, and in the statistics.
+    #[serde(default)]
+    pub forward_seconds: f64,
+    #[serde(default)]
+    pub stats_seconds: f64,
     pub position0: String,
 }
 

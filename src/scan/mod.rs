@@ -324,6 +324,8 @@ impl ScanIndex {
                 positions_counted: 0,
                 complete: false,
                 seconds: 0.0,
+                forward_seconds: 0.0,
+                stats_seconds: 0.0,
                 position0: if config.exclude_first {
                     index::POSITION0_NOTE.into()
                 } else {
@@ -486,6 +488,7 @@ pub fn run(
         }
         let batch = &todo[i..j];
         let seqs: Vec<&[u32]> = batch.iter().map(|w| w.2.as_slice()).collect();
+        let t0 = Instant::now();
         let outs = match model.run_batch(
             &seqs,
             &capture,
@@ -501,7 +504,10 @@ pub fn run(
             }
             Err(e) => return Err(e.into()),
         };
+        let t1 = Instant::now();
         index.add_batch(batch, &outs, corpus, threads);
+        index.meta.forward_seconds += (t1 - t0).as_secs_f64();
+        index.meta.stats_seconds += t1.elapsed().as_secs_f64();
         if let Some(ctx) = ctx {
             ctx.advance(n as u64);
         }

@@ -152,8 +152,17 @@ fn next(rng: &mut u64) -> u64 {
 }
 
 /// The global bin of `x` at width 2^exp.
+#[inline]
 fn bin(x: f32, exp: i32) -> i64 {
-    (f64::from(x) * (2f64).powi(-exp)).floor() as i64
+    // 2^-exp built from its exponent bits (exp stays well inside f64's range).
+    let scale = f64::from_bits(((1023 - exp as i64) as u64) << 52);
+    (f64::from(x) * scale).floor() as i64
+}
+
+/// A uniform integer below `n` (Lemire's multiply-shift; bias ≤ n / 2^64).
+#[inline]
+fn below(rng: &mut u64, n: u64) -> u64 {
+    ((u128::from(next(rng)) * u128::from(n)) >> 64) as u64
 }
 
 /// The aligned window start that holds `lo`.
@@ -190,9 +199,9 @@ fn merge_reservoirs(
     let want = cap.min((r1 + r2) as usize);
     let mut out = Vec::with_capacity(want);
     while out.len() < want {
-        let from_first = next(rng) % (r1 + r2) < r1;
+        let from_first = below(rng, r1 + r2) < r1;
         let s = if from_first { &mut s1 } else { &mut s2 };
-        let j = (next(rng) % s.len() as u64) as usize;
+        let j = below(rng, s.len() as u64) as usize;
         out.push(s.swap_remove(j));
         if from_first {
             r1 -= 1;
@@ -286,6 +295,9 @@ impl LayerStats {
                 heap_push(&mut self.low[u * k..(u + 1) * k], &mut self.low_len[u], e, lower);
             }
         }
+        // Scratch emptied (capacity kept), so a loaded index equals the one that was saved.
+        self.wbest.clear();
+        self.wworst.clear();
     }
 
     fn add_value(&mut self, u: usize, e: Example, tok: u32, threshold: f32) {
@@ -318,7 +330,7 @@ impl LayerStats {
         if n <= cap as u64 {
             self.groups[g * cap + n as usize - 1] = e;
         } else {
-            let j = next(&mut self.rng) % n;
+            let j = below(&mut self.rng, n);
             if (j as usize) < cap {
                 self.groups[g * cap + j as usize] = e;
             }
