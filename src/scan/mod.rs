@@ -557,7 +557,8 @@ pub struct ExampleView {
 }
 
 /// A frequent firing token: its count among firing positions (at most `overcount` too high),
-/// its corpus count, and the log-odds of firing on it against the corpus (smoothed by ½).
+/// its corpus count, and the log-odds of firing on it against the corpus (smoothed by ½), from
+/// the guaranteed count (count − overcount), so a sketch's overcount never inflates it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FiringToken {
     pub token: String,
@@ -660,7 +661,7 @@ impl ScanIndex {
                     count,
                     overcount,
                     corpus_count: c,
-                    log_odds: lo(f64::from(count), fired as f64)
+                    log_odds: lo(f64::from(count - overcount), fired as f64)
                         - lo(c as f64, corpus_total as f64),
                 }
             })

@@ -451,7 +451,8 @@ impl LayerStats {
             .collect()
     }
 
-    /// Unit `u`'s sketch: (token, count, overcount bound), most frequent first.
+    /// Unit `u`'s sketch: (token, count, overcount bound), by guaranteed count (count − bound)
+    /// first.
     pub fn firing_tokens(&self, u: usize) -> Vec<(u32, u32, u32)> {
         let m = self.sizes.sketch;
         let len = self.sk_len[u] as usize;
@@ -464,7 +465,7 @@ impl LayerStats {
                 )
             })
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.sort_by(|a, b| (b.1 - b.2).cmp(&(a.1 - a.2)).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
         v
     }
 }
