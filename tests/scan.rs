@@ -44,7 +44,13 @@ fn config() -> ScanConfig {
     }
 }
 
-fn scan(model: &Model, corpus: &Corpus, cfg: ScanConfig, out: Option<PathBuf>, limit: Option<usize>) -> ScanIndex {
+fn scan(
+    model: &Model,
+    corpus: &Corpus,
+    cfg: ScanConfig,
+    out: Option<PathBuf>,
+    limit: Option<usize>,
+) -> ScanIndex {
     let opts = ScanOptions {
         config: cfg,
         limit,
@@ -83,8 +89,18 @@ fn brute(model: &Model, corpus: &Corpus, cfg: &ScanConfig) -> Brute {
         let mut n = Vec::new();
         let mut h = Vec::new();
         for l in 0..info.layers {
-            n.push(out.record.get(HookPoint::block(l, BlockSite::MlpPost)).unwrap().data.clone());
-            let z = &out.record.get(HookPoint::block(l, BlockSite::Z)).unwrap().data;
+            n.push(
+                out.record
+                    .get(HookPoint::block(l, BlockSite::MlpPost))
+                    .unwrap()
+                    .data
+                    .clone(),
+            );
+            let z = &out
+                .record
+                .get(HookPoint::block(l, BlockSite::Z))
+                .unwrap()
+                .data;
             let d = info.d_head;
             h.push(
                 z.chunks_exact(d)
@@ -104,17 +120,29 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
     let cfg = &index.meta.config;
     let (layers, units) = (
         index.meta.layers,
-        if heads { index.meta.heads } else { index.meta.d_mlp },
+        if heads {
+            index.meta.heads
+        } else {
+            index.meta.d_mlp
+        },
     );
     for l in 0..layers {
-        let stats = if heads { &index.heads[l] } else { &index.neurons[l] };
+        let stats = if heads {
+            &index.heads[l]
+        } else {
+            &index.neurons[l]
+        };
         for u in 0..units {
             let what = format!("{} L{l} unit {u}", if heads { "head" } else { "neuron" });
             let mut all = Vec::new(); // (window, pos, act, token)
             let mut best = Vec::new();
             let mut worst = Vec::new();
             for (w, tokens) in b.windows.iter().enumerate() {
-                let acts = if heads { &b.heads[w][l] } else { &b.neurons[w][l] };
+                let acts = if heads {
+                    &b.heads[w][l]
+                } else {
+                    &b.neurons[w][l]
+                };
                 let mut hi: Option<Example> = None;
                 let mut lo: Option<Example> = None;
                 for (p, &t) in tokens.iter().enumerate().skip(first) {
@@ -135,8 +163,18 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
                 worst.extend(lo);
             }
             // Top and lowest: one per window, ties to the earlier window.
-            best.sort_by(|a, b| b.act.partial_cmp(&a.act).unwrap().then(a.window.cmp(&b.window)));
-            worst.sort_by(|a, b| a.act.partial_cmp(&b.act).unwrap().then(a.window.cmp(&b.window)));
+            best.sort_by(|a, b| {
+                b.act
+                    .partial_cmp(&a.act)
+                    .unwrap()
+                    .then(a.window.cmp(&b.window))
+            });
+            worst.sort_by(|a, b| {
+                a.act
+                    .partial_cmp(&b.act)
+                    .unwrap()
+                    .then(a.window.cmp(&b.window))
+            });
             best.truncate(cfg.k);
             worst.truncate(cfg.k);
             assert_eq!(stats.top(u), best, "{what}: top");
@@ -146,10 +184,16 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
             let fired = all.iter().filter(|(e, _)| e.act > cfg.threshold).count() as u64;
             assert_eq!(stats.fired[u], fired, "{what}: fired");
             let min = all.iter().map(|(e, _)| e.act).fold(f32::INFINITY, f32::min);
-            let max = all.iter().map(|(e, _)| e.act).fold(f32::NEG_INFINITY, f32::max);
+            let max = all
+                .iter()
+                .map(|(e, _)| e.act)
+                .fold(f32::NEG_INFINITY, f32::max);
             assert_eq!((stats.min[u], stats.max[u]), (min, max), "{what}: range");
             let sum: f64 = all.iter().map(|(e, _)| f64::from(e.act)).sum();
-            assert!((stats.sum[u] - sum).abs() <= 1e-9 * sum.abs().max(1.0), "{what}: sum");
+            assert!(
+                (stats.sum[u] - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+                "{what}: sum"
+            );
             // Histogram: the smallest power-of-two width ≥ 2^EXP0 whose aligned 50-bin window
             // holds [min, max], computed here from scratch.
             let mut e = EXP0;
@@ -174,10 +218,20 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
             for (g, ((a, b), n, ex)) in stats.groups(u).into_iter().enumerate() {
                 let want: u32 = hist[g * GROUP_BINS..(g + 1) * GROUP_BINS].iter().sum();
                 assert_eq!(n, want, "{what}: group {g} count");
-                assert_eq!(ex.len(), (n as usize).min(cfg.per_group), "{what}: group {g} sample");
+                assert_eq!(
+                    ex.len(),
+                    (n as usize).min(cfg.per_group),
+                    "{what}: group {g} sample"
+                );
                 for x in &ex {
-                    assert!(f64::from(x.act) >= a && f64::from(x.act) < b, "{what}: group {g} {x:?}");
-                    assert!(all.iter().any(|(e, _)| e == x), "{what}: {x:?} is a real position");
+                    assert!(
+                        f64::from(x.act) >= a && f64::from(x.act) < b,
+                        "{what}: group {g} {x:?}"
+                    );
+                    assert!(
+                        all.iter().any(|(e, _)| e == x),
+                        "{what}: {x:?} is a real position"
+                    );
                 }
                 let mut keys: Vec<(u32, u32)> = ex.iter().map(|e| (e.window, e.pos)).collect();
                 keys.dedup();
@@ -192,7 +246,10 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
                     .iter()
                     .filter(|(e, t)| *t == tok && e.act > cfg.threshold)
                     .count() as u32;
-                assert!(truth <= count && count <= truth + err, "{what}: token {tok}: {truth} vs {count}±{err}");
+                assert!(
+                    truth <= count && count <= truth + err,
+                    "{what}: token {tok}: {truth} vs {count}±{err}"
+                );
             }
         }
     }
@@ -205,7 +262,10 @@ fn statistics_match_brute_force_over_every_position() {
     let cfg = config();
     let index = scan(&model, &corpus, cfg.clone(), None, None);
     let b = brute(&model, &corpus, &cfg);
-    assert!(b.windows.len() > TEXTS.len(), "a long stimulus is split into windows");
+    assert!(
+        b.windows.len() > TEXTS.len(),
+        "a long stimulus is split into windows"
+    );
     assert!(b.windows.len() > cfg.k, "more windows than the heaps hold");
     assert_eq!(index.windows.len(), b.windows.len());
     for (w, t) in b.windows.iter().enumerate() {
@@ -256,7 +316,8 @@ fn position_zero_is_left_out_unless_asked() {
 fn index_round_trip_resume_and_model_key() {
     let dir = tmp("index");
     let path = dir.join("i.scan.safetensors");
-    let model = hubel::model::Model::open(common::fixtures().join("tiny_llama").join("model")).unwrap();
+    let model =
+        hubel::model::Model::open(common::fixtures().join("tiny_llama").join("model")).unwrap();
     let corpus = Corpus::from_texts("t", TEXTS);
     let full = scan(&model, &corpus, config(), Some(path.clone()), None);
     let t = std::time::Instant::now();
@@ -279,25 +340,38 @@ fn index_round_trip_resume_and_model_key() {
     assert_eq!(resumed.token_counts, full.token_counts);
 
     // Another model is refused, with both models named.
-    let other = hubel::model::Model::open(common::fixtures().join("tiny_gpt2").join("model")).unwrap();
+    let other =
+        hubel::model::Model::open(common::fixtures().join("tiny_gpt2").join("model")).unwrap();
     let e = loaded.check_model(other.info()).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, ScanError::WrongModel { .. }));
-    assert!(msg.contains(&model.info().sha256) && msg.contains(&other.info().sha256), "{msg}");
+    assert!(
+        msg.contains(&model.info().sha256) && msg.contains(&other.info().sha256),
+        "{msg}"
+    );
     let opts = ScanOptions {
         config: config(),
         out: Some(path.clone()),
         ..ScanOptions::default()
     };
-    assert!(matches!(scan::run(&other, &corpus, &opts, None), Err(ScanError::WrongModel { .. })));
+    assert!(matches!(
+        scan::run(&other, &corpus, &opts, None),
+        Err(ScanError::WrongModel { .. })
+    ));
     // Another corpus into the same file is refused too.
     let c2 = Corpus::from_texts("u", &TEXTS[..3]);
-    assert!(matches!(scan::run(&model, &c2, &opts, None), Err(ScanError::Mismatch { .. })));
+    assert!(matches!(
+        scan::run(&model, &c2, &opts, None),
+        Err(ScanError::Mismatch { .. })
+    ));
     // A damaged file is an error, not a panic.
     let bytes = std::fs::read(&path).unwrap();
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(matches!(ScanIndex::load(&bad), Err(ScanError::Format { .. })));
+    assert!(matches!(
+        ScanIndex::load(&bad),
+        Err(ScanError::Format { .. })
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -341,12 +415,18 @@ fn wordnet_files_become_stimuli_with_their_senses() {
     assert_eq!(sense.pos, "verb");
     assert_eq!(sense.offset, 1740);
     assert_eq!(sense.lexname, "verb.body");
-    assert_eq!(sense.lemmas, ["breathe", "take a breath", "respire", "suspire"]);
+    assert_eq!(
+        sense.lemmas,
+        ["breathe", "take a breath", "respire", "suspire"]
+    );
     assert_eq!(sense.lex_ids, [0, 0, 0, 3]);
     assert_eq!((sense.kind.as_str(), sense.example), ("example", Some(2)));
     assert!(s.source.contains("verb sense of \"breathe"), "{}", s.source);
     let left = find("being on the left side").sense.as_ref().unwrap();
-    assert_eq!((left.pos.as_str(), left.kind.as_str()), ("adjective", "gloss"));
+    assert_eq!(
+        (left.pos.as_str(), left.kind.as_str()),
+        ("adjective", "gloss")
+    );
     assert_eq!(left.lemmas, ["left", "far left"]);
     find("left hand");
     find("(usually followed by `to') having the necessary means or skill or know-how or authority to do something");
@@ -386,7 +466,9 @@ fn cli_scan_then_top_agree_with_the_library() {
     let dir = tmp("cli");
     let data = dir.join("data");
     let file = dir.join("corpus.txt");
-    let lines: Vec<String> = (0..30).map(|i| format!("{} {i}", TEXTS[i % TEXTS.len()])).collect();
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!("{} {i}", TEXTS[i % TEXTS.len()]))
+        .collect();
     std::fs::write(&file, lines.join("\n\n")).unwrap();
     let model_dir = common::fixtures().join("tiny_llama").join("model");
     let s = |p: &Path| p.display().to_string();
@@ -401,11 +483,19 @@ fn cli_scan_then_top_agree_with_the_library() {
         "--limit",
         "20",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("scanned 20 stimuli"), "{stdout}");
     let out = hubel(&["--data-dir", &s(&data), "top", "L0N3", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Vec<scan::ExampleView> = serde_json::from_slice(&out.stdout).unwrap();
     // The same scan in the library.
     let model = Model::open(&model_dir).unwrap();
@@ -419,9 +509,21 @@ fn cli_scan_then_top_agree_with_the_library() {
         assert!(e.source.starts_with("corpus.txt:"));
     }
     // --lowest: lowest first.
-    let out = hubel(&["--data-dir", &s(&data), "top", "L0N3", "--json", "--lowest", "--k", "3"]);
+    let out = hubel(&[
+        "--data-dir",
+        &s(&data),
+        "top",
+        "L0N3",
+        "--json",
+        "--lowest",
+        "--k",
+        "3",
+    ]);
     let low: Vec<scan::ExampleView> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(low, index.examples(&FeatureId::neuron(0, 3), true, 3).unwrap());
+    assert_eq!(
+        low,
+        index.examples(&FeatureId::neuron(0, 3), true, 3).unwrap()
+    );
     // A feature the model lacks is a message.
     let out = hubel(&["--data-dir", &s(&data), "top", "L9N3"]);
     assert!(!out.status.success());

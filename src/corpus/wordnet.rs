@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(s.definition, "draw air into, and expel out of, the lungs");
         assert_eq!(
             s.examples,
-            ["I can breathe better when the air is clean", "The patient is respiring"]
+            [
+                "I can breathe better when the air is clean",
+                "The patient is respiring"
+            ]
         );
         assert!(parse_line("  1 This software and database is being provided").is_none());
     }

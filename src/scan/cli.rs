@@ -111,7 +111,9 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     let bytes = opts.config.state_bytes(model.info());
     eprintln!(
         "scan: {} stimuli of {} ({}), statistics in memory: {:.1} MB ({} features × {} B)",
-        limit.unwrap_or(corpus.stimuli.len()).min(corpus.stimuli.len()),
+        limit
+            .unwrap_or(corpus.stimuli.len())
+            .min(corpus.stimuli.len()),
         corpus.stimuli.len(),
         corpus.name,
         bytes as f64 / 1e6,
@@ -120,9 +122,10 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     );
     let model = std::sync::Arc::new(model);
     let (m, c, o) = (model.clone(), corpus, opts);
-    let index = crate::jobs::progress::run_reporting("Scan", move |ctx| super::job(ctx, &m, &c, &o))
-        .map_err(|e| anyhow::Error::msg(e.to_string()))
-        .context("scanning")?;
+    let index =
+        crate::jobs::progress::run_reporting("Scan", move |ctx| super::job(ctx, &m, &c, &o))
+            .map_err(|e| anyhow::Error::msg(e.to_string()))
+            .context("scanning")?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let meta = &index.meta;
     println!(

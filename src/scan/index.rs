@@ -212,7 +212,12 @@ fn write_layers(w: &mut Writer, b: &str, layers: &[LayerStats], units: usize, s:
     };
     let lu = vec![l, units];
     w.add(&format!("{b}.n"), "U64", lu.clone(), cat_u64(|x| &x.n));
-    w.add(&format!("{b}.fired"), "U64", lu.clone(), cat_u64(|x| &x.fired));
+    w.add(
+        &format!("{b}.fired"),
+        "U64",
+        lu.clone(),
+        cat_u64(|x| &x.fired),
+    );
     w.add(
         &format!("{b}.sum"),
         "F64",
@@ -221,7 +226,12 @@ fn write_layers(w: &mut Writer, b: &str, layers: &[LayerStats], units: usize, s:
     );
     w.add(&format!("{b}.min"), "F32", lu.clone(), cat_f32(|x| &x.min));
     w.add(&format!("{b}.max"), "F32", lu.clone(), cat_f32(|x| &x.max));
-    w.add(&format!("{b}.hist"), "U32", vec![l, units, BINS], cat_u32(|x| &x.hist));
+    w.add(
+        &format!("{b}.hist"),
+        "U32",
+        vec![l, units, BINS],
+        cat_u32(|x| &x.hist),
+    );
     w.add(
         &format!("{b}.hist_start"),
         "I64",
@@ -234,26 +244,79 @@ fn write_layers(w: &mut Writer, b: &str, layers: &[LayerStats], units: usize, s:
         lu.clone(),
         layers.iter().flat_map(|x| le!(x.hist_exp)).collect(),
     );
-    w.add(&format!("{b}.group_n"), "U32", vec![l, units, GROUPS], cat_u32(|x| &x.group_n));
+    w.add(
+        &format!("{b}.group_n"),
+        "U32",
+        vec![l, units, GROUPS],
+        cat_u32(|x| &x.group_n),
+    );
     let gshape = vec![l, units, GROUPS, s.per_group];
     let kshape = vec![l, units, s.k];
     for (part, name, dtype) in [(0, "window", "U32"), (1, "pos", "U32"), (2, "act", "F32")] {
-        w.add(&format!("{b}.groups.{name}"), dtype, gshape.clone(), ex(|x| &x.groups, part));
-        w.add(&format!("{b}.top.{name}"), dtype, kshape.clone(), ex(|x| &x.top, part));
-        w.add(&format!("{b}.low.{name}"), dtype, kshape.clone(), ex(|x| &x.low, part));
+        w.add(
+            &format!("{b}.groups.{name}"),
+            dtype,
+            gshape.clone(),
+            ex(|x| &x.groups, part),
+        );
+        w.add(
+            &format!("{b}.top.{name}"),
+            dtype,
+            kshape.clone(),
+            ex(|x| &x.top, part),
+        );
+        w.add(
+            &format!("{b}.low.{name}"),
+            dtype,
+            kshape.clone(),
+            ex(|x| &x.low, part),
+        );
     }
-    w.add(&format!("{b}.top_len"), "U32", lu.clone(), cat_u32(|x| &x.top_len));
-    w.add(&format!("{b}.low_len"), "U32", lu.clone(), cat_u32(|x| &x.low_len));
+    w.add(
+        &format!("{b}.top_len"),
+        "U32",
+        lu.clone(),
+        cat_u32(|x| &x.top_len),
+    );
+    w.add(
+        &format!("{b}.low_len"),
+        "U32",
+        lu.clone(),
+        cat_u32(|x| &x.low_len),
+    );
     let mshape = vec![l, units, s.sketch];
-    w.add(&format!("{b}.sketch.id"), "U32", mshape.clone(), cat_u32(|x| &x.sk_id));
-    w.add(&format!("{b}.sketch.count"), "U32", mshape.clone(), cat_u32(|x| &x.sk_count));
-    w.add(&format!("{b}.sketch.err"), "U32", mshape, cat_u32(|x| &x.sk_err));
-    w.add(&format!("{b}.sketch_len"), "U32", lu, cat_u32(|x| &x.sk_len));
+    w.add(
+        &format!("{b}.sketch.id"),
+        "U32",
+        mshape.clone(),
+        cat_u32(|x| &x.sk_id),
+    );
+    w.add(
+        &format!("{b}.sketch.count"),
+        "U32",
+        mshape.clone(),
+        cat_u32(|x| &x.sk_count),
+    );
+    w.add(
+        &format!("{b}.sketch.err"),
+        "U32",
+        mshape,
+        cat_u32(|x| &x.sk_err),
+    );
+    w.add(
+        &format!("{b}.sketch_len"),
+        "U32",
+        lu,
+        cat_u32(|x| &x.sk_len),
+    );
     w.add(
         &format!("{b}.skipped"),
         "U64",
         vec![l],
-        layers.iter().flat_map(|x| x.skipped.to_le_bytes()).collect(),
+        layers
+            .iter()
+            .flat_map(|x| x.skipped.to_le_bytes())
+            .collect(),
     );
     w.add(
         &format!("{b}.rng"),
@@ -276,12 +339,35 @@ impl ScanIndex {
         w.add("token_counts", "U64", vec![v], le!(self.token_counts));
         w.strings("vocab.bytes", self.vocab.iter().map(String::as_str));
         let win = &self.windows;
-        w.add("windows.tokens", "U32", vec![win.tokens.len()], le!(win.tokens));
-        w.add("windows.offsets", "U64", vec![win.offsets.len()], le!(win.offsets));
-        w.add("windows.stimulus", "U32", vec![win.stimulus.len()], le!(win.stimulus));
-        w.add("windows.start", "U32", vec![win.start.len()], le!(win.start));
+        w.add(
+            "windows.tokens",
+            "U32",
+            vec![win.tokens.len()],
+            le!(win.tokens),
+        );
+        w.add(
+            "windows.offsets",
+            "U64",
+            vec![win.offsets.len()],
+            le!(win.offsets),
+        );
+        w.add(
+            "windows.stimulus",
+            "U32",
+            vec![win.stimulus.len()],
+            le!(win.stimulus),
+        );
+        w.add(
+            "windows.start",
+            "U32",
+            vec![win.start.len()],
+            le!(win.start),
+        );
         w.strings("stimuli.text", self.stimuli.iter().map(|s| s.text.as_str()));
-        w.strings("stimuli.source", self.stimuli.iter().map(|s| s.source.as_str()));
+        w.strings(
+            "stimuli.source",
+            self.stimuli.iter().map(|s| s.source.as_str()),
+        );
         let senses: Vec<String> = self
             .stimuli
             .iter()
@@ -353,7 +439,10 @@ impl ScanIndex {
             start: r.u32("windows.start")?,
         };
         if windows.offsets.len() != windows.stimulus.len() + 1
-            || windows.offsets.iter().any(|&o| o as usize > windows.tokens.len())
+            || windows
+                .offsets
+                .iter()
+                .any(|&o| o as usize > windows.tokens.len())
         {
             return Err("inconsistent windows".into());
         }

@@ -196,7 +196,9 @@ impl Corpus {
                 source: e,
             })?;
             let text = String::from_utf8_lossy(&bytes);
-            let name = f.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let name = f
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if !line.is_empty() {
@@ -209,7 +211,10 @@ impl Corpus {
             }
         }
         if stimuli.is_empty() {
-            return Err(ScanError::Corpus(format!("{} holds no text", path.display())));
+            return Err(ScanError::Corpus(format!(
+                "{} holds no text",
+                path.display()
+            )));
         }
         let name = path
             .file_name()
@@ -333,9 +338,13 @@ impl ScanIndex {
                 },
             },
             neurons: (0..info.layers).map(|l| layer(l, info.d_mlp, 0)).collect(),
-            heads: (0..info.layers).map(|l| layer(l, info.heads, 0xA5A5)).collect(),
+            heads: (0..info.layers)
+                .map(|l| layer(l, info.heads, 0xA5A5))
+                .collect(),
             token_counts: vec![0; info.vocab],
-            vocab: (0..info.vocab as u32).map(|id| tok.token_text(id)).collect(),
+            vocab: (0..info.vocab as u32)
+                .map(|id| tok.token_text(id))
+                .collect(),
             windows: Windows::new(),
             stimuli: Vec::new(),
         }
@@ -369,7 +378,8 @@ impl ScanIndex {
                         let l = c * per + i;
                         for (b, ((_, _, tokens), out)) in batch.iter().zip(outs).enumerate() {
                             let w = w0 + b as u32;
-                            if let Some(a) = out.record.get(HookPoint::block(l, BlockSite::MlpPost)) {
+                            if let Some(a) = out.record.get(HookPoint::block(l, BlockSite::MlpPost))
+                            {
                                 ns.add_window(w, tokens, &a.data, first, cfg.threshold);
                             }
                             if let Some(z) = out.record.get(HookPoint::block(l, BlockSite::Z)) {
@@ -407,7 +417,11 @@ impl ScanIndex {
 /// ‖z_h‖ per position: `z` is `[len, heads, d_head]`, `out` becomes `[len, heads]`.
 pub fn head_norms(z: &[f32], len: usize, heads: usize, out: &mut Vec<f32>) {
     out.clear();
-    let d = if len * heads == 0 { 0 } else { z.len() / (len * heads) };
+    let d = if len * heads == 0 {
+        0
+    } else {
+        z.len() / (len * heads)
+    };
     for v in z.chunks_exact(d.max(1)).take(len * heads) {
         out.push(v.iter().map(|x| x * x).sum::<f32>().sqrt());
     }
@@ -453,7 +467,10 @@ pub fn run(
     let todo = &all[done..];
     let total: u64 = todo.iter().map(|w| w.2.len() as u64).sum();
     if let Some(ctx) = ctx {
-        ctx.set_phase(&format!("Scanning {} stimuli", target.saturating_sub(index.meta.stimuli_done)));
+        ctx.set_phase(&format!(
+            "Scanning {} stimuli",
+            target.saturating_sub(index.meta.stimuli_done)
+        ));
         ctx.set_total(total, "tokens");
     }
     let capture = Capture::sites([BlockSite::MlpPost, BlockSite::Z]);
@@ -616,14 +633,27 @@ impl ScanIndex {
         let ids = self.windows.get(w);
         let tokens: Vec<String> = ids
             .iter()
-            .map(|&t| self.vocab.get(t as usize).cloned().unwrap_or_else(|| format!("<{t}>")))
+            .map(|&t| {
+                self.vocab
+                    .get(t as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("<{t}>"))
+            })
             .collect();
         let s = self.windows.stimulus[w] as usize;
         let st = self.stimuli.get(s)?;
         let whole = self.windows.start[w] == 0
-            && self.windows.stimulus.get(w + 1).is_none_or(|&n| n as usize != s);
+            && self
+                .windows
+                .stimulus
+                .get(w + 1)
+                .is_none_or(|&n| n as usize != s);
         Some(ExampleView {
-            text: if whole { st.text.clone() } else { tokens.concat() },
+            text: if whole {
+                st.text.clone()
+            } else {
+                tokens.concat()
+            },
             tokens,
             pos: e.pos as usize,
             activation: e.act,
@@ -635,9 +665,18 @@ impl ScanIndex {
     }
 
     /// The feature's top (or lowest) `k` examples, best first.
-    pub fn examples(&self, f: &FeatureId, lowest: bool, k: usize) -> Result<Vec<ExampleView>, String> {
+    pub fn examples(
+        &self,
+        f: &FeatureId,
+        lowest: bool,
+        k: usize,
+    ) -> Result<Vec<ExampleView>, String> {
         let l = self.layer(f)?;
-        let v = if lowest { l.lowest(f.index) } else { l.top(f.index) };
+        let v = if lowest {
+            l.lowest(f.index)
+        } else {
+            l.top(f.index)
+        };
         Ok(v.iter().take(k).filter_map(|e| self.view(e)).collect())
     }
 

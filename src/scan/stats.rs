@@ -290,9 +290,19 @@ impl LayerStats {
         for u in 0..units {
             if self.wbest[u].pos != u32::MAX {
                 let e = self.wbest[u];
-                heap_push(&mut self.top[u * k..(u + 1) * k], &mut self.top_len[u], e, higher);
+                heap_push(
+                    &mut self.top[u * k..(u + 1) * k],
+                    &mut self.top_len[u],
+                    e,
+                    higher,
+                );
                 let e = self.wworst[u];
-                heap_push(&mut self.low[u * k..(u + 1) * k], &mut self.low_len[u], e, lower);
+                heap_push(
+                    &mut self.low[u * k..(u + 1) * k],
+                    &mut self.low_len[u],
+                    e,
+                    lower,
+                );
             }
         }
         // Scratch emptied (capacity kept), so a loaded index equals the one that was saved.
@@ -414,7 +424,13 @@ impl LayerStats {
     pub fn top(&self, u: usize) -> Vec<Example> {
         let k = self.sizes.k;
         let mut v = self.top[u * k..u * k + self.top_len[u] as usize].to_vec();
-        v.sort_by(|a, b| if higher(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        v.sort_by(|a, b| {
+            if higher(a, b) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
         v
     }
 
@@ -422,7 +438,13 @@ impl LayerStats {
     pub fn lowest(&self, u: usize) -> Vec<Example> {
         let k = self.sizes.k;
         let mut v = self.low[u * k..u * k + self.low_len[u] as usize].to_vec();
-        v.sort_by(|a, b| if lower(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        v.sort_by(|a, b| {
+            if lower(a, b) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
         v
     }
 
@@ -465,7 +487,12 @@ impl LayerStats {
                 )
             })
             .collect();
-        v.sort_by(|a, b| (b.1 - b.2).cmp(&(a.1 - a.2)).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
+        v.sort_by(|a, b| {
+            (b.1 - b.2)
+                .cmp(&(a.1 - a.2))
+                .then(b.1.cmp(&a.1))
+                .then(a.0.cmp(&b.0))
+        });
         v
     }
 }
