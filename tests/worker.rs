@@ -359,3 +359,64 @@ fn a_fast_run_says_so_and_its_fidelity_job_measures_it() {
         .any(|j| j.name == "stale fidelity" && j.state == JobState::Cancelled)));
     assert!(rx.try_recv().is_err(), "a stale meter answers nothing");
 }
+
+#[test]
+fn an_ablation_answers_the_next_token_first_and_every_position_after() {
+    let w = loaded();
+    let text = "The cat sat on the mat.";
+    let neuron = hubel::hooks::Intervention::zero(
+        hubel::hooks::HookPoint::block(1, hubel::hooks::BlockSite::MlpPost),
+        vec![3],
+    );
+    w.send(Request::Run(RunRequest {
+        interventions: vec![neuron.clone()],
+        ..match run(1, text) {
+            Request::Run(r) => r,
+            _ => unreachable!(),
+        }
+    }));
+    let first = next_run(&w);
+    let side = first.intervened.as_ref().expect("an intervened side");
+    let n = first.tokens.len();
+    assert!(
+        !side.is_complete(),
+        "the first answer holds the last position only"
+    );
+    assert_eq!(side.logits.len(), side.vocab);
+    assert!(side.logits_at(0).is_none() && side.logits_at(n - 1).is_some());
+    assert!(side.summary.token_nll.is_empty() && side.summary.top_next.len() == 10);
+    // The rest: what a one-piece re-run gives.
+    let (logits, summary) = loop {
+        match next(&w) {
+            Response::RunLogits {
+                id,
+                logits,
+                summary,
+            } => {
+                assert_eq!(id, 1);
+                break (logits, summary);
+            }
+            Response::RunFailed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    let model = hubel::model::Model::open(tiny_llama()).unwrap();
+    let ids: Vec<u32> = first.tokens.iter().map(|t| t.id).collect();
+    let cache = model
+        .prepare(&ids, &hubel::hooks::Capture::Nothing, None)
+        .unwrap();
+    let whole = model
+        .rerun(&cache, &hubel::hooks::Capture::Nothing, &[neuron], None)
+        .unwrap();
+    assert_eq!(logits, whole.logits);
+    assert_eq!(&side.logits[..], whole.last_logits());
+    assert_eq!(summary.token_nll.len(), n - 1);
+    assert_eq!(
+        summary.top_next.iter().map(|t| t.id).collect::<Vec<_>>(),
+        side.summary
+            .top_next
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    );
+}

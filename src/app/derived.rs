@@ -49,6 +49,8 @@ pub struct FeatureCurve {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DerivedKey {
     pub run: RunId,
+    /// Whether every position's logits of the run are here (they follow its first answer).
+    pub complete: bool,
     pub layer: usize,
     pub basis: Basis,
     pub top_k: usize,
@@ -112,6 +114,7 @@ impl Derived {
         };
         let key = DerivedKey {
             run: result.id,
+            complete: result.intervened.as_ref().is_none_or(|s| s.is_complete()),
             layer: state.layer,
             basis: state.basis,
             top_k: state.top_k,

@@ -752,6 +752,22 @@ impl HubelApp {
                 }
                 self.update_fidelity();
             }
+            Response::RunLogits {
+                id,
+                logits,
+                summary,
+            } => {
+                if let Some(side) = rt
+                    .result
+                    .as_mut()
+                    .filter(|r| r.id == id)
+                    .and_then(|r| r.intervened.as_mut())
+                {
+                    side.logits = logits;
+                    side.logits_from = 0;
+                    side.summary = summary;
+                }
+            }
             Response::Continuation {
                 id,
                 intervened,

@@ -115,14 +115,23 @@ pub struct Side {
     pub record: ActivationRecord,
     /// Next-token top 10 after the last position, the loss of every token.
     pub summary: RunSummary,
-    /// Logits at every position, `[pos, vocab]` (for the next-token panel at a chosen position).
+    /// Logits `[pos, vocab]` of positions `logits_from..` (for the next-token panel at a chosen
+    /// position). An intervened side first comes with the last position's only
+    /// (`logits_from` = its position) and the rest follows ([`Response::RunLogits`]).
     pub logits: Vec<f32>,
+    pub logits_from: usize,
     pub vocab: usize,
 }
 
 impl Side {
     pub fn logits_at(&self, pos: usize) -> Option<&[f32]> {
-        self.logits.get(pos * self.vocab..(pos + 1) * self.vocab)
+        let row = pos.checked_sub(self.logits_from)?;
+        self.logits.get(row * self.vocab..(row + 1) * self.vocab)
+    }
+
+    /// Whether every position's logits (and so the per-token loss) are here.
+    pub fn is_complete(&self) -> bool {
+        self.logits_from == 0
     }
 }
 
@@ -162,6 +171,13 @@ pub enum Response {
         message: String,
     },
     Run(Box<RunResult>),
+    /// Arrives after a run whose intervened side came with the last position's logits only:
+    /// every position's, and the summary with the per-token loss.
+    RunLogits {
+        id: RunId,
+        logits: Vec<f32>,
+        summary: RunSummary,
+    },
     /// Arrives after its run: the continuation of each side.
     Continuation {
         id: RunId,
@@ -364,6 +380,26 @@ fn side(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
         summary,
         vocab: out.vocab,
         logits: out.logits,
+        logits_from: 0,
+        record: out.record,
+    }
+}
+
+/// An intervened side with the last position's logits only (`out` from `Model::rerun_last`):
+/// the next tokens now, the per-token loss when the rest arrives.
+fn side_last(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
+    let summary = RunSummary {
+        top_next: probe::top_tokens(model, &out.logits, TOP_NEXT),
+        mean_nll: None,
+        token_nll: Vec::new(),
+        continuation: None,
+        kl_from_baseline: None,
+    };
+    Side {
+        summary,
+        vocab: out.vocab,
+        logits: out.logits,
+        logits_from: ids.len() - 1,
         record: out.record,
     }
 }
@@ -527,6 +563,7 @@ impl Worker {
             }
         }
         self.current = req.precision;
+        let mut rest = None;
         let result = (|| -> Result<RunResult, ModelError> {
             let fresh = self.probes[slot].is_none();
             let mut layers_computed = 0;
@@ -548,21 +585,22 @@ impl Worker {
             // Set just above when the text is new.
             let probe = self.probes[slot].as_ref().ok_or(ModelError::EmptyText)?;
             let ids: Vec<u32> = probe.tokens.iter().map(|t| t.id).collect();
+            // What the user looks at first (the next token, KL, the maps); every position's
+            // logits (the per-token loss) follow in a second answer.
             let (intervened, kl) = if req.interventions.is_empty() {
                 (None, None)
             } else {
-                let out = model.rerun(
+                let (out, finals) = model.rerun_last(
                     &probe.cache,
                     &capture_for(ids.len()),
                     &req.interventions,
                     Some(req.cancel.clone()),
                 )?;
                 layers_computed = layers_computed.max(out.layers_computed);
-                let kl = crate::analysis::kl_divergence(
-                    probe.cache.baseline.last_logits(),
-                    out.last_logits(),
-                );
-                (Some(side(model, out, &ids)), Some(kl))
+                let kl =
+                    crate::analysis::kl_divergence(probe.cache.baseline.last_logits(), &out.logits);
+                rest = Some(finals);
+                (Some(side_last(model, out, &ids)), Some(kl))
             };
             Ok(RunResult {
                 id: req.id,
@@ -584,6 +622,38 @@ impl Worker {
                     message: e.to_string(),
                 });
                 return;
+            }
+        }
+        if let Some(finals) = rest {
+            if req.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let ids: Vec<u32> = self.probes[slot]
+                .as_ref()
+                .map(|p| p.tokens.iter().map(|t| t.id).collect())
+                .unwrap_or_default();
+            match model.finish_logits(&finals) {
+                Ok(logits) => {
+                    let out = crate::model::RunOutput {
+                        logits,
+                        vocab: model.config().vocab_size,
+                        record: Default::default(),
+                        layers_computed: 0,
+                    };
+                    let summary = probe::summarize(model, &out, &ids, TOP_NEXT, None);
+                    self.send(Response::RunLogits {
+                        id: req.id,
+                        logits: out.logits,
+                        summary,
+                    });
+                }
+                Err(e) => {
+                    self.send(Response::RunFailed {
+                        id: req.id,
+                        message: e.to_string(),
+                    });
+                    return;
+                }
             }
         }
         if let Err(e) = self.continuations(&req) {

@@ -277,6 +277,13 @@ impl ProbeCache {
     }
 }
 
+/// The output of a run's final norm, kept by [`Model::rerun_last`] for
+/// [`Model::finish_logits`].
+pub struct Finals {
+    x: Tensor,
+    fast: bool,
+}
+
 /// Where a run has to start for a set of interventions.
 fn first_touched_block(interventions: &[Intervention], n_layers: usize) -> usize {
     interventions
@@ -607,28 +614,67 @@ impl Model {
         interventions: &[Intervention],
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<RunOutput> {
+        let (out, finals) = self.rerun_last(cache, capture, interventions, cancel)?;
+        Ok(RunOutput {
+            logits: self.finish_logits(&finals)?,
+            ..out
+        })
+    }
+
+    /// [`Model::rerun`] in two steps, for a viewer that shows the next token first: this
+    /// returns the run with only the last position's logits (`logits` holds one row) and what
+    /// [`Model::finish_logits`] needs for every position's (the per-token loss: the unembedding
+    /// of all positions is a fifth of a forward).
+    pub fn rerun_last(
+        &self,
+        cache: &ProbeCache,
+        capture: &Capture,
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<(RunOutput, Finals)> {
         let n_layers = self.config().n_layers;
         self.check_interventions(interventions, cache.tokens.len())?;
         let start = first_touched_block(interventions, n_layers);
-        if start == 0
+        let needs_embedding = start == 0
             && interventions
                 .iter()
-                .any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal)
-        {
-            return self.run_cancellable(&cache.tokens, capture, interventions, cancel);
-        }
+                .any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal);
         let mut hooks = Hooks::new(capture, interventions);
         if let Some(flag) = cancel {
             hooks = hooks.with_cancel(flag);
         }
-        // resid_pre has n_layers + 1 entries: the last is the input of the final norm.
-        let x = cache.resid_pre[start].clone();
-        let logits = self
+        let (start, x) = if needs_embedding {
+            (0, self.weights.embed(&cache.tokens, &mut hooks)?)
+        } else {
+            // resid_pre has n_layers + 1 entries: the last is the input of the final norm.
+            (start, cache.resid_pre[start].clone())
+        };
+        let last = self
             .weights
             .run_from(start, x, &mut hooks, None, None, self.fast())?;
         let mut record = hooks.record;
         record.fill_before_layer(&cache.baseline.record, start);
-        self.output(logits, record, n_layers - start)
+        let len = cache.tokens.len();
+        let out = RunOutput {
+            logits: self
+                .weights
+                .unembed_all(&last.narrow(0, len - 1, 1)?, self.fast())?,
+            vocab: self.config().vocab_size,
+            record,
+            layers_computed: n_layers - start,
+        };
+        Ok((
+            out,
+            Finals {
+                x: last,
+                fast: self.fast(),
+            },
+        ))
+    }
+
+    /// Every position's logits `[pos, vocab]` of a run begun by [`Model::rerun_last`].
+    pub fn finish_logits(&self, finals: &Finals) -> Result<Vec<f32>> {
+        self.weights.unembed_all(&finals.x, finals.fast)
     }
 
     fn output(
