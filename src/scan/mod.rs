@@ -479,7 +479,13 @@ pub fn run(
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let save = |index: &ScanIndex| -> Result<(), ScanError> {
+    let save = |index: &mut ScanIndex| -> Result<(), ScanError> {
+        // Times in whole microseconds: their JSON text then parses back to the same f64, so a
+        // loaded index equals the saved one.
+        let m = &mut index.meta;
+        for t in [&mut m.seconds, &mut m.forward_seconds, &mut m.stats_seconds] {
+            *t = (*t * 1e6).round() / 1e6;
+        }
         match &opts.out {
             Some(p) => index.save(p),
             None => Ok(()),
@@ -493,7 +499,7 @@ pub fn run(
         if let Some(ctx) = ctx {
             if ctx.checkpoint().is_err() {
                 index.meta.seconds = seconds0 + started.elapsed().as_secs_f64();
-                save(&index)?;
+                save(&mut index)?;
                 return Err(ScanError::Cancelled);
             }
         }
@@ -516,7 +522,7 @@ pub fn run(
             Ok(o) => o,
             Err(ModelError::Cancelled) => {
                 index.meta.seconds = seconds0 + started.elapsed().as_secs_f64();
-                save(&index)?;
+                save(&mut index)?;
                 return Err(ScanError::Cancelled);
             }
             Err(e) => return Err(e.into()),
@@ -531,14 +537,14 @@ pub fn run(
         i = j;
         if last_save.elapsed() >= opts.save_every && i < todo.len() {
             index.meta.seconds = seconds0 + started.elapsed().as_secs_f64();
-            save(&index)?;
+            save(&mut index)?;
             last_save = Instant::now();
         }
     }
     index.meta.complete = index.meta.stimuli_done >= index.meta.corpus_stimuli
         || (index.meta.windows_done >= all.len() && target >= corpus.stimuli.len());
     index.meta.seconds = seconds0 + started.elapsed().as_secs_f64();
-    save(&index)?;
+    save(&mut index)?;
     Ok(index)
 }
 
