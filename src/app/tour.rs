@@ -521,7 +521,9 @@ impl eframe::App for Tour {
             Mode::BenchUi => {
                 self.bench_step(&ctx, now, frame_ms);
                 if self.step != 5 && self.step != 6 {
-                    ctx.request_repaint();
+                    // Polls the script's next step without spinning the UI thread, which would
+                    // take a core from the model (answers repaint at once on their own).
+                    ctx.request_repaint_after(std::time::Duration::from_millis(100));
                 }
             }
         }

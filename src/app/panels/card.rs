@@ -272,7 +272,7 @@ impl CardView {
                 }
             }
             _ => {
-                ui.spinner();
+                super::spinner(ui);
             }
         }
     }

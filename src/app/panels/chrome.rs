@@ -110,7 +110,7 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                 ui.separator();
             }
             if cx.runtime.is_busy() {
-                ui.spinner();
+                super::spinner(ui);
             }
             match &cx.runtime.model {
                 Some(m) => {
@@ -163,7 +163,7 @@ pub fn welcome_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
             ui.label("Show a language model a sentence, record what every layer does with it, lesion a feature and watch the output change.");
             ui.add_space(30.0);
             if let Some(path) = &cx.runtime.loading {
-                ui.spinner();
+                super::spinner(ui);
                 ui.label(format!("Loading {}…", path.display()));
                 return;
             }

@@ -40,7 +40,7 @@ fn continuation_ui(
     ui.label(egui::RichText::new(title).strong());
     match tokens {
         None => {
-            ui.spinner();
+            super::spinner(ui);
         }
         Some(tokens) if tokens.is_empty() => {
             ui.label(egui::RichText::new("(none: see the error below)").weak());
@@ -81,7 +81,7 @@ fn fidelity_ui(ui: &mut egui::Ui, meter: Option<&Meter>, edited: bool) {
         };
         match meter.map(|m| &m.state) {
             None | Some(MeterState::Measuring) => {
-                ui.spinner();
+                super::spinner(ui);
                 ui.label(egui::RichText::new("measuring the fast path against the exact path…").weak());
             }
             Some(MeterState::Failed(e)) => {
