@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::Config;
-use super::kernels::attention;
 use super::kernels::f32::PackedF32;
 use super::kernels::q4::PackedQ4;
+use super::kernels::{attention, rows};
 use super::{Hooks, Result};
 use crate::hooks::{BlockSite, HookPoint};
 
@@ -138,9 +138,10 @@ impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Norm::Rms { w, eps } => {
-                let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-                let x = x.broadcast_mul(&(var + *eps)?.sqrt()?.recip()?)?;
-                Ok(x.broadcast_mul(w)?)
+                let shape = x.dims().to_vec();
+                let w = values(w)?;
+                let y = with_values(x, |xs| rows::rms_norm(xs, &w, *eps as f32))?;
+                Ok(Tensor::from_vec(y, shape, x.device())?)
             }
             Norm::Layer { w, b, eps } => {
                 let mean = x.mean_keepdim(D::Minus1)?;
@@ -491,7 +492,9 @@ impl Weights {
                 let pre = seqs.hook(p(BlockSite::MlpPre), gate.forward(x, seqs.fast)?)?;
                 let pre_linear =
                     seqs.hook(p(BlockSite::MlpPreLinear), up.forward(x, seqs.fast)?)?;
-                (candle_core::Tensor::silu(&pre)? * pre_linear)?
+                let shape = pre.dims().to_vec();
+                let post = rows::silu_mul(&values(&pre)?, &values(&pre_linear)?);
+                Tensor::from_vec(post, shape, x.device())?
             }
             Mlp::Gelu { fc, .. } => {
                 let pre = seqs.hook(p(BlockSite::MlpPre), fc.forward(x, seqs.fast)?)?;

@@ -4,9 +4,11 @@
 //!
 //! - [`f32`]: the exact path: f32 weights packed into panels once, an AVX2 + FMA micro-kernel.
 //! - [`attention`]: causal attention on slices; fused (no score matrices) unless hooks need them.
+//! - [`rows`]: RMSNorm and SwiGLU's `silu(gate) · up` in one pass each.
 //! - [`q4`]: the opt-in fast path: 4-bit weight blocks (GGUF Q4_1's layout) times
 //!   activations quantized per block to 8 bits, integer dot products.
 
 pub mod attention;
 pub mod f32;
 pub mod q4;
+pub mod rows;
