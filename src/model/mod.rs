@@ -160,15 +160,24 @@ impl ModelInfo {
 
     /// One line for a status bar: `SmolLM2-135M-Instruct · Q4_1 GGUF, computed in f32`.
     pub fn describe(&self) -> String {
+        self.describe_at(Precision::Exact)
+    }
+
+    /// [`ModelInfo::describe`] saying how a run at `precision` computes.
+    pub fn describe_at(&self, precision: Precision) -> String {
         let title = if self.title.is_empty() {
             &self.name
         } else {
             &self.title
         };
+        let how = match precision {
+            Precision::Exact => "computed in f32",
+            Precision::Fast => "computed on the fast path (4-bit × 8-bit)",
+        };
         if self.format.is_empty() {
-            format!("{title} · computed in f32")
+            format!("{title} · {how}")
         } else {
-            format!("{title} · {}, computed in f32", self.format)
+            format!("{title} · {}, {how}", self.format)
         }
     }
 }

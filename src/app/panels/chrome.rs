@@ -114,7 +114,13 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
             }
             match &cx.runtime.model {
                 Some(m) => {
-                    ui.label(m.describe()).on_hover_text(format!(
+                    // The precision of the numbers on screen (the last result's).
+                    let precision = cx
+                        .runtime
+                        .result
+                        .as_ref()
+                        .map_or(Precision::Exact, |r| r.precision);
+                    ui.label(m.describe_at(precision)).on_hover_text(format!(
                         "{} ({})\n{}",
                         m.name,
                         m.shape(),
