@@ -44,7 +44,7 @@ impl Config {
         if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.vocab_size == 0 {
             return Err(format!("empty dimensions in {self:?}"));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "{} query heads cannot share {} key/value heads",
                 self.n_heads, self.n_kv_heads
@@ -56,7 +56,7 @@ impl Config {
                 self.d_head, self.n_heads, self.d_model
             ));
         }
-        if self.arch == Arch::Llama && self.d_head % 2 != 0 {
+        if self.arch == Arch::Llama && !self.d_head.is_multiple_of(2) {
             return Err(format!(
                 "rotary embedding needs an even d_head, got {}",
                 self.d_head

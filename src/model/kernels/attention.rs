@@ -140,6 +140,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The element `i` (a method, so closures capture the whole `Out`, which is `Sync`).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Fused causal attention: `z` `[len, heads, d_head]` from `q`, `k`, `v` without holding the
 /// score matrices.
 pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
@@ -148,15 +155,13 @@ pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let mut z = vec![0f32; d.len * d.heads * dh];
     let out = Out(z.as_mut_ptr());
     for_units(d, d.len * d.keys * d.heads * dh, |h, queries| {
-        let out = out;
         let mut row = vec![0f32; d.keys];
         for i in queries {
             let n = d.visible(i);
             score_row(d, q, k, i, h, n, &mut row);
             softmax_row(&mut row[..n]);
             // SAFETY: (i, h) is this unit's alone; the slice lies inside z.
-            let zi =
-                unsafe { std::slice::from_raw_parts_mut(out.0.add((i * d.heads + h) * dh), dh) };
+            let zi = unsafe { std::slice::from_raw_parts_mut(out.at((i * d.heads + h) * dh), dh) };
             mix_row(d, &row[..n], v, h, zi);
         }
     });
@@ -170,11 +175,10 @@ pub fn scores(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let mut s = vec![f32::NEG_INFINITY; d.heads * d.len * keys];
     let out = Out(s.as_mut_ptr());
     for_units(d, d.len * keys * d.heads * d.d_head, |h, queries| {
-        let out = out;
         for i in queries {
             // SAFETY: row (h, i) is this unit's alone.
             let row =
-                unsafe { std::slice::from_raw_parts_mut(out.0.add((h * d.len + i) * keys), keys) };
+                unsafe { std::slice::from_raw_parts_mut(out.at((h * d.len + i) * keys), keys) };
             score_row(d, q, k, i, h, d.visible(i), row);
         }
     });
@@ -200,12 +204,10 @@ pub fn mix(d: &Dims, pattern: &[f32], v: &[f32]) -> Vec<f32> {
     let mut z = vec![0f32; d.len * d.heads * dh];
     let out = Out(z.as_mut_ptr());
     for_units(d, d.len * keys * d.heads * dh, |h, queries| {
-        let out = out;
         for i in queries {
             let p = &pattern[(h * d.len + i) * keys..][..keys];
             // SAFETY: (i, h) is this unit's alone.
-            let zi =
-                unsafe { std::slice::from_raw_parts_mut(out.0.add((i * d.heads + h) * dh), dh) };
+            let zi = unsafe { std::slice::from_raw_parts_mut(out.at((i * d.heads + h) * dh), dh) };
             mix_row(d, p, v, h, zi);
         }
     });
