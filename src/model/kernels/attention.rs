@@ -218,15 +218,11 @@ pub fn mix(d: &Dims, pattern: &[f32], v: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// Values in [-2, 2).
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
+        crate::model::kernels::test_values(n, seed)
+            .into_iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 

@@ -303,18 +303,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        // xorshift: reproducible, no dependency.
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::kernels::test_values as random;
 
     fn reference(w: &[f32], out: usize, k: usize, x: &[f32], rows: usize) -> Vec<f64> {
         let mut y = vec![0f64; rows * out];
