@@ -791,6 +791,10 @@ impl HubelApp {
                     rt.in_flight = None;
                     self.error = Some(message);
                     self.error_from_run = true;
+                } else if rt.result.as_ref().is_some_and(|r| r.id == id) {
+                    // The run's second answer (every position's logits) failed after its first.
+                    self.error = Some(message);
+                    self.error_from_run = true;
                 }
             }
             Response::Effect(effect) => {

@@ -43,10 +43,9 @@ impl Model {
         let d_model = self.config().d_model;
         check_len("the direction", direction.len(), d_model)?;
         let (gamma, centre) = match &self.weights.ln_final {
-            Norm::Rms { w, .. } => (w, false),
-            Norm::Layer { w, .. } => (w, true),
+            Norm::Rms { w, .. } => (w.clone(), false),
+            Norm::Layer { w, .. } => (w.to_vec1::<f32>()?, true),
         };
-        let gamma = gamma.to_vec1::<f32>()?;
         let mean = if centre {
             direction.iter().map(|&v| v as f64).sum::<f64>() / d_model as f64
         } else {

@@ -129,8 +129,16 @@ impl Linear {
 }
 
 pub(crate) enum Norm {
-    Rms { w: Tensor, eps: f64 },
-    Layer { w: Tensor, b: Tensor, eps: f64 },
+    /// `w` as plain values: the kernel reads them on every call.
+    Rms {
+        w: Vec<f32>,
+        eps: f64,
+    },
+    Layer {
+        w: Tensor,
+        b: Tensor,
+        eps: f64,
+    },
 }
 
 impl Norm {
@@ -139,8 +147,7 @@ impl Norm {
         match self {
             Norm::Rms { w, eps } => {
                 let shape = x.dims().to_vec();
-                let w = values(w)?;
-                let y = with_values(x, |xs| rows::rms_norm(xs, &w, *eps as f32))?;
+                let y = with_values(x, |xs| rows::rms_norm(xs, w, *eps as f32))?;
                 Ok(Tensor::from_vec(y, shape, x.device())?)
             }
             Norm::Layer { w, b, eps } => {
@@ -155,7 +162,7 @@ impl Norm {
 
     fn elem_count(&self) -> usize {
         match self {
-            Norm::Rms { w, .. } => w.elem_count(),
+            Norm::Rms { w, .. } => w.len(),
             Norm::Layer { w, b, .. } => w.elem_count() + b.elem_count(),
         }
     }
@@ -194,6 +201,19 @@ pub(crate) struct Block {
     pub(crate) attn: Attention,
     pub(crate) ln2: Norm,
     pub(crate) mlp: Mlp,
+}
+
+impl Block {
+    /// Every linear layer of the block.
+    fn linears(&self) -> Vec<&Linear> {
+        let a = &self.attn;
+        let mut all = vec![&a.q, &a.k, &a.v, &a.o];
+        match &self.mlp {
+            Mlp::Gated { gate, up, down } => all.extend([gate, up, down]),
+            Mlp::Gelu { fc, proj } => all.extend([fc, proj]),
+        }
+        all
+    }
 }
 
 /// Rotary tables `[n_ctx, d_head]` (the half-frequencies repeated twice, as HF builds them).
@@ -304,19 +324,9 @@ impl Weights {
             .blocks
             .iter()
             .map(|b| {
-                let mlp = match &b.mlp {
-                    Mlp::Gated { gate, up, down } => {
-                        gate.elem_count() + up.elem_count() + down.elem_count()
-                    }
-                    Mlp::Gelu { fc, proj } => fc.elem_count() + proj.elem_count(),
-                };
                 b.ln1.elem_count()
                     + b.ln2.elem_count()
-                    + b.attn.q.elem_count()
-                    + b.attn.k.elem_count()
-                    + b.attn.v.elem_count()
-                    + b.attn.o.elem_count()
-                    + mlp
+                    + b.linears().iter().map(|l| l.elem_count()).sum::<usize>()
             })
             .sum();
         self.unembed.elem_count()
@@ -448,12 +458,8 @@ impl Weights {
             .as_ref()
             .map_or(0, |q| q.bytes());
         for b in &self.blocks {
-            let mut linears = vec![&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o];
-            match &b.mlp {
-                Mlp::Gated { gate, up, down } => linears.extend([gate, up, down]),
-                Mlp::Gelu { fc, proj } => linears.extend([fc, proj]),
-            }
-            bytes += linears
+            bytes += b
+                .linears()
                 .iter()
                 .filter_map(|l| l.fast_form())
                 .map(|q| q.bytes())
@@ -533,28 +539,29 @@ impl Weights {
             p(BlockSite::V),
             a.v.forward(x, seqs.fast)?.reshape((total, nkv, dh))?,
         )?;
-        let (q, k, v) = (values(&q)?, values(&k)?, values(&v)?);
+        let (mut q, mut k, v) = (values(&q)?, values(&k)?, values(&v)?);
         let device = x.device();
         let mut z = Vec::with_capacity(total * nh * dh);
         let mut start = 0;
         for (i, &len) in seqs.lens.iter().enumerate() {
             let hooks = &mut seqs.hooks[i];
             let offset = hooks.pos_offset;
-            let mut qs = q[start * nh * dh..(start + len) * nh * dh].to_vec();
-            let mut ks = k[start * nkv * dh..(start + len) * nkv * dh].to_vec();
+            let qs = &mut q[start * nh * dh..(start + len) * nh * dh];
+            let ks = &mut k[start * nkv * dh..(start + len) * nkv * dh];
             let vs = &v[start * nkv * dh..(start + len) * nkv * dh];
             if let Some(rope) = &self.rope {
-                rope.apply(&mut qs, nh, offset);
-                rope.apply(&mut ks, nkv, offset);
+                rope.apply(qs, nh, offset);
+                rope.apply(ks, nkv, offset);
             }
+            let (qs, ks) = (&*qs, &*ks);
             let (keys, ks, vs): (usize, &[f32], &[f32]) = match kv.as_deref_mut() {
                 Some(slot) => {
-                    slot.k.extend_from_slice(&ks);
+                    slot.k.extend_from_slice(ks);
                     slot.v.extend_from_slice(vs);
                     slot.len += len;
                     (slot.len, &slot.k, &slot.v)
                 }
-                None => (len, &ks, vs),
+                None => (len, ks, vs),
             };
             let dims = attention::Dims {
                 len,
@@ -568,7 +575,7 @@ impl Weights {
             let (scores_at, pattern_at) = (p(BlockSite::AttnScores), p(BlockSite::Pattern));
             let zi = if hooks.touches(scores_at) || hooks.touches(pattern_at) {
                 // Someone records or edits them: materialise both, hooks in between.
-                let s = attention::scores(&dims, &qs, ks, vs);
+                let s = attention::scores(&dims, qs, ks, vs);
                 let s = hooks.hook(scores_at, Tensor::from_vec(s, (nh, len, keys), device)?)?;
                 let mut pattern = values(&s)?;
                 attention::softmax_rows(&mut pattern, keys);
@@ -578,7 +585,7 @@ impl Weights {
                 )?;
                 attention::mix(&dims, &values(&pattern)?, vs)
             } else {
-                attention::attend(&dims, &qs, ks, vs)
+                attention::attend(&dims, qs, ks, vs)
             };
             let zi = hooks.hook(
                 p(BlockSite::Z),
@@ -668,7 +675,7 @@ pub(crate) fn build_llama(
             };
         blocks.push(Block {
             ln1: Norm::Rms {
-                w: need(&format!("{pre}.input_layernorm.weight"), &[d])?,
+                w: values(&need(&format!("{pre}.input_layernorm.weight"), &[d])?)?,
                 eps: cfg.norm_eps,
             },
             attn: Attention {
@@ -686,7 +693,10 @@ pub(crate) fn build_llama(
                 o: lin(&mut need, "self_attn.o_proj.weight", &[d, cfg.n_heads * dh])?,
             },
             ln2: Norm::Rms {
-                w: need(&format!("{pre}.post_attention_layernorm.weight"), &[d])?,
+                w: values(&need(
+                    &format!("{pre}.post_attention_layernorm.weight"),
+                    &[d],
+                )?)?,
                 eps: cfg.norm_eps,
             },
             mlp: Mlp::Gated {
@@ -697,7 +707,7 @@ pub(crate) fn build_llama(
         });
     }
     let ln_final = Norm::Rms {
-        w: need("model.norm.weight", &[d])?,
+        w: values(&need("model.norm.weight", &[d])?)?,
         eps: cfg.norm_eps,
     };
     let lm_head = if cfg.tie_embeddings {
