@@ -198,6 +198,61 @@ pub fn top_features(
         .collect()
 }
 
+/// The `n` strongest features of `basis` at position `pos`, across every layer the record holds
+/// (its `mlp.hook_post` for neurons, `attn.hook_z` for heads): `(feature, activation, score)`,
+/// highest score first (ties by feature: layer, then index). The activation is the neuron's
+/// value or the head's ‖z_h‖, as in [`feature_activations`]. The score is |activation| divided
+/// by the feature's `scale` when one is given (e.g. its max |activation| over a corpus scan, so
+/// that neurons of different sizes compare), else |activation|. With a scale, a feature whose
+/// scale is `None`, zero, negative or not finite has no comparable score and is left out; so are
+/// non-finite activations and layers whose record does not reach `pos`.
+pub fn strongest_at(
+    record: &ActivationRecord,
+    pos: usize,
+    basis: Basis,
+    scale: Option<&dyn Fn(FeatureId) -> Option<f32>>,
+    n: usize,
+) -> Vec<(FeatureId, f32, f32)> {
+    let site = basis.site();
+    let mut all = Vec::new();
+    for (point, act) in record.iter() {
+        let HookPoint::Block { layer, site: s } = *point else {
+            continue;
+        };
+        if s != site || act.shape.first().is_none_or(|&len| pos >= len) {
+            continue;
+        }
+        let row = act.row(pos);
+        // Neurons: [pos, d_mlp]; heads: [pos, head, d_head]. Either way the units are axis 1.
+        let units = act.shape.get(1).copied().unwrap_or(0);
+        let width = row.len() / units.max(1);
+        for (index, unit) in row.chunks_exact(width.max(1)).take(units).enumerate() {
+            let f = FeatureId {
+                basis,
+                layer,
+                index,
+            };
+            let value = match basis {
+                Basis::Neurons => unit[0],
+                Basis::Heads => norm(unit),
+            };
+            let score = match scale {
+                None => value.abs(),
+                Some(scale) => match scale(f) {
+                    Some(s) if s.is_finite() && s > 0.0 => value.abs() / s,
+                    _ => continue,
+                },
+            };
+            if score.is_finite() {
+                all.push((f, value, score));
+            }
+        }
+    }
+    all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+    all.truncate(n);
+    all
+}
+
 /// A robust colour scale: the `q` quantile of |values| (finite ones), at least `floor`.
 /// SmolLM2 has a few huge residual dimensions; scaling to the maximum would wash out the rest.
 pub fn robust_scale(values: impl IntoIterator<Item = f32>, q: f32) -> f32 {

@@ -8,6 +8,7 @@ pub mod generate;
 mod hooks;
 pub mod kernels;
 pub mod load;
+mod probe_ops;
 pub mod random;
 pub mod tokenizer;
 pub(crate) mod transformer;
@@ -22,6 +23,7 @@ pub use config::{Arch, Config};
 pub use effect::EffectScale;
 pub use generate::{Generate, Sampling};
 pub use hooks::Hooks;
+pub use probe_ops::{FeatureRow, GluSigns, Occlude, Occlusion};
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
 

@@ -414,19 +414,55 @@ impl Weights {
                 .resize_with(self.blocks.len(), LayerKv::default);
         }
         for layer in start..self.blocks.len() {
-            if seqs.is_cancelled() {
-                return Err(super::ModelError::Cancelled);
-            }
-            if let Some(saved) = resid_pre.as_deref_mut() {
-                saved.push(x.clone());
-            }
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[layer]);
-            x = self.block(layer, x, seqs, kv)?;
+            x = self.next_block(layer, x, seqs, kv, resid_pre.as_deref_mut())?;
         }
         if let Some(saved) = resid_pre {
             saved.push(x.clone());
         }
         seqs.hook(HookPoint::LnFinal, self.ln_final.forward(&x)?)
+    }
+
+    /// The early-stopped forward: blocks `start..=last` of sequences packed along the token axis,
+    /// returning block `last`'s output (`resid_post`, `[tokens, d_model]`). No later block, no
+    /// final norm, no unembedding: a query about layer `last` costs `(last + 1) / n_layers` of a
+    /// forward, and every hook point up to block `last` sees bitwise what a full run gives it
+    /// (the same blocks on the same rows).
+    pub(crate) fn run_packed_through(
+        &self,
+        start: usize,
+        last: usize,
+        mut x: Tensor,
+        seqs: &mut Seqs,
+    ) -> Result<Tensor> {
+        if last >= self.blocks.len() {
+            return Err(super::ModelError::Format(format!(
+                "block {last} does not exist (the model has {} blocks)",
+                self.blocks.len()
+            )));
+        }
+        for layer in start..=last {
+            x = self.next_block(layer, x, seqs, None, None)?;
+        }
+        Ok(x)
+    }
+
+    /// One step of a forward: stops if cancelled, keeps the block's input when asked, runs it.
+    fn next_block(
+        &self,
+        layer: usize,
+        x: Tensor,
+        seqs: &mut Seqs,
+        kv: Option<&mut LayerKv>,
+        resid_pre: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        if seqs.is_cancelled() {
+            return Err(super::ModelError::Cancelled);
+        }
+        if let Some(saved) = resid_pre {
+            saved.push(x.clone());
+        }
+        self.block(layer, x, seqs, kv)
     }
 
     /// Logits at every position, `[pos, vocab]` row-major.
@@ -653,10 +689,13 @@ pub(crate) fn expect_shape(name: &str, t: Tensor, dims: &[usize]) -> Result<Tens
     Ok(t.to_dtype(DType::F32)?)
 }
 
+/// Where a builder gets a weight: by HF name and expected shape, `None` when the file lacks it.
+pub(crate) type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>> + 'a;
+
 /// Builds a Llama model's weights from HF-named tensors (`model.layers.{l}.self_attn.q_proj.weight`).
 pub(crate) fn build_llama(
     cfg: &Config,
-    get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>,
+    get: &mut TensorSource,
     device: &Device,
 ) -> Result<Weights> {
     let (d, dm, dh) = (cfg.d_model, cfg.d_mlp, cfg.d_head);
@@ -736,10 +775,7 @@ pub(crate) fn build_llama(
 
 /// Builds a GPT-2 model's weights from HF-named tensors (`h.{l}.attn.c_attn.weight`, with or
 /// without the `transformer.` prefix). Conv1D weights are stored `[in, out]`.
-pub(crate) fn build_gpt2(
-    cfg: &Config,
-    get: &mut dyn FnMut(&str, &[usize]) -> Result<Option<Tensor>>,
-) -> Result<Weights> {
+pub(crate) fn build_gpt2(cfg: &Config, get: &mut TensorSource) -> Result<Weights> {
     let (d, dm) = (cfg.d_model, cfg.d_mlp);
     let mut need = |name: &str, dims: &[usize]| -> Result<Tensor> {
         let t = match get(name, dims)? {
