@@ -86,8 +86,14 @@ fn wait_for(h: &mut Harness<'static, HubelApp>, what: &str, cond: impl Fn(&Hubel
     while !cond(h.state()) {
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}; error: {:?}",
-            h.state().error
+            "timed out waiting for {what}; error: {:?}; jobs: {:?}",
+            h.state().error,
+            h.state()
+                .runtime
+                .job_list
+                .iter()
+                .map(|j| (&j.name, &j.state))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(5));
         h.step();
@@ -960,4 +966,195 @@ fn the_fast_toggle_reruns_on_the_fast_path_with_a_fidelity_meter() {
     assert!(h.query_by_label("fast path (4-bit)").is_none());
     assert!(h.query_by_label("Fidelity").is_none());
     h.get_by_label("exact");
+}
+
+/// A WordNet of a few synsets in `assets`' corpus folder, stamped as fetched, so a scan reads it
+/// without a network.
+fn small_wordnet(assets: &Path) {
+    let dir = hubel::assets::corpus_dir(assets);
+    std::fs::create_dir_all(&dir).unwrap();
+    let nouns = [
+        (
+            "cat",
+            "feline mammal usually having thick soft fur",
+            "the cat sat on the mat",
+        ),
+        (
+            "dog",
+            "a member of the genus Canis",
+            "the dog barked all night",
+        ),
+        (
+            "river",
+            "a large natural stream of water",
+            "they swam across the river",
+        ),
+        (
+            "left",
+            "the side to the north when a person faces east",
+            "take the road on the left",
+        ),
+        (
+            "bread",
+            "food made from dough of flour and water",
+            "she baked fresh bread today",
+        ),
+        (
+            "music",
+            "an artistic form of auditory communication",
+            "the music was very loud",
+        ),
+    ];
+    let mut noun = String::from("  1 This software and database is being provided to you\n");
+    for (i, (word, gloss, example)) in nouns.iter().enumerate() {
+        noun.push_str(&format!(
+            "{:08} 05 n 01 {word} 0 000 | {gloss}; \"{example}\"  \n",
+            1000 + 100 * i
+        ));
+    }
+    let verb = "00002000 30 v 01 leave 0 000 01 + 02 00 | go away from a place; \"She left the party early\"  \n";
+    let adj = "00003000 00 a 01 quick 0 000 | moving fast; \"a quick walk\"  \n";
+    let adv = "00004000 02 r 01 quickly 0 000 | with speed; \"she answered quickly\"  \n";
+    for (name, text) in [
+        ("data.noun", noun.as_str()),
+        ("data.verb", verb),
+        ("data.adj", adj),
+        ("data.adv", adv),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    std::fs::write(dir.join(".sha256"), hubel::assets::CORPUS_TARBALL_SHA256).unwrap();
+}
+
+/// Issue 8 in the viewer: the card offers a scan; the scan runs as a job; the card then shows
+/// the feature's top examples with every token's activation (recomputed, equal to the scan's at
+/// the peak), the histogram and the occlusion map; clicking an example makes it the probe.
+#[test]
+fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
+    use hubel::app::receptive::{IndexState, Pending};
+    let config = test_config();
+    small_wordnet(&config.assets);
+    let h = harness_sized(probe_state("the cat sat"), config, [1500.0, 1000.0]);
+    let mut h = load(h, tiny_llama(), true);
+    wait_for(&mut h, "the index lookup", |a| {
+        matches!(a.runtime.receptive.index, IndexState::Missing)
+    });
+    let f = FeatureId::neuron(1, 3);
+    h.state_mut()
+        .apply(hubel::app::Command::Select(Some(f)), 0.0);
+    h.run_steps(3);
+    h.get_by_label_contains("No corpus scan of this model yet");
+    let scan = format!(
+        "Scan {} WordNet stimuli",
+        hubel::scan::index::DEFAULT_STIMULI
+    );
+    h.get_by_label(&scan).scroll_to_me();
+    h.run_steps(30);
+    h.get_by_label(&scan).click();
+    h.run_steps(2);
+    assert!(
+        h.state().runtime.receptive.scanning.is_some(),
+        "the click starts a scan"
+    );
+    wait_for(&mut h, "the scan", |a| {
+        matches!(a.runtime.receptive.index, IndexState::Ready { .. })
+    });
+    let index = h.state().runtime.receptive.index.index().unwrap().clone();
+    // Glosses and examples of the 9 synsets.
+    assert_eq!(index.meta.stimuli_done, 18);
+    assert!(index
+        .meta
+        .model_sha256
+        .eq(&h.state().runtime.model.as_ref().unwrap().sha256));
+    wait_for(&mut h, "the examples' activations", |a| {
+        a.runtime
+            .receptive
+            .card
+            .as_ref()
+            .is_some_and(|c| matches!(c.rows, Pending::Ready(_)))
+    });
+    let card = h.state().runtime.receptive.card.clone().unwrap();
+    let summary = card.summary.clone().unwrap();
+    assert_eq!(summary.top.len(), 18, "one top example per window");
+    let lists = [(&summary.top, false), (&summary.lowest, true)];
+    for (e, lowest) in lists
+        .iter()
+        .flat_map(|(l, low)| l.iter().map(move |e| (e, *low)))
+    {
+        let row = card.row(e.window).expect("every example's activations");
+        assert_eq!(row.acts.len(), e.tokens.len());
+        let v = row.acts[e.pos];
+        assert!(
+            (v - e.activation).abs() <= 1e-6 * e.activation.abs().max(1.0),
+            "window {} position {}: recomputed {v}, scanned {}",
+            e.window,
+            e.pos,
+            e.activation
+        );
+        // The example is the window's best (position 0 left out).
+        assert!(
+            row.acts[1..]
+                .iter()
+                .all(|&a| if lowest { a >= v } else { a <= v }),
+            "{:?} at {}",
+            row.acts,
+            e.pos
+        );
+        let signs = row.glu_signs(e.pos).expect("a gated neuron's signs");
+        assert_eq!(
+            (signs.gate_positive, signs.up_positive),
+            (
+                row.gate.as_ref().unwrap()[e.pos] >= 0.0,
+                row.up.as_ref().unwrap()[e.pos] >= 0.0
+            )
+        );
+    }
+    h.get_by_label("Top examples");
+    h.get_by_label_contains("density");
+    // The occlusion map of the probe at its last position.
+    wait_for(&mut h, "the occlusion map", |a| {
+        a.runtime
+            .receptive
+            .occlusion
+            .as_ref()
+            .is_some_and(|o| matches!(o.result, Pending::Ready(_)))
+    });
+    let occ = h.state().runtime.receptive.occlusion.clone().unwrap();
+    let Pending::Ready(o) = &occ.result else {
+        unreachable!()
+    };
+    assert_eq!(o.values.len(), occ.key.position + 1);
+    assert_eq!(occ.key.tokens.len(), occ.key.position + 1);
+    h.get_by_label_contains("without occlusion");
+
+    // Click the best example: it becomes the probe and runs.
+    let best = summary.top[0].clone();
+    let signs = card.signs(best.window, best.pos).unwrap();
+    let runs = h.state().runtime.runs_done;
+    let label = format!("{:+.3} {}", best.activation, signs.label());
+    h.get_by_label(&label).scroll_to_me();
+    // Until the scroll's animation has settled (a click hits last frame's layout).
+    h.run_steps(30);
+    h.get_by_label(&label).click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.probe, best.text);
+    wait_for(&mut h, "the example's run", move |a| {
+        a.runtime.runs_done > runs && !a.is_busy()
+    });
+    let shown: String = h
+        .state()
+        .runtime
+        .result
+        .as_ref()
+        .unwrap()
+        .tokens
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect();
+    assert!(
+        shown.contains(best.text.trim()),
+        "{shown:?} vs {:?}",
+        best.text
+    );
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
 }

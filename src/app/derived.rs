@@ -59,6 +59,8 @@ pub struct DerivedKey {
     pub selection: Option<FeatureId>,
     pub exclude_sink: bool,
     pub output_position: Option<usize>,
+    /// The scan index the "what fires here" scales come from (its address; 0: none).
+    pub index: usize,
 }
 
 #[derive(Default)]
@@ -76,7 +78,17 @@ pub struct Derived {
     pub map_diverging: bool,
     pub next: NextTokens,
     pub curve: FeatureCurve,
+    /// What fires here: the strongest features of the basis shown at the output position
+    /// across every layer (baseline), `(feature, activation, score)`; the score is
+    /// |activation| / the feature's largest |activation| in the corpus scan when one is
+    /// loaded, else |activation|.
+    pub fires_here: Vec<(FeatureId, f32, f32)>,
+    /// Whether `fires_here` is scaled by a scan.
+    pub fires_scaled: bool,
 }
+
+/// Features listed under "what fires here".
+pub const FIRES_HERE: usize = 12;
 
 /// The first position that counts for scales and rankings.
 fn first_counted(exclude_sink: bool, len: usize) -> usize {
@@ -103,6 +115,7 @@ impl Derived {
         result: Option<&RunResult>,
         layers: usize,
         vocab: &[String],
+        index: Option<&crate::scan::ScanIndex>,
     ) {
         let Some(result) = result else {
             *self = Derived::default();
@@ -123,6 +136,7 @@ impl Derived {
             selection: state.selection,
             exclude_sink: state.exclude_sink,
             output_position: state.output_position,
+            index: index.map_or(0, |i| i as *const _ as usize),
         };
         if self.key.as_ref() == Some(&key) {
             return;
@@ -234,6 +248,17 @@ impl Derived {
             None => FeatureCurve::default(),
         };
 
+        let scale = |f: FeatureId| index.and_then(|i| super::receptive::max_abs(i, f));
+        let fires_here = maps::strongest_at(
+            base,
+            position,
+            state.basis,
+            index
+                .is_some()
+                .then_some(&scale as &dyn Fn(FeatureId) -> Option<f32>),
+            FIRES_HERE,
+        );
+
         *self = Derived {
             key: Some(key),
             view: Some(view),
@@ -246,6 +271,8 @@ impl Derived {
             map_diverging: view == ViewMode::Difference || state.measure.signed(state.selection),
             next,
             curve,
+            fires_here,
+            fires_scaled: index.is_some(),
         };
     }
 }

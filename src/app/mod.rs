@@ -18,6 +18,7 @@ pub mod file_dialog;
 pub mod fonts;
 pub mod icon;
 mod panels;
+pub mod receptive;
 pub mod state;
 pub mod text;
 pub mod tour;
@@ -38,8 +39,8 @@ use derived::Derived;
 use file_dialog::{FileAction, FileDialogs};
 pub use state::{AppConfig, AppState, ViewMode};
 use worker::{
-    Effect, EffectRequest, FidelityAnswer, Request, RequestKind, Response, RunId, RunRequest,
-    RunResult, WorkerHandle,
+    CardAnswer, CardQuery, Effect, EffectRequest, FidelityAnswer, Request, RequestKind, Response,
+    RunId, RunRequest, RunResult, WorkerHandle,
 };
 
 /// How long typing must pause before the probe runs.
@@ -72,6 +73,15 @@ pub enum Command {
     SetOutputPosition(Option<usize>),
     /// The card's effect display changed (per unit / on this probe).
     RefreshEffect,
+    /// Scan WordNet for receptive fields: the default few thousand stimuli, or all of it (the
+    /// same index, extended).
+    StartScan {
+        all: bool,
+    },
+    /// Occlusion map by replacing each earlier token with a neutral one, or by deleting it.
+    SetOcclusionDelete(bool),
+    /// Compute the occlusion map now (probes too long for it to run by itself).
+    Occlude,
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -162,6 +172,12 @@ pub struct Runtime {
     fast_requested: bool,
     /// The fidelity meter of the result shown, when it is a fast-path result.
     pub fidelity: Option<Meter>,
+    /// The scan index of the loaded model, the card's corpus examples, occlusion, search.
+    pub receptive: receptive::Receptive,
+    /// Occlusion deletes tokens rather than replacing them.
+    pub occlusion_delete: bool,
+    /// The occlusion map was asked for by a click (long probes).
+    occlusion_asked: bool,
     fidelity_serial: u64,
     fidelity_tx: std::sync::mpsc::Sender<FidelityAnswer>,
     fidelity_rx: std::sync::mpsc::Receiver<FidelityAnswer>,
@@ -189,6 +205,9 @@ impl Runtime {
             pending_session: None,
             fast_requested: false,
             fidelity: None,
+            receptive: receptive::Receptive::default(),
+            occlusion_delete: false,
+            occlusion_asked: false,
             fidelity_serial: 0,
             fidelity_tx,
             fidelity_rx,
@@ -654,6 +673,106 @@ impl HubelApp {
         }
         self.runtime.refresh_jobs();
         self.poll_fetch();
+        self.runtime.receptive.poll();
+        self.refresh_receptive();
+    }
+
+    /// Starts a scan of WordNet as a job (one at a time).
+    fn start_scan(&mut self, all: bool) {
+        if self.runtime.receptive.scanning.is_some() || self.runtime.model.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = worker::scan_job_name(all);
+        let job = worker::scan_job(
+            self.config.assets.clone(),
+            self.config.clients.clone(),
+            all,
+            tx,
+        );
+        self.runtime.receptive.scanning = Some(receptive::ScanRun {
+            name: name.clone(),
+            rx,
+        });
+        self.send(Request::ModelJob { name, job });
+    }
+
+    /// Keeps the card's corpus data in step with the selection: its summary from the index, its
+    /// examples' activations and the occlusion map from the worker (asked for once each).
+    fn refresh_receptive(&mut self) {
+        let Some(f) = self.state.selection else {
+            self.runtime.receptive.card = None;
+            return;
+        };
+        let rt = &mut self.runtime;
+        let mut ask = Vec::new();
+        if let Some(card) = rt.receptive.open_card(f) {
+            if matches!(card.rows, receptive::Pending::Idle) {
+                let windows = card.windows();
+                if let Some(index) = rt.receptive.index.index() {
+                    let windows: Vec<(usize, Vec<u32>)> = windows
+                        .into_iter()
+                        .map(|w| (w, index.windows.get(w).to_vec()))
+                        .collect();
+                    let serial = rt.receptive.next_serial();
+                    if let Some(card) = rt.receptive.card.as_mut() {
+                        card.rows = if windows.is_empty() {
+                            receptive::Pending::Ready(Arc::default())
+                        } else {
+                            ask.push(CardQuery::Rows {
+                                serial,
+                                feature: f,
+                                windows,
+                            });
+                            receptive::Pending::Waiting(serial)
+                        };
+                    }
+                }
+            }
+        }
+        // The occlusion map at the output position, for the probe shown.
+        if let Some(r) = &rt.result {
+            let tokens: Vec<u32> = r.tokens.iter().map(|t| t.id).collect();
+            let position = self
+                .state
+                .output_position
+                .unwrap_or(tokens.len().saturating_sub(1))
+                .min(tokens.len().saturating_sub(1));
+            let key = receptive::OcclusionKey {
+                feature: f,
+                tokens,
+                position,
+                delete: rt.occlusion_delete,
+            };
+            let current = rt
+                .receptive
+                .occlusion
+                .as_ref()
+                .is_some_and(|o| o.key == key);
+            if !current {
+                rt.receptive.occlusion = None;
+                if !key.tokens.is_empty()
+                    && (key.tokens.len() <= receptive::AUTO_OCCLUSION_TOKENS || rt.occlusion_asked)
+                {
+                    rt.occlusion_asked = false;
+                    let serial = rt.receptive.next_serial();
+                    ask.push(CardQuery::Occlusion {
+                        serial,
+                        feature: f,
+                        tokens: key.tokens.clone(),
+                        position,
+                        delete: key.delete,
+                    });
+                    rt.receptive.occlusion = Some(receptive::OcclusionState {
+                        key,
+                        result: receptive::Pending::Waiting(serial),
+                    });
+                }
+            }
+        }
+        for q in ask {
+            self.send(Request::Card(q));
+        }
     }
 
     /// Handles one response from the worker.
@@ -669,6 +788,10 @@ impl HubelApp {
                 if self.state.layer >= info.layers {
                     self.state.layer = 0;
                 }
+                rt.receptive.find(
+                    receptive::scans_dir(&self.config.assets),
+                    info.sha256.clone(),
+                );
                 rt.model = Some(info);
                 rt.vocab = vocab;
                 rt.result = None;
@@ -843,12 +966,41 @@ impl HubelApp {
                             rt.effect = Some(EffectState::Failed(r, message.clone()));
                         }
                     }
+                    Some(RequestKind::Card(serial)) => {
+                        rt.receptive.fail_query(serial, message.clone());
+                    }
                     Some(RequestKind::Job) | None => {}
                 }
                 self.fail(format!(
                     "Internal error while {request}: {message}. The model thread recovered; \
                      please report this."
                 ));
+            }
+            Response::Card { serial, answer } => {
+                let r = &mut rt.receptive;
+                let error = answer.as_ref().err().cloned();
+                match answer {
+                    Ok(CardAnswer::Rows(rows)) => {
+                        if let Some(c) = r.card.as_mut().filter(|c| c.rows.serial() == Some(serial))
+                        {
+                            c.rows =
+                                receptive::Pending::Ready(Arc::new(rows.into_iter().collect()));
+                        }
+                    }
+                    Ok(CardAnswer::Occlusion(o)) => {
+                        if let Some(s) = r
+                            .occlusion
+                            .as_mut()
+                            .filter(|s| s.result.serial() == Some(serial))
+                        {
+                            s.result = receptive::Pending::Ready(o);
+                        }
+                    }
+                    Err(_) => {}
+                }
+                if let Some(m) = error {
+                    r.fail_query(serial, m);
+                }
             }
             Response::JobDone { name, message } => {
                 self.fail(format!("{name}: {message}"));
@@ -864,6 +1016,7 @@ impl HubelApp {
             self.runtime.result.as_ref(),
             layers,
             &self.runtime.vocab,
+            self.runtime.receptive.index.index().map(|i| &**i),
         );
     }
 
@@ -978,6 +1131,16 @@ impl HubelApp {
                 self.request_effect();
             }
             Command::RefreshEffect => self.request_effect(),
+            Command::StartScan { all } => self.start_scan(all),
+            Command::SetOcclusionDelete(delete) => {
+                self.runtime.occlusion_delete = delete;
+                self.refresh_receptive();
+            }
+            Command::Occlude => {
+                self.runtime.occlusion_asked = true;
+                self.runtime.receptive.occlusion = None;
+                self.refresh_receptive();
+            }
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
             Command::FileChosen(action, path) => match action {

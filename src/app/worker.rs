@@ -55,6 +55,44 @@ pub enum Request {
         name: String,
         job: ModelJob,
     },
+    /// What a feature card asks of the model: example windows' activations, an occlusion map.
+    Card(CardQuery),
+}
+
+/// A card's question; its answer ([`Response::Card`]) carries the same `serial`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CardQuery {
+    /// The feature's activation at every token of each window (one batched forward, stopped
+    /// after the feature's layer).
+    Rows {
+        serial: u64,
+        feature: FeatureId,
+        windows: Vec<(usize, Vec<u32>)>,
+    },
+    /// The change in the feature's activation at `position` when each earlier token is
+    /// replaced by a neutral token (or deleted).
+    Occlusion {
+        serial: u64,
+        feature: FeatureId,
+        tokens: Vec<u32>,
+        position: usize,
+        delete: bool,
+    },
+}
+
+impl CardQuery {
+    pub fn serial(&self) -> u64 {
+        match self {
+            CardQuery::Rows { serial, .. } | CardQuery::Occlusion { serial, .. } => *serial,
+        }
+    }
+}
+
+/// The answer to a [`CardQuery`].
+#[derive(Clone, Debug)]
+pub enum CardAnswer {
+    Rows(Vec<(usize, crate::model::FeatureRow)>),
+    Occlusion(crate::model::Occlusion),
 }
 
 /// Which request a [`Response::Failed`] answers, so the UI stops waiting for just that one.
@@ -64,6 +102,7 @@ pub enum RequestKind {
     Run(RunId),
     Effect(EffectRequest),
     Job,
+    Card(u64),
 }
 
 impl Request {
@@ -73,6 +112,7 @@ impl Request {
             Request::Run(r) => RequestKind::Run(r.id),
             Request::Effect(e) => RequestKind::Effect(*e),
             Request::Job { .. } | Request::ModelJob { .. } => RequestKind::Job,
+            Request::Card(q) => RequestKind::Card(q.serial()),
         }
     }
 
@@ -83,6 +123,12 @@ impl Request {
             Request::Run(r) => format!("running the probe (run {})", r.id),
             Request::Effect(e) => format!("the direct effect of {}", e.feature),
             Request::Job { name, .. } | Request::ModelJob { name, .. } => name.clone(),
+            Request::Card(CardQuery::Rows { feature, .. }) => {
+                format!("the corpus examples of {feature}")
+            }
+            Request::Card(CardQuery::Occlusion { feature, .. }) => {
+                format!("the occlusion map of {feature}")
+            }
         }
     }
 }
@@ -202,6 +248,11 @@ pub enum Response {
         request: String,
         kind: Option<RequestKind>,
         message: String,
+    },
+    /// The answer of a [`Request::Card`].
+    Card {
+        serial: u64,
+        answer: Result<CardAnswer, String>,
     },
     /// The answer of a [`Request::Job`].
     JobDone {
@@ -339,6 +390,69 @@ pub fn prepare_fast_job() -> ModelJob {
     })
 }
 
+/// The name of the scan jobs (the default scan, or all of WordNet).
+pub fn scan_job_name(all: bool) -> String {
+    if all {
+        "Scan all of WordNet (receptive fields)".into()
+    } else {
+        format!(
+            "Scan {} WordNet stimuli (receptive fields)",
+            crate::scan::index::DEFAULT_STIMULI
+        )
+    }
+}
+
+/// A model job that scans WordNet (fetched first if it is not there) into the model's index in
+/// `assets/scans/` (resuming or extending it) and hands the index back on `answer`.
+pub fn scan_job(
+    assets: PathBuf,
+    clients: crate::assets::Clients,
+    all: bool,
+    answer: Sender<Result<(PathBuf, crate::scan::ScanIndex), String>>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let result = (|| -> Result<_, JobError> {
+            let dir = jobs::fetch::fetch_corpus(ctx, &assets, &clients)?;
+            ctx.set_phase("Reading WordNet");
+            let corpus =
+                crate::scan::Corpus::wordnet(&dir).map_err(|e| JobError::Failed(e.to_string()))?;
+            let out = crate::scan::index::default_index_path(
+                &super::receptive::scans_dir(&assets),
+                &model.info().sha256,
+                &corpus.name,
+                &corpus.sha256(),
+            );
+            let opts = crate::scan::ScanOptions {
+                limit: (!all).then_some(crate::scan::index::DEFAULT_STIMULI),
+                out: Some(out.clone()),
+                save_every: Duration::from_secs(30),
+                ..Default::default()
+            };
+            let index = crate::scan::job(ctx, &model, &corpus, &opts)?;
+            Ok((out, index))
+        })();
+        match result {
+            Ok((out, index)) => {
+                let m = &index.meta;
+                let summary = format!(
+                    "{} stimuli, {} tokens in {:.0} s ({:.0} tokens/s), saved as {}",
+                    m.stimuli_done,
+                    m.tokens_done,
+                    m.seconds,
+                    m.tokens_done as f64 / m.seconds.max(1e-9),
+                    out.display()
+                );
+                let _ = answer.send(Ok((out, index)));
+                Ok(summary)
+            }
+            Err(e) => {
+                let _ = answer.send(Err(e.to_string()));
+                Err(e)
+            }
+        }
+    })
+}
+
 /// The baseline of the current probe, kept while only interventions change.
 struct Probe {
     text: String,
@@ -406,6 +520,37 @@ fn side_last(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
 
 use jobs::panic_message;
 
+/// A card's question, answered exactly (the index's numbers are exact-path numbers).
+fn card_answer(model: &Model, query: CardQuery) -> Result<CardAnswer, ModelError> {
+    match query {
+        CardQuery::Rows {
+            feature, windows, ..
+        } => {
+            let seqs: Vec<&[u32]> = windows.iter().map(|(_, t)| t.as_slice()).collect();
+            let rows = model.feature_rows(&seqs, feature, None)?;
+            Ok(CardAnswer::Rows(
+                windows.iter().map(|(w, _)| *w).zip(rows).collect(),
+            ))
+        }
+        CardQuery::Occlusion {
+            feature,
+            tokens,
+            position,
+            delete,
+            ..
+        } => {
+            let mode = if delete {
+                crate::model::Occlude::Delete
+            } else {
+                crate::model::Occlude::Replace(model.neutral_token())
+            };
+            Ok(CardAnswer::Occlusion(
+                model.occlusion(&tokens, feature, position, mode, None)?,
+            ))
+        }
+    }
+}
+
 /// Where a precision's probe is kept.
 fn slot(precision: Precision) -> usize {
     match precision {
@@ -461,6 +606,15 @@ impl Worker {
             Request::Job { job, .. } => {
                 let response = job(self.model.as_deref());
                 self.send(response);
+            }
+            Request::Card(query) => {
+                let _busy = self.interactive.begin();
+                let serial = query.serial();
+                let answer = match &self.model {
+                    None => Err("no model is loaded".to_string()),
+                    Some(model) => card_answer(model, query).map_err(|e| e.to_string()),
+                };
+                self.send(Response::Card { serial, answer });
             }
             Request::ModelJob { name, job } => match self.model.clone() {
                 Some(model) => {

@@ -174,7 +174,7 @@ impl Writer {
             at += bytes.len();
         }
         let mut h = serde_json::to_vec(&header).expect("a JSON map serialises");
-        while h.len() % 8 != 0 {
+        while !h.len().is_multiple_of(8) {
             h.push(b' ');
         }
         let mut out = Vec::with_capacity(8 + h.len() + at);
@@ -398,6 +398,33 @@ impl ScanIndex {
             path: path.to_path_buf(),
             reason,
         })
+    }
+
+    /// Reads only an index file's header (what was scanned, with which model, how far): to find
+    /// the index of a model among many without loading them.
+    pub fn read_meta(path: &Path) -> Result<IndexMeta, ScanError> {
+        use std::io::Read;
+        let format = |reason: String| ScanError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(|e| io(path, e))?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            return Err(format(format!("a header of {len} bytes")));
+        }
+        let mut header = vec![0u8; len as usize];
+        f.read_exact(&mut header).map_err(|e| io(path, e))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|e| format(format!("bad header: {e}")))?;
+        let md = header
+            .get("__metadata__")
+            .and_then(|m| m.get("hubel_scan"))
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| format("not a hubel scan index (no `hubel_scan` metadata)".into()))?;
+        serde_json::from_str(md).map_err(|e| format(format!("bad scan metadata: {e}")))
     }
 
     /// Refuses an index made with another model.
@@ -682,4 +709,44 @@ fn read_layers(
         out.push(x);
     }
     Ok(out)
+}
+
+/// Stimuli the default scan takes from the start of the (shuffled) corpus: WordNet's average
+/// stimulus is about 10 tokens, so about 80,000 tokens, a few minutes of work. `hubel scan`
+/// and the app's "Scan" both use it; `--limit all` (the app's "Scan all of WordNet") extends the
+/// same index to the whole corpus.
+pub const DEFAULT_STIMULI: usize = 8_000;
+
+/// Where the scan of `corpus` (its name and SHA-256) with the model `model_sha256` is kept in
+/// `scans_dir`: the app and `hubel scan` find the same file, and scanning into it again resumes
+/// or extends it.
+pub fn default_index_path(
+    scans_dir: &Path,
+    model_sha256: &str,
+    corpus_name: &str,
+    corpus_sha256: &str,
+) -> std::path::PathBuf {
+    scans_dir.join(format!(
+        "{}-{}-{}.scan.safetensors",
+        &model_sha256[..model_sha256.len().min(12)],
+        corpus_name.replace(['/', '\\', ' '], "_"),
+        &corpus_sha256[..corpus_sha256.len().min(12)]
+    ))
+}
+
+/// The index in `scans_dir` made with the model `model_sha256` that scanned the most tokens
+/// (the newest on a tie); `None` when there is none. Only headers are read; files that are not
+/// scan indexes are passed over.
+pub fn find_index(scans_dir: &Path, model_sha256: &str) -> Option<(std::path::PathBuf, IndexMeta)> {
+    let entries = std::fs::read_dir(scans_dir).ok()?;
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".safetensors") && p.is_file())
+        .filter_map(|p| {
+            let meta = ScanIndex::read_meta(&p).ok()?;
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (meta.model_sha256 == model_sha256).then_some((meta.tokens_done, modified, p, meta))
+        })
+        .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+        .map(|(_, _, p, meta)| (p, meta))
 }

@@ -61,6 +61,10 @@ impl CardView {
             ui.label(
                 "Click a feature in the heatmap (or type its name in Go to) to open its card.",
             );
+            if cx.runtime.result.is_some() {
+                ui.separator();
+                super::receptive::fires_here_ui(ui, cx, out);
+            }
             return;
         };
         let tokens = &cx.derived.tokens;
@@ -182,6 +186,10 @@ impl CardView {
             });
         }
         ui.separator();
+        super::receptive::receptive_ui(ui, cx, out, f);
+        ui.separator();
+        super::receptive::occlusion_ui(ui, cx, out, f);
+        ui.separator();
         self.effect_ui(ui, state, cx, out, f);
         if f.basis == Basis::Heads {
             ui.separator();
@@ -197,13 +205,9 @@ impl CardView {
             }
         }
         ui.separator();
-        ui.label(
-            egui::RichText::new(
-                "Receptive field (top corpus examples): coming with the corpus scan.",
-            )
-            .weak()
-            .small(),
-        );
+        egui::CollapsingHeader::new("What fires here")
+            .id_salt("fires here")
+            .show(ui, |ui| super::receptive::fires_here_ui(ui, cx, out));
         if let Some(op) = op {
             out.push(Command::SetFeatureOp(f, op));
         }

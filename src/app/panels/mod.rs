@@ -10,6 +10,7 @@ mod jobs;
 mod maps;
 mod output;
 mod probe;
+mod receptive;
 
 use super::derived::Derived;
 use super::fonts::CjkFont;

@@ -1,0 +1,502 @@
+//! The card's receptive field: what drives the feature over the scanned corpus (top and lowest
+//! examples with every token coloured by its activation and the peak centred, the histogram
+//! with the firing density, quantile-group examples, the tokens it fires on, the gate/up sign
+//! combination of a gated neuron's examples) and, on the probe, its occlusion map. Draws only:
+//! the data comes from `Runtime::receptive`.
+
+use egui::{RichText, Sense, Vec2};
+use egui_plot::{Bar, BarChart, Plot};
+
+use super::super::receptive::{CardData, IndexState, Pending, CONTEXT};
+use super::super::{colors, text, Command};
+use super::ViewCtx;
+use crate::features::{Basis, FeatureId};
+use crate::scan::{ExampleView, ScanIndex};
+
+/// Tokens per second assumed for an estimate before this machine has scanned anything.
+const NOMINAL_TOKENS_PER_S: f64 = 400.0;
+/// WordNet's stimuli average about this many tokens (SmolLM2's tokenizer).
+const TOKENS_PER_STIMULUS: f64 = 10.3;
+/// WordNet 3.1's glosses and examples (what `Corpus::wordnet` reads), before a scan says.
+const WORDNET_STIMULI: usize = 166_362;
+
+fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 5400.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else {
+        format!("{:.1} h", seconds / 3600.0)
+    }
+}
+
+/// The scan offer: how much, and about how long at this machine's last measured rate.
+fn scan_buttons(
+    ui: &mut egui::Ui,
+    cx: &ViewCtx,
+    out: &mut Vec<Command>,
+    index: Option<&ScanIndex>,
+) {
+    if let Some(run) = &cx.runtime.receptive.scanning {
+        ui.horizontal(|ui| {
+            super::spinner(ui);
+            ui.label(format!("{}: progress and ETA in Jobs below.", run.name));
+        });
+        return;
+    }
+    let (rate, measured) = match index.filter(|i| i.meta.seconds > 1.0) {
+        Some(i) => (i.meta.tokens_done as f64 / i.meta.seconds, true),
+        None => (NOMINAL_TOKENS_PER_S, false),
+    };
+    let how = if measured {
+        format!("at this machine's {rate:.0} tokens/s")
+    } else {
+        format!("at about {rate:.0} tokens/s (2 laptop cores)")
+    };
+    let done = index.map_or(0, |i| i.meta.stimuli_done);
+    let total = index.map_or(WORDNET_STIMULI, |i| i.meta.corpus_stimuli);
+    if done < crate::scan::index::DEFAULT_STIMULI {
+        let n = crate::scan::index::DEFAULT_STIMULI - done;
+        let tokens = n as f64 * TOKENS_PER_STIMULUS;
+        if ui
+            .button(format!(
+                "Scan {} WordNet stimuli",
+                crate::scan::index::DEFAULT_STIMULI
+            ))
+            .on_hover_text(format!(
+                "Glosses and example sentences of WordNet 3.1, a sample spread over every part \
+                 of speech; about {:.0}k tokens, {} {how}. Runs as a job: the viewer stays \
+                 usable, and it can be paused or cancelled (a cancelled scan resumes).",
+                tokens / 1e3,
+                duration(tokens / rate)
+            ))
+            .clicked()
+        {
+            out.push(Command::StartScan { all: false });
+        }
+        ui.label(
+            RichText::new(format!(
+                "≈ {:.0}k tokens, about {} {how}",
+                tokens / 1e3,
+                duration(tokens / rate)
+            ))
+            .weak()
+            .small(),
+        );
+    }
+    if done < total {
+        let tokens = (total - done) as f64 * TOKENS_PER_STIMULUS;
+        if ui
+            .button(format!("Scan all of WordNet ({total} stimuli)"))
+            .on_hover_text("Extends the same index; a cancelled scan resumes where it stopped.")
+            .clicked()
+        {
+            out.push(Command::StartScan { all: true });
+        }
+        ui.label(
+            RichText::new(format!(
+                "≈ {:.1}M more tokens, about {} {how}",
+                tokens / 1e6,
+                duration(tokens / rate)
+            ))
+            .weak()
+            .small(),
+        );
+    }
+}
+
+/// The receptive-field part of the card of `f`.
+pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: FeatureId) {
+    ui.label(RichText::new("Receptive field (corpus scan)").strong());
+    let r = &cx.runtime.receptive;
+    let index = match &r.index {
+        IndexState::None | IndexState::Loading => {
+            ui.horizontal(|ui| {
+                super::spinner(ui);
+                ui.label("Looking for a scan of this model…");
+            });
+            return;
+        }
+        IndexState::Missing => {
+            ui.label(
+                "No corpus scan of this model yet. A scan runs a corpus through the model and \
+                 keeps, for every neuron and head, its top and lowest examples, histogram and \
+                 firing tokens.",
+            );
+            scan_buttons(ui, cx, out, None);
+            return;
+        }
+        IndexState::Failed(e) => {
+            ui.colored_label(
+                colors::ERROR,
+                format!("The scan index could not be read: {e}"),
+            );
+            scan_buttons(ui, cx, out, None);
+            return;
+        }
+        IndexState::Ready { index, .. } => index,
+    };
+    let m = &index.meta;
+    ui.label(
+        RichText::new(format!(
+            "{}: {} stimuli, {} tokens{}; {}.",
+            m.corpus,
+            m.stimuli_done,
+            m.tokens_done,
+            if m.complete { " (all)" } else { "" },
+            m.position0
+        ))
+        .weak()
+        .small(),
+    );
+    let Some(card) = r.card.as_ref().filter(|c| c.feature == f) else {
+        super::spinner(ui);
+        return;
+    };
+    let s = match &card.summary {
+        Ok(s) => s,
+        Err(e) => {
+            ui.colored_label(colors::ERROR, e);
+            return;
+        }
+    };
+    let signed = f.basis == Basis::Neurons;
+    let scale = s.max.abs().max(s.min.abs()).max(1e-6);
+    ui.label(format!(
+        "density {:.3} (activation > {}), mean {:.3}, range {:.3} … {:.3}, over {} positions",
+        s.density, s.threshold, s.mean, s.min, s.max, s.positions
+    ));
+    histogram_ui(ui, s);
+    if let Pending::Failed(e) = &card.rows {
+        ui.colored_label(
+            colors::ERROR,
+            format!("The examples' activations could not be computed: {e}"),
+        );
+    }
+    ui.label(RichText::new("Top examples").strong())
+        .on_hover_text(
+            "One per window, at its highest activation; click one to make it the probe.",
+        );
+    if signed {
+        signs_ui(ui, card, false);
+    }
+    examples_ui(ui, out, card, &s.top, scale, signed);
+    egui::CollapsingHeader::new(RichText::new("Lowest examples").strong())
+        .id_salt("lowest examples")
+        .default_open(signed)
+        .show(ui, |ui| {
+            if signed {
+                signs_ui(ui, card, true);
+            }
+            examples_ui(ui, out, card, &s.lowest, scale, signed);
+        });
+    egui::CollapsingHeader::new(RichText::new("Examples by activation interval").strong())
+        .id_salt("quantile examples")
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "Ten equal-width intervals of the activation range, each with a uniform \
+                     sample of its positions (as sae_vis does).",
+                )
+                .weak()
+                .small(),
+            );
+            for ((lo, hi), n, examples) in s.groups.iter().rev() {
+                if *n == 0 {
+                    continue;
+                }
+                ui.label(format!("[{lo:.3}, {hi:.3}): {n} positions"));
+                examples_ui(ui, out, card, examples, scale, signed);
+            }
+        });
+    ui.label(RichText::new("Fires most on").strong())
+        .on_hover_text(format!(
+            "Tokens at positions where the activation is above {}: count (at most \"±\" too high: \
+         a bounded sketch), the token's count in the corpus, and the log-odds of firing on it \
+         against the corpus.",
+            s.threshold
+        ));
+    egui::Grid::new(("firing tokens", f))
+        .striped(true)
+        .show(ui, |ui| {
+            ui.label(RichText::new("token").weak());
+            ui.label(RichText::new("fired").weak());
+            ui.label(RichText::new("in corpus").weak());
+            ui.label(RichText::new("log-odds").weak());
+            ui.end_row();
+            for t in s.firing_tokens.iter().take(10) {
+                ui.label(RichText::new(text::visible(&t.token)).monospace());
+                let err = if t.overcount > 0 {
+                    format!(" ±{}", t.overcount)
+                } else {
+                    String::new()
+                };
+                ui.label(format!("{}{err}", t.count));
+                ui.label(t.corpus_count.to_string());
+                ui.label(format!("{:+.2}", t.log_odds));
+                ui.end_row();
+            }
+        });
+    if !m.complete {
+        egui::CollapsingHeader::new("Scan more")
+            .id_salt("scan more")
+            .show(ui, |ui| scan_buttons(ui, cx, out, Some(index)));
+    }
+}
+
+fn histogram_ui(ui: &mut egui::Ui, s: &crate::scan::FeatureSummary) {
+    let bars: Vec<Bar> = s
+        .hist
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| {
+            Bar::new(
+                s.hist_start + (i as f64 + 0.5) * s.hist_width,
+                f64::from(*c),
+            )
+            .width(s.hist_width)
+        })
+        .collect();
+    Plot::new(("histogram", &s.feature))
+        .height(90.0)
+        .allow_scroll(false)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .show_y(false)
+        .y_axis_label("positions")
+        .show(ui, |plot| {
+            plot.bar_chart(BarChart::new("activations", bars).color(colors::BASELINE));
+        });
+}
+
+/// How many of the top (or lowest) examples each gate/up sign combination made.
+fn signs_ui(ui: &mut egui::Ui, card: &CardData, lowest: bool) {
+    let counts = card.sign_counts(lowest);
+    if counts.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(g, n)| format!("{n} {}", g.label()))
+        .collect();
+    ui.label(RichText::new(format!("by gate × up sign: {}", parts.join(", "))).small())
+        .on_hover_text(
+            "SwiGLU: activation = silu(gate) · up. A positive activation comes from gate+ up+ \
+             or from gate− up− (silu is slightly negative below 0): different receptive fields \
+             (GLUScope).",
+        );
+}
+
+/// One list of examples: each a line of ±CONTEXT tokens around its peak, every token coloured
+/// by its activation once computed (until then only the peak), the peak underlined.
+fn examples_ui(
+    ui: &mut egui::Ui,
+    out: &mut Vec<Command>,
+    card: &CardData,
+    examples: &[ExampleView],
+    scale: f32,
+    signed: bool,
+) {
+    for e in examples {
+        let row = card.row(e.window);
+        let lo = e.pos.saturating_sub(CONTEXT);
+        let hi = (e.pos + CONTEXT + 1).min(e.tokens.len());
+        ui.horizontal_wrapped(|ui| {
+            ui.spacing_mut().item_spacing = Vec2::new(1.0, 2.0);
+            let mut clicked = false;
+            let tag = match card.signs(e.window, e.pos) {
+                Some(g) => format!(" {}", g.label()),
+                None => String::new(),
+            };
+            clicked |= ui
+                .add(
+                    egui::Button::new(
+                        RichText::new(format!("{:+.3}{tag}", e.activation))
+                            .monospace()
+                            .small(),
+                    )
+                    .small(),
+                )
+                .on_hover_text(format!(
+                    "Make this example the probe.\n{}\nposition {} of window {}{}",
+                    e.source,
+                    e.pos,
+                    e.window,
+                    card.signs(e.window, e.pos)
+                        .map(|g| format!("; {}", g.label()))
+                        .unwrap_or_default()
+                ))
+                .clicked();
+            if lo > 0 {
+                ui.label(RichText::new("…").weak());
+            }
+            for p in lo..hi {
+                let v = match row {
+                    Some(r) => r.acts.get(p).copied(),
+                    None => (p == e.pos).then_some(e.activation),
+                };
+                let mut t = RichText::new(text::visible(&e.tokens[p])).monospace();
+                if let Some(v) = v {
+                    t = t
+                        .background_color(colors::scaled(v, scale, signed))
+                        .color(colors::CELL_TEXT);
+                }
+                if p == e.pos {
+                    t = t.underline().strong();
+                }
+                let hover = match v {
+                    Some(v) => format!("\"{}\" (position {p}): {v:.4}", e.tokens[p]),
+                    None => format!("\"{}\" (position {p})", e.tokens[p]),
+                };
+                clicked |= ui
+                    .add(egui::Label::new(t).sense(Sense::click()))
+                    .on_hover_text(hover)
+                    .clicked();
+            }
+            if hi < e.tokens.len() {
+                ui.label(RichText::new("…").weak());
+            }
+            if clicked {
+                out.push(Command::LoadStimulus(e.text.clone()));
+            }
+        });
+    }
+}
+
+/// The occlusion map: how the feature's activation at the output position changes when each
+/// earlier token of the probe is replaced by a neutral token (or deleted).
+pub fn occlusion_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: FeatureId) {
+    let position = cx.derived.next.position;
+    let tokens = &cx.derived.tokens;
+    ui.label(RichText::new("Occlusion receptive field").strong())
+        .on_hover_text(
+            "Each earlier token is occluded in turn (all copies in one batched forward, stopped \
+             after this feature's layer) and the change in the activation at the output position \
+             is shown over the token it removed: red raised it when removed (the token \
+             suppressed the feature), blue lowered it (the token drives it).",
+        );
+    ui.horizontal_wrapped(|ui| {
+        let mut delete = cx.runtime.occlusion_delete;
+        ui.label(format!(
+            "at position {position} \"{}\", each earlier token",
+            tokens.get(position).map_or("", String::as_str)
+        ));
+        let a = ui.radio_value(&mut delete, false, "replaced by a neutral token");
+        let b = ui.radio_value(&mut delete, true, "deleted");
+        if a.changed() || b.changed() {
+            out.push(Command::SetOcclusionDelete(delete));
+        }
+    });
+    let Some(o) = &cx.runtime.receptive.occlusion else {
+        if ui
+            .button("Compute the occlusion map")
+            .on_hover_text(format!(
+                "One forward of {} copies of the probe (it runs by itself for probes up to {} tokens).",
+                position + 1,
+                super::super::receptive::AUTO_OCCLUSION_TOKENS
+            ))
+            .clicked()
+        {
+            out.push(Command::Occlude);
+        }
+        return;
+    };
+    if o.key.feature != f {
+        super::spinner(ui);
+        return;
+    }
+    match &o.result {
+        Pending::Idle | Pending::Waiting(_) => {
+            super::spinner(ui);
+        }
+        Pending::Failed(e) => {
+            ui.colored_label(colors::ERROR, format!("Could not compute it: {e}"));
+            if ui.button("Retry").clicked() {
+                out.push(Command::Occlude);
+            }
+        }
+        Pending::Ready(occ) => {
+            let scale = occ
+                .deltas
+                .iter()
+                .fold(0f32, |m, d| m.max(d.abs()))
+                .max(1e-6);
+            ui.horizontal_wrapped(|ui| {
+                ui.spacing_mut().item_spacing = Vec2::new(1.0, 2.0);
+                for (p, t) in tokens.iter().enumerate().take(o.key.position + 1) {
+                    let mut text = RichText::new(t).monospace();
+                    let hover = match occ.deltas.get(p) {
+                        Some(d) => {
+                            text = text
+                                .background_color(colors::diverging(*d, scale))
+                                .color(colors::CELL_TEXT);
+                            format!(
+                                "\"{t}\" (position {p}) occluded: activation {:.4} ({d:+.4})",
+                                occ.values.get(p).copied().unwrap_or(f32::NAN)
+                            )
+                        }
+                        None => format!("\"{t}\" (position {p})"),
+                    };
+                    if p == o.key.position {
+                        text = text.underline();
+                    }
+                    ui.label(text).on_hover_text(hover);
+                }
+            });
+            ui.label(
+                RichText::new(format!(
+                    "activation {:.4} without occlusion; largest change {:+.4}{}",
+                    occ.baseline,
+                    occ.deltas
+                        .iter()
+                        .copied()
+                        .max_by(|a, b| a.abs().total_cmp(&b.abs()))
+                        .unwrap_or(0.0),
+                    occ.replaced_with
+                        .and_then(|id| cx.runtime.vocab.get(id as usize))
+                        .map(|t| format!("; neutral token \"{t}\""))
+                        .unwrap_or_default()
+                ))
+                .weak()
+                .small(),
+            );
+        }
+    }
+}
+
+/// What fires here: the strongest features at the output position across every layer, each
+/// clickable to its card.
+pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
+    let d = cx.derived;
+    let position = d.next.position;
+    ui.label(
+        RichText::new(format!(
+            "What fires at position {position} \"{}\"",
+            d.tokens.get(position).map_or("", String::as_str)
+        ))
+        .strong(),
+    )
+    .on_hover_text("Choose the position in the token strip under Output.");
+    ui.label(
+        RichText::new(if d.fires_scaled {
+            "ranked by |activation| ÷ the feature's largest |activation| in the corpus scan"
+        } else {
+            "ranked by |activation| (scan a corpus to compare features by their own range)"
+        })
+        .weak()
+        .small(),
+    );
+    egui::Grid::new("fires here").striped(true).show(ui, |ui| {
+        for (f, v, score) in &d.fires_here {
+            if ui.link(f.label()).on_hover_text("Open its card").clicked() {
+                out.push(Command::Select(Some(*f)));
+            }
+            ui.label(RichText::new(format!("{v:+.3}")).monospace());
+            if d.fires_scaled {
+                ui.label(RichText::new(format!("{:.0}% of max", score * 100.0)).weak());
+            }
+            ui.end_row();
+        }
+    });
+}

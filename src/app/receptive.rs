@@ -1,0 +1,304 @@
+//! The receptive-field side of the runtime (plain data, no egui): the loaded model's scan index
+//! (found among the data directory's scans and loaded off the UI thread, or made by a scan
+//! job), the open card's corpus examples with each token's activation (recomputed on the worker,
+//! with the gate and up projections' signs for gated neurons), its occlusion map, and feature
+//! search.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+use crate::features::{Basis, FeatureId};
+use crate::model::{FeatureRow, GluSigns, Occlusion};
+use crate::scan::{self, FeatureSummary, ScanIndex};
+
+/// Examples per list on a card.
+pub const CARD_K: usize = 20;
+/// Tokens of context either side of an example's peak.
+pub const CONTEXT: usize = 8;
+/// Occlusion runs by itself for probes up to this many tokens (one forward of that many
+/// copies); longer ones wait for a click.
+pub const AUTO_OCCLUSION_TOKENS: usize = 64;
+
+/// The scans folder of a data directory.
+pub fn scans_dir(assets: &Path) -> PathBuf {
+    assets.join("scans")
+}
+
+/// The loaded model's scan index.
+#[derive(Clone, Default)]
+pub enum IndexState {
+    /// No model loaded yet.
+    #[default]
+    None,
+    /// Looking in the scans folder, or loading the index found.
+    Loading,
+    /// No scan of this model: the card offers one.
+    Missing,
+    Ready {
+        path: PathBuf,
+        index: Arc<ScanIndex>,
+    },
+    Failed(String),
+}
+
+impl IndexState {
+    pub fn index(&self) -> Option<&Arc<ScanIndex>> {
+        match self {
+            IndexState::Ready { index, .. } => Some(index),
+            _ => None,
+        }
+    }
+}
+
+/// A worker answer that may still be coming.
+#[derive(Clone, Debug)]
+pub enum Pending<T> {
+    /// Not asked for yet.
+    Idle,
+    Waiting(u64),
+    Ready(T),
+    Failed(String),
+}
+
+impl<T> Pending<T> {
+    pub fn serial(&self) -> Option<u64> {
+        match self {
+            Pending::Waiting(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// The open card's corpus data.
+#[derive(Clone)]
+pub struct CardData {
+    pub feature: FeatureId,
+    pub summary: Result<Arc<FeatureSummary>, String>,
+    /// Each example window's activations (and gate/up for gated neurons), by window.
+    pub rows: Pending<Arc<HashMap<usize, FeatureRow>>>,
+}
+
+impl CardData {
+    /// The windows whose activations the card shows: top, lowest, quantile examples.
+    pub fn windows(&self) -> Vec<usize> {
+        let Ok(s) = &self.summary else {
+            return Vec::new();
+        };
+        let mut w: Vec<usize> = s
+            .top
+            .iter()
+            .chain(&s.lowest)
+            .chain(s.groups.iter().flat_map(|g| &g.2))
+            .map(|e| e.window)
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
+    /// The activations of `window` once they are here.
+    pub fn row(&self, window: usize) -> Option<&FeatureRow> {
+        match &self.rows {
+            Pending::Ready(rows) => rows.get(&window),
+            _ => None,
+        }
+    }
+
+    /// The sign combination at `pos` of `window` (gated neurons, once computed).
+    pub fn signs(&self, window: usize, pos: usize) -> Option<GluSigns> {
+        self.row(window)?.glu_signs(pos)
+    }
+
+    /// How many of the top (or lowest) examples come from each sign combination, most first.
+    pub fn sign_counts(&self, lowest: bool) -> Vec<(GluSigns, usize)> {
+        let Ok(s) = &self.summary else {
+            return Vec::new();
+        };
+        let list = if lowest { &s.lowest } else { &s.top };
+        let mut counts: Vec<(GluSigns, usize)> = Vec::new();
+        for g in list.iter().filter_map(|e| self.signs(e.window, e.pos)) {
+            match counts.iter_mut().find(|(h, _)| *h == g) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((g, 1)),
+            }
+        }
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        counts
+    }
+}
+
+/// What an occlusion map was computed for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OcclusionKey {
+    pub feature: FeatureId,
+    pub tokens: Vec<u32>,
+    pub position: usize,
+    pub delete: bool,
+}
+
+#[derive(Clone)]
+pub struct OcclusionState {
+    pub key: OcclusionKey,
+    pub result: Pending<Occlusion>,
+}
+
+/// A scan running as a job: it hands back the index it made.
+pub struct ScanRun {
+    pub name: String,
+    pub rx: Receiver<Result<(PathBuf, ScanIndex), String>>,
+}
+
+/// One search hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    pub feature: FeatureId,
+    /// Why it matched, in words (its count on the token, or its label).
+    pub why: String,
+}
+
+/// What the index lookup of a model found: its index (and path), none, or why it failed.
+type Found = Result<Option<(PathBuf, ScanIndex)>, String>;
+
+/// The receptive-field state of the runtime.
+#[derive(Default)]
+pub struct Receptive {
+    pub index: IndexState,
+    /// The model the index was looked up for (its SHA-256).
+    model_sha: Option<String>,
+    load_rx: Option<Receiver<(String, Found)>>,
+    pub scanning: Option<ScanRun>,
+    pub card: Option<CardData>,
+    pub occlusion: Option<OcclusionState>,
+    pub search: Option<(String, Vec<Hit>)>,
+    serial: u64,
+}
+
+impl Receptive {
+    pub fn next_serial(&mut self) -> u64 {
+        self.serial += 1;
+        self.serial
+    }
+
+    /// Looks for `model_sha`'s index in `scans` and loads it on a thread of its own.
+    pub fn find(&mut self, scans: PathBuf, model_sha: String) {
+        self.card = None;
+        self.occlusion = None;
+        self.search = None;
+        self.index = IndexState::Loading;
+        self.model_sha = Some(model_sha.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.load_rx = Some(rx);
+        let spawned = std::thread::Builder::new()
+            .name("hubel-scan-index".into())
+            .spawn(move || {
+                let found = match scan::index::find_index(&scans, &model_sha) {
+                    None => Ok(None),
+                    Some((path, _)) => ScanIndex::load(&path)
+                        .map(|i| Some((path, i)))
+                        .map_err(|e| e.to_string()),
+                };
+                let _ = tx.send((model_sha, found));
+            });
+        if let Err(e) = spawned {
+            self.index = IndexState::Failed(format!("cannot start a thread: {e}"));
+        }
+    }
+
+    /// Takes the index load's and the scan job's results, if any; `true` when the index changed.
+    pub fn poll(&mut self) -> bool {
+        let mut changed = false;
+        if let Some(rx) = &self.load_rx {
+            match rx.try_recv() {
+                Ok((sha, found)) => {
+                    self.load_rx = None;
+                    if self.model_sha.as_deref() == Some(sha.as_str()) {
+                        self.index = match found {
+                            Ok(Some((path, index))) => IndexState::Ready {
+                                path,
+                                index: Arc::new(index),
+                            },
+                            Ok(None) => IndexState::Missing,
+                            Err(e) => IndexState::Failed(e),
+                        };
+                        changed = true;
+                    }
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.load_rx = None;
+                    self.index = IndexState::Failed("the index loader stopped".into());
+                    changed = true;
+                }
+            }
+        }
+        if let Some(run) = &self.scanning {
+            match run.rx.try_recv() {
+                Ok(Ok((path, index))) => {
+                    self.scanning = None;
+                    if self.model_sha.as_deref() == Some(index.meta.model_sha256.as_str()) {
+                        self.index = IndexState::Ready {
+                            path,
+                            index: Arc::new(index),
+                        };
+                        self.card = None;
+                        self.search = None;
+                        changed = true;
+                    }
+                }
+                // The job's own status (in the Jobs list) says why it ended.
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.scanning = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        changed
+    }
+
+    /// A card query failed: the card or occlusion map waiting for it says why.
+    pub fn fail_query(&mut self, serial: u64, message: String) {
+        if let Some(c) = self
+            .card
+            .as_mut()
+            .filter(|c| c.rows.serial() == Some(serial))
+        {
+            c.rows = Pending::Failed(message.clone());
+        }
+        if let Some(o) = self
+            .occlusion
+            .as_mut()
+            .filter(|o| o.result.serial() == Some(serial))
+        {
+            o.result = Pending::Failed(message);
+        }
+    }
+
+    /// The card's summary of `feature` (computed from the index; its activations per token
+    /// are asked for separately).
+    pub fn open_card(&mut self, feature: FeatureId) -> Option<&CardData> {
+        let index = self.index.index()?.clone();
+        if self.card.as_ref().is_some_and(|c| c.feature == feature) {
+            return self.card.as_ref();
+        }
+        let summary = index.summary(&feature, CARD_K).map(Arc::new);
+        self.card = Some(CardData {
+            feature,
+            summary,
+            rows: Pending::Idle,
+        });
+        self.card.as_ref()
+    }
+}
+
+/// The largest |activation| of `f` over the scanned corpus (a scale that makes different
+/// features comparable).
+pub fn max_abs(index: &ScanIndex, f: FeatureId) -> Option<f32> {
+    let layers = match f.basis {
+        Basis::Neurons => &index.neurons,
+        Basis::Heads => &index.heads,
+    };
+    let l = layers.get(f.layer)?;
+    let (lo, hi) = (*l.min.get(f.index)?, *l.max.get(f.index)?);
+    let m = lo.abs().max(hi.abs());
+    (m.is_finite() && m > 0.0).then_some(m)
+}
