@@ -27,6 +27,8 @@ USAGE:
   hubel effect --feature L10N222 [--model PATH] [--text TEXT [--pos P]] [--top K] [--json]
   hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N] [--out FILE] [--k K]
   hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
+  hubel label FEATURE [--index FILE] [--model PATH] [--recompute] [--json]
+  hubel search QUERY [--index FILE] [--n 20] [--basis neurons|heads] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -183,8 +185,10 @@ fn run() -> anyhow::Result<ExitCode> {
         "paths" => paths_command(args),
         "probe" => probe_command(args),
         "effect" => effect_command(args),
-        "scan" | "top" => hubel::scan::cli::command(&command, std::mem::take(&mut args.0))
-            .map(|_| ExitCode::SUCCESS),
+        "scan" | "top" | "label" | "search" => {
+            hubel::scan::cli::command(&command, std::mem::take(&mut args.0))
+                .map(|_| ExitCode::SUCCESS)
+        }
         "bench" => hubel::bench::command(
             &open_model(args.value("--model")?)?,
             args.number("--reps", 20)?,

@@ -77,6 +77,58 @@ pub struct Synset {
     pub definition: String,
     /// The quoted example sentences, quotes removed.
     pub examples: Vec<String>,
+    /// The synset's pointers (relations to other synsets or words), in the line's order.
+    pub pointers: Vec<Pointer>,
+}
+
+/// One pointer of a data line: `@ 00001740 v 0000` (wndb(5WN)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pointer {
+    /// `@` hypernym, `@i` instance hypernym, `~` hyponym, `!` antonym, …
+    pub symbol: String,
+    /// The target synset's offset in the data file of `pos`.
+    pub offset: u32,
+    /// The target's part of speech as the file writes it: `n`, `v`, `a`, `s` or `r`.
+    pub pos: char,
+    /// `0000` for a relation between synsets; else source and target word numbers (hex).
+    pub source_target: u16,
+}
+
+impl Pointer {
+    /// A hypernym pointer (`@`, or `@i` for an instance's class).
+    pub fn is_hypernym(&self) -> bool {
+        self.symbol == "@" || self.symbol == "@i"
+    }
+
+    /// The target's synset key (see [`synset_key`]).
+    pub fn key(&self) -> (char, u32) {
+        (file_letter(self.pos), self.offset)
+    }
+}
+
+/// The data file a part-of-speech letter's synsets live in, as a letter: `n`, `v`, `a` (for
+/// `a` and satellites `s`, both in `data.adj`), `r`. With an offset, a synset's unique key.
+pub fn file_letter(pos: char) -> char {
+    match pos {
+        's' => 'a',
+        c => c,
+    }
+}
+
+/// A synset's unique key from a [`Sense`]'s or [`Synset`]'s part of speech (`noun`, `verb`,
+/// `adjective`, `adverb`) and offset.
+pub fn synset_key(pos: &str, offset: u32) -> (char, u32) {
+    (pos_letter(pos), offset)
+}
+
+impl Synset {
+    /// Keys of the synsets this one's hypernym pointers (`@`, `@i`) name.
+    pub fn hypernyms(&self) -> impl Iterator<Item = (char, u32)> + '_ {
+        self.pointers
+            .iter()
+            .filter(|p| p.is_hypernym())
+            .map(Pointer::key)
+    }
 }
 
 /// What a stimulus from WordNet was: kept in the scan index, shown on a feature's card.
@@ -144,6 +196,26 @@ pub fn parse_line(line: &str) -> Option<Synset> {
         let word = word.split('(').next().unwrap_or(word).replace('_', " ");
         lemmas.push((word, lex_id));
     }
+    // Pointers: p_cnt (3 decimal digits), then `symbol offset pos source/target` each; a line
+    // whose pointers do not parse keeps none rather than being dropped.
+    let at = 4 + 2 * w_cnt;
+    let pointers = f
+        .get(at)
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|p_cnt| {
+            (0..p_cnt)
+                .map(|i| {
+                    let p = f.get(at + 1 + 4 * i..at + 5 + 4 * i)?;
+                    Some(Pointer {
+                        symbol: p[0].to_string(),
+                        offset: p[1].parse().ok()?,
+                        pos: p[2].chars().next()?,
+                        source_target: u16::from_str_radix(p[3], 16).ok()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default();
     let (definition, examples) = split_gloss(gloss.trim());
     Some(Synset {
         offset,
@@ -152,6 +224,7 @@ pub fn parse_line(line: &str) -> Option<Synset> {
         lemmas,
         definition,
         examples,
+        pointers,
     })
 }
 
@@ -238,5 +311,33 @@ mod tests {
             ]
         );
         assert!(parse_line("  1 This software and database is being provided").is_none());
+        assert_eq!(s.pointers.len(), 2);
+        assert_eq!(
+            s.pointers[1],
+            Pointer {
+                symbol: "+".into(),
+                offset: 3121972,
+                pos: 'a',
+                source_target: 0x0301
+            }
+        );
+        assert_eq!(s.hypernyms().count(), 0);
+    }
+
+    #[test]
+    fn keeps_hypernym_pointers() {
+        let line = "00002573 29 v 01 respire 2 003 $ 00001740 v 0000 @ 00001740 v 0000 + 03121972 a 0101 01 + 02 00 | breathe easily again, as after exertion or anxiety  ";
+        let s = parse_line(line).unwrap();
+        assert_eq!(s.pointers.len(), 3);
+        assert_eq!(s.hypernyms().collect::<Vec<_>>(), [('v', 1740)]);
+        let inst = "09044862 15 n 01 Alabama 0 002 @i 08654360 n 0000 #p 09044862 n 0000 | a state in the southeastern United States";
+        let s = parse_line(inst).unwrap();
+        assert_eq!(s.hypernyms().collect::<Vec<_>>(), [('n', 8654360)]);
+        // A satellite's pointer to its head adjective keys into data.adj.
+        let sat =
+            "00002312 00 s 02 left(a) 0 far_left 1 001 & 00002098 a 0000 | being on the left side";
+        let s = parse_line(sat).unwrap();
+        assert_eq!(s.pointers[0].key(), ('a', 2098));
+        assert_eq!(synset_key(s.pos, s.offset), ('a', 2312));
     }
 }

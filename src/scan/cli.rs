@@ -15,7 +15,14 @@ pub const USAGE: &str = "\
              quantile examples, firing tokens (default --out: the data dir's scans/ folder;
              scanning into the same file again resumes or extends it)
   hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
-             a feature's (L8N1000, L5H3) top or lowest examples from a scan index";
+             a feature's (L8N1000, L5H3) top or lowest examples from a scan index
+  hubel label FEATURE [--index FILE] [--model PATH] [--recompute] [--json]
+             a feature's offline label: firing tokens and their context, WordNet categories
+             over-represented in its top examples, promoted tokens; every feature's label is
+             computed once and kept beside the index (FILE.labels.json)
+  hubel search QUERY [--index FILE] [--n 20] [--basis neurons|heads] [--json]
+             features that fire on a token (`left` also matches ` left`), then features whose
+             labels mention the query's words";
 
 /// Takes `--name VALUE` or `--name=VALUE` out of `args`.
 fn value(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<String>> {
@@ -68,6 +75,9 @@ fn scans_dir() -> PathBuf {
 pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     if command == "top" {
         return top(args);
+    }
+    if command == "label" || command == "search" {
+        return labels_command(command, args);
     }
     let model_path = match value(&mut args, "--model")? {
         Some(p) => PathBuf::from(p),
@@ -221,6 +231,206 @@ fn top(mut args: Vec<String>) -> anyhow::Result<()> {
             .map(|t| format!("{:?} {} ({:+.2})", t.token, t.count, t.log_odds))
             .collect();
         println!("fires most on: {}", toks.join(", "));
+    }
+    Ok(())
+}
+
+/// The labels of the index at `path`: the saved ones (refused if made from another scan), or
+/// computed now (with the model if it opens and is the index's, with WordNet's hypernyms if the
+/// index's stimuli have senses and the data files are there) and saved beside it.
+fn ensure_labels(
+    path: &Path,
+    model_arg: Option<String>,
+    recompute: bool,
+) -> anyhow::Result<super::labels::Labels> {
+    use super::labels::{self, Labels};
+    let index = ScanIndex::load(path)?;
+    let out = labels::labels_path(path);
+    if out.is_file() && !recompute {
+        return Ok(Labels::load_for(&out, &index)?);
+    }
+    let model_path = match model_arg {
+        Some(p) => PathBuf::from(p),
+        None => assets::default_model_path(&assets::assets_dir()),
+    };
+    let model = match Model::open(&model_path) {
+        Ok(m) => match index.check_model(m.info()) {
+            Ok(()) => Some(std::sync::Arc::new(m)),
+            Err(e) => {
+                eprintln!("label: computing labels without promoted tokens: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "label: computing labels without promoted tokens: the model {} does not open ({e})",
+                model_path.display()
+            );
+            None
+        }
+    };
+    let wordnet = if index.stimuli.iter().any(|s| s.sense.is_some()) {
+        let dir = assets::corpus_dir(&assets::assets_dir());
+        if dir.join("data.noun").is_file() {
+            Some(dir)
+        } else {
+            eprintln!(
+                "label: no WordNet data files in {}: enrichment without hypernyms",
+                dir.display()
+            );
+            None
+        }
+    } else {
+        None
+    };
+    let index = std::sync::Arc::new(index);
+    let (i, m, w, o) = (index.clone(), model.clone(), wordnet.clone(), out.clone());
+    let labels = crate::jobs::progress::run_reporting("Label", move |ctx| {
+        labels::job(ctx, &i, m.as_deref(), w.as_deref(), &o)
+    })
+    .map_err(|e| anyhow::Error::msg(e.to_string()))
+    .context("labelling")?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let t = &labels.timings;
+    eprintln!(
+        "labels {} ({:.1} MB): {} features in {:.1} s (WordNet {:.1} s, tokens and enrichment {:.1} s, promoted tokens {:.1} s{})",
+        out.display(),
+        size as f64 / 1e6,
+        labels.labels.len(),
+        t.total,
+        t.wordnet,
+        t.features,
+        t.promoted,
+        if labels.promoted { "" } else { ": none, no model" }
+    );
+    Ok(labels)
+}
+
+/// `hubel label …` and `hubel search …`.
+fn labels_command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
+    use crate::features::Basis;
+    let index = value(&mut args, "--index")?.map(PathBuf::from);
+    let model = value(&mut args, "--model")?;
+    let recompute = flag(&mut args, "--recompute");
+    let json = flag(&mut args, "--json");
+    let n = number(&mut args, "--n")?.unwrap_or(20);
+    let basis = match value(&mut args, "--basis")?.as_deref() {
+        None => None,
+        Some("neurons" | "n") => Some(Basis::Neurons),
+        Some("heads" | "h") => Some(Basis::Heads),
+        Some(b) => bail!("--basis takes neurons or heads, not `{b}`"),
+    };
+    if args.is_empty() {
+        bail!(
+            "{command} needs {}\n\nUSAGE:\n{USAGE}",
+            if command == "label" {
+                "a feature, e.g. `hubel label L8N1000`"
+            } else {
+                "a query, e.g. `hubel search left`"
+            }
+        );
+    }
+    let what = args.remove(0);
+    finish(&args)?;
+    let path = match index {
+        Some(p) => p,
+        None => newest_index()?,
+    };
+    if command == "search" {
+        let labels = ensure_labels(&path, model, recompute)?;
+        let hits = labels.search(&what, basis, n);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&hits)?);
+            return Ok(());
+        }
+        if hits.is_empty() {
+            println!("no feature fires on {what:?} or mentions it");
+        }
+        for h in &hits {
+            println!("{:<9} {}\n          {}", h.feature, h.text, h.why);
+        }
+        return Ok(());
+    }
+    let feature = FeatureId::parse(&what).map_err(anyhow::Error::msg)?;
+    let labels = ensure_labels(&path, model, recompute)?;
+    let l = labels.get(&feature).with_context(|| {
+        format!(
+            "{feature}: the scanned model has {} layers of {} neurons and {} heads",
+            labels.layers, labels.d_mlp, labels.heads
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(l)?);
+        return Ok(());
+    }
+    println!("{feature}: {}", l.text);
+    println!(
+        "  density {:.3}, max {:.3}; {} top examples, of {} WordNet synsets",
+        l.density, l.max, l.examples, l.stimuli
+    );
+    let q = |s: &str| format!("{s:?}");
+    if !l.tokens.is_empty() {
+        let toks: Vec<String> = l
+            .tokens
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}/{} ({:+.2})",
+                    q(&t.token),
+                    t.count,
+                    t.corpus_count,
+                    t.log_odds
+                )
+            })
+            .collect();
+        println!("  fires on (fired/corpus, log-odds): {}", toks.join(", "));
+        let set: Vec<String> = l.tokens[..l.score.tokens]
+            .iter()
+            .map(|t| q(&t.token))
+            .collect();
+        println!(
+            "  score of {{{}}}: F1 {:.3} (precision P(fires | token) {:.3}, recall P(token | fires) {:.3})",
+            set.join(", "),
+            l.score.f1,
+            l.score.precision,
+            l.score.recall
+        );
+    }
+    let pairs = |v: &[super::labels::Bigram]| -> String {
+        v.iter()
+            .map(|b| format!("{} {} ×{}", q(&b.first), q(&b.second), b.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !l.before.is_empty() || !l.after.is_empty() {
+        println!(
+            "  at the peaks: {}{}{}",
+            pairs(&l.before),
+            if l.before.is_empty() || l.after.is_empty() {
+                ""
+            } else {
+                "; "
+            },
+            pairs(&l.after)
+        );
+    }
+    for e in &l.enrichment {
+        println!(
+            "  {} {}: {}/{} synsets of the top examples vs {}/{} scanned, p={:.1e} (×{} tested: {:.1e})",
+            e.kind, e.name, e.k, e.n, e.big_k, e.big_n, e.p, l.tested, e.p_corrected
+        );
+    }
+    let logits = |v: &[super::labels::Logit]| -> String {
+        v.iter()
+            .map(|t| format!("{} {:+.2}", q(&t.token), t.logit))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !l.promotes.is_empty() {
+        println!("  promotes {}", logits(&l.promotes));
+        println!("  suppresses {}", logits(&l.suppresses));
+    } else if !labels.promoted && feature.basis == crate::features::Basis::Neurons {
+        println!("  (no promoted tokens: the labels were made without the model)");
     }
     Ok(())
 }
