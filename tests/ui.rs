@@ -1127,6 +1127,39 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
     assert_eq!(occ.key.tokens.len(), occ.key.position + 1);
     h.get_by_label_contains("without occlusion");
 
+    // Labels follow the scan as a job; then the card shows its label and search finds features.
+    wait_for(&mut h, "the labels", |a| {
+        matches!(
+            a.runtime.receptive.labels,
+            hubel::app::receptive::LabelsState::Ready(_)
+        )
+    });
+    let label = h
+        .state()
+        .runtime
+        .receptive
+        .label(&f)
+        .expect("a label")
+        .text
+        .clone();
+    h.get_by_label(&format!("Label: {label}"));
+    assert!(
+        hubel::scan::labels::labels_path(match &h.state().runtime.receptive.index {
+            IndexState::Ready { path, .. } => path,
+            _ => unreachable!(),
+        })
+        .is_file(),
+        "the labels are saved beside the index"
+    );
+    h.state_mut()
+        .apply(hubel::app::Command::SearchFeatures("cat".into()), 0.0);
+    h.run_steps(3);
+    let hits = h.state().runtime.receptive.search.clone().unwrap().1;
+    assert!(!hits.is_empty(), "some feature fires on \" cat\"");
+    let first = FeatureId::parse(&hits[0].feature).unwrap();
+    h.get_by_label("Find features").scroll_to_me();
+    h.run_steps(30);
+
     // Click the best example: it becomes the probe and runs.
     let best = summary.top[0].clone();
     let signs = card.signs(best.window, best.pos).unwrap();
@@ -1156,5 +1189,12 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
         "{shown:?} vs {:?}",
         best.text
     );
+    // With no feature selected the card lists the search's hits; one click opens a card.
+    h.state_mut().apply(hubel::app::Command::Select(None), 0.0);
+    h.run_steps(3);
+    // (It may also be listed under "what fires here", below the hits.)
+    h.get_all_by_label(&hits[0].feature).next().unwrap().click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.selection, Some(first));
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
 }

@@ -82,6 +82,8 @@ pub enum Command {
     SetOcclusionDelete(bool),
     /// Compute the occlusion map now (probes too long for it to run by itself).
     Occlude,
+    /// Features that fire on a token or whose label holds the words.
+    SearchFeatures(String),
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -674,7 +676,32 @@ impl HubelApp {
         self.runtime.refresh_jobs();
         self.poll_fetch();
         self.runtime.receptive.poll();
+        if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
+            self.start_labels();
+        }
         self.refresh_receptive();
+    }
+
+    /// Labels every feature of the index as a job (once per index; saved beside it).
+    fn start_labels(&mut self) {
+        let r = &mut self.runtime.receptive;
+        let receptive::IndexState::Ready { path, index } = &r.index else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wordnet = Some(assets::corpus_dir(&self.config.assets)).filter(|d| d.is_dir());
+        let job = worker::label_job(
+            index.clone(),
+            wordnet,
+            crate::scan::labels::labels_path(path),
+            tx,
+        );
+        r.labelling = Some(receptive::LabelRun { rx });
+        r.labels = receptive::LabelsState::Computing;
+        self.send(Request::ModelJob {
+            name: worker::LABEL_JOB.into(),
+            job,
+        });
     }
 
     /// Starts a scan of WordNet as a job (one at a time).
@@ -1132,6 +1159,7 @@ impl HubelApp {
             }
             Command::RefreshEffect => self.request_effect(),
             Command::StartScan { all } => self.start_scan(all),
+            Command::SearchFeatures(query) => self.runtime.receptive.search(&query),
             Command::SetOcclusionDelete(delete) => {
                 self.runtime.occlusion_delete = delete;
                 self.refresh_receptive();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::features::{Basis, FeatureId};
 use crate::model::{FeatureRow, GluSigns, Occlusion};
+use crate::scan::labels::{self, Labels, SearchHit};
 use crate::scan::{self, FeatureSummary, ScanIndex};
 
 /// Examples per list on a card.
@@ -144,22 +145,30 @@ pub struct OcclusionState {
     pub result: Pending<Occlusion>,
 }
 
+/// The labelling job: it hands back the labels it made.
+pub struct LabelRun {
+    pub rx: Receiver<Result<Labels, String>>,
+}
+
 /// A scan running as a job: it hands back the index it made.
 pub struct ScanRun {
     pub name: String,
     pub rx: Receiver<Result<(PathBuf, ScanIndex), String>>,
 }
 
-/// One search hit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hit {
-    pub feature: FeatureId,
-    /// Why it matched, in words (its count on the token, or its label).
-    pub why: String,
-}
+/// What the index lookup of a model found: its index (and path) with its saved labels (if
+/// there are any made from this scan), none, or why it failed.
+type Found = Result<Option<(PathBuf, ScanIndex, Option<Labels>)>, String>;
 
-/// What the index lookup of a model found: its index (and path), none, or why it failed.
-type Found = Result<Option<(PathBuf, ScanIndex)>, String>;
+/// Every feature's offline label (scan/labels.rs), computed by a job after a scan.
+#[derive(Clone, Default)]
+pub enum LabelsState {
+    #[default]
+    None,
+    Computing,
+    Ready(Arc<Labels>),
+    Failed(String),
+}
 
 /// The receptive-field state of the runtime.
 #[derive(Default)]
@@ -171,7 +180,9 @@ pub struct Receptive {
     pub scanning: Option<ScanRun>,
     pub card: Option<CardData>,
     pub occlusion: Option<OcclusionState>,
-    pub search: Option<(String, Vec<Hit>)>,
+    pub search: Option<(String, Vec<SearchHit>)>,
+    pub labels: LabelsState,
+    pub labelling: Option<LabelRun>,
     serial: u64,
 }
 
@@ -186,6 +197,7 @@ impl Receptive {
         self.card = None;
         self.occlusion = None;
         self.search = None;
+        self.labels = LabelsState::None;
         self.index = IndexState::Loading;
         self.model_sha = Some(model_sha.clone());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -196,7 +208,10 @@ impl Receptive {
                 let found = match scan::index::find_index(&scans, &model_sha) {
                     None => Ok(None),
                     Some((path, _)) => ScanIndex::load(&path)
-                        .map(|i| Some((path, i)))
+                        .map(|i| {
+                            let labels = Labels::load_for(&labels::labels_path(&path), &i).ok();
+                            Some((path, i, labels))
+                        })
                         .map_err(|e| e.to_string()),
                 };
                 let _ = tx.send((model_sha, found));
@@ -215,10 +230,15 @@ impl Receptive {
                     self.load_rx = None;
                     if self.model_sha.as_deref() == Some(sha.as_str()) {
                         self.index = match found {
-                            Ok(Some((path, index))) => IndexState::Ready {
-                                path,
-                                index: Arc::new(index),
-                            },
+                            Ok(Some((path, index, labels))) => {
+                                if let Some(l) = labels {
+                                    self.labels = LabelsState::Ready(Arc::new(l));
+                                }
+                                IndexState::Ready {
+                                    path,
+                                    index: Arc::new(index),
+                                }
+                            }
                             Ok(None) => IndexState::Missing,
                             Err(e) => IndexState::Failed(e),
                         };
@@ -244,6 +264,8 @@ impl Receptive {
                         };
                         self.card = None;
                         self.search = None;
+                        // Labels of the smaller scan no longer fit.
+                        self.labels = LabelsState::None;
                         changed = true;
                     }
                 }
@@ -252,7 +274,54 @@ impl Receptive {
                 Err(TryRecvError::Empty) => {}
             }
         }
+        if let Some(run) = &self.labelling {
+            match run.rx.try_recv() {
+                Ok(Ok(l)) => {
+                    self.labelling = None;
+                    let fits = self.index.index().is_some_and(|i| l.stale(i).is_none());
+                    if fits {
+                        self.labels = LabelsState::Ready(Arc::new(l));
+                        self.search = None;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.labelling = None;
+                    self.labels = LabelsState::Failed(e);
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.labelling = None;
+                    self.labels =
+                        LabelsState::Failed("the labelling job ended without a result".into());
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
         changed
+    }
+
+    /// Whether labels should be computed: an index without labels (made from it) and no job
+    /// at it.
+    pub fn needs_labels(&self) -> bool {
+        self.index.index().is_some()
+            && self.labelling.is_none()
+            && matches!(self.labels, LabelsState::None)
+    }
+
+    /// The label of `f`, when labels are here.
+    pub fn label(&self, f: &FeatureId) -> Option<&labels::Label> {
+        match &self.labels {
+            LabelsState::Ready(l) => l.get(f),
+            _ => None,
+        }
+    }
+
+    /// Features for `query` (a token, or words of their labels), best first.
+    pub fn search(&mut self, query: &str) {
+        let hits = match &self.labels {
+            LabelsState::Ready(l) => l.search(query.trim(), None, 30),
+            _ => Vec::new(),
+        };
+        self.search = Some((query.to_string(), hits));
     }
 
     /// A card query failed: the card or occlusion map waiting for it says why.

@@ -195,6 +195,25 @@ impl Tour {
         matches!(&self.app.runtime.effect, Some(super::EffectState::Ready(e)) if Some(e.request.feature) == self.feature)
     }
 
+    /// The card's corpus part has settled: no index, or its examples' activations and the
+    /// occlusion map are in.
+    fn receptive_ready(&self) -> bool {
+        use super::receptive::{IndexState, Pending};
+        let r = &self.app.runtime.receptive;
+        match &r.index {
+            IndexState::None | IndexState::Loading => false,
+            IndexState::Missing | IndexState::Failed(_) => true,
+            IndexState::Ready { .. } => {
+                r.card
+                    .as_ref()
+                    .is_some_and(|c| !matches!(c.rows, Pending::Idle | Pending::Waiting(_)))
+                    && r.occlusion
+                        .as_ref()
+                        .is_none_or(|o| !matches!(o.result, Pending::Idle | Pending::Waiting(_)))
+            }
+        }
+    }
+
     /// One action per step; a screenshot step changes nothing else, so the picture shows the
     /// state the previous steps settled into.
     fn screenshots_step(&mut self, ctx: &egui::Context, now: f64) {
@@ -225,7 +244,7 @@ impl Tour {
                 self.app.select(self.feature);
                 true
             }
-            5 if self.ready(self.effect_ready()) => {
+            5 if self.ready(self.effect_ready() && self.receptive_ready()) => {
                 self.shot(ctx, "feature_card");
                 true
             }

@@ -453,6 +453,38 @@ pub fn scan_job(
     })
 }
 
+/// The name of the labelling job.
+pub const LABEL_JOB: &str = "Label every feature (offline labels)";
+
+/// A model job that labels every feature of `index` (firing tokens and their context, WordNet
+/// enrichment with hypernyms from `wordnet` when given, promoted tokens), saves the labels at
+/// `out` and hands them back on `answer`.
+pub fn label_job(
+    index: Arc<crate::scan::ScanIndex>,
+    wordnet: Option<PathBuf>,
+    out: PathBuf,
+    answer: Sender<Result<crate::scan::labels::Labels, String>>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        match crate::scan::labels::job(ctx, &index, Some(&model), wordnet.as_deref(), &out) {
+            Ok(labels) => {
+                let summary = format!(
+                    "{} features labelled in {:.0} s, saved as {}",
+                    labels.labels.len(),
+                    labels.timings.total,
+                    out.display()
+                );
+                let _ = answer.send(Ok(labels));
+                Ok(summary)
+            }
+            Err(e) => {
+                let _ = answer.send(Err(e.to_string()));
+                Err(e)
+            }
+        }
+    })
+}
+
 /// The baseline of the current probe, kept while only interventions change.
 struct Probe {
     text: String,

@@ -10,10 +10,11 @@ use crate::features::FeatureId;
 use crate::model::Model;
 
 pub const USAGE: &str = "\
-  hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N] [--out FILE] [--k K]
+  hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N|all] [--out FILE] [--k K]
              scan a corpus: every neuron's and head's top/lowest examples, histogram, density,
-             quantile examples, firing tokens (default --out: the data dir's scans/ folder;
-             scanning into the same file again resumes or extends it)
+             quantile examples, firing tokens (default --limit: the first 8000 stimuli, as the
+             app's default scan; default --out: the data dir's scans/ folder, the file the app
+             uses; scanning into the same file again resumes or extends it)
   hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
              a feature's (L8N1000, L5H3) top or lowest examples from a scan index
   hubel label FEATURE [--index FILE] [--model PATH] [--recompute] [--json]
@@ -84,7 +85,14 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
         None => assets::default_model_path(&assets::assets_dir()),
     };
     let corpus_arg = value(&mut args, "--corpus")?.unwrap_or_else(|| "wordnet".into());
-    let limit = number(&mut args, "--limit")?;
+    let limit =
+        match value(&mut args, "--limit")?.as_deref() {
+            None => Some(super::index::DEFAULT_STIMULI),
+            Some("all") => None,
+            Some(v) => Some(v.parse().with_context(|| {
+                format!("--limit expects a number of stimuli or `all`, got `{v}`")
+            })?),
+        };
     let out = value(&mut args, "--out")?.map(PathBuf::from);
     let mut opts = ScanOptions {
         limit,
@@ -109,13 +117,12 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
         Corpus::text(Path::new(&corpus_arg))?
     };
     let out = out.unwrap_or_else(|| {
-        let sha = &model.info().sha256;
-        scans_dir().join(format!(
-            "{}-{}-{}.scan.safetensors",
-            &sha[..sha.len().min(12)],
-            corpus.name.replace(['/', '\\', ' '], "_"),
-            &corpus.sha256()[..12]
-        ))
+        super::index::default_index_path(
+            &scans_dir(),
+            &model.info().sha256,
+            &corpus.name,
+            &corpus.sha256(),
+        )
     });
     opts.out = Some(out.clone());
     let bytes = opts.config.state_bytes(model.info());
@@ -156,6 +163,13 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
 
 fn newest_index() -> anyhow::Result<PathBuf> {
     let dir = scans_dir();
+    // The default model's index first (the app's), else the newest of any model.
+    let model = assets::default_model_path(&assets::assets_dir());
+    if let Ok(sha) = assets::sha256_file(&model) {
+        if let Some((p, _)) = super::index::find_index(&dir, &sha) {
+            return Ok(p);
+        }
+    }
     let newest = std::fs::read_dir(&dir)
         .ok()
         .into_iter()

@@ -18,6 +18,8 @@ const CLAMP_RANGE: std::ops::RangeInclusive<f32> = -20.0..=20.0;
 pub struct CardView {
     steer_alpha: f32,
     clamp_k: f32,
+    /// The feature search's query.
+    search: String,
 }
 
 impl Default for CardView {
@@ -25,6 +27,7 @@ impl Default for CardView {
         CardView {
             steer_alpha: 4.0,
             clamp_k: 2.0,
+            search: String::new(),
         }
     }
 }
@@ -61,6 +64,7 @@ impl CardView {
             ui.label(
                 "Click a feature in the heatmap (or type its name in Go to) to open its card.",
             );
+            super::receptive::search_ui(ui, cx, out, &mut self.search);
             if cx.runtime.result.is_some() {
                 ui.separator();
                 super::receptive::fires_here_ui(ui, cx, out);
@@ -208,6 +212,11 @@ impl CardView {
         egui::CollapsingHeader::new("What fires here")
             .id_salt("fires here")
             .show(ui, |ui| super::receptive::fires_here_ui(ui, cx, out));
+        egui::CollapsingHeader::new("Find features")
+            .id_salt("find features")
+            .show(ui, |ui| {
+                super::receptive::search_ui(ui, cx, out, &mut self.search)
+            });
         if let Some(op) = op {
             out.push(Command::SetFeatureOp(f, op));
         }

@@ -7,7 +7,7 @@
 use egui::{RichText, Sense, Vec2};
 use egui_plot::{Bar, BarChart, Plot};
 
-use super::super::receptive::{CardData, IndexState, Pending, CONTEXT};
+use super::super::receptive::{CardData, IndexState, LabelsState, Pending, CONTEXT};
 use super::super::{colors, text, Command};
 use super::ViewCtx;
 use crate::features::{Basis, FeatureId};
@@ -160,6 +160,7 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
             return;
         }
     };
+    label_ui(ui, cx, f);
     let signed = f.basis == Basis::Neurons;
     let scale = s.max.abs().max(s.min.abs()).max(1e-6);
     ui.label(format!(
@@ -496,7 +497,109 @@ pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
             if d.fires_scaled {
                 ui.label(RichText::new(format!("{:.0}% of max", score * 100.0)).weak());
             }
+            if let Some(l) = cx.runtime.receptive.label(f) {
+                ui.label(RichText::new(&l.text).small());
+            }
             ui.end_row();
         }
     });
+}
+
+/// The feature's offline label: its text, how well it predicts firing, the enrichments with
+/// their p-values, the tokens it promotes.
+fn label_ui(ui: &mut egui::Ui, cx: &ViewCtx, f: FeatureId) {
+    let r = &cx.runtime.receptive;
+    match &r.labels {
+        LabelsState::None | LabelsState::Computing => {
+            ui.horizontal(|ui| {
+                super::spinner(ui);
+                ui.label(RichText::new("Labelling every feature (a job)…").weak());
+            });
+        }
+        LabelsState::Failed(e) => {
+            ui.colored_label(colors::ERROR, format!("No labels: {e}"));
+        }
+        LabelsState::Ready(_) => {
+            let Some(l) = r.label(&f) else {
+                ui.label(RichText::new("No label for this feature.").weak());
+                return;
+            };
+            ui.label(RichText::new(format!("Label: {}", l.text)).strong())
+                .on_hover_text(
+                    "Computed without a language model: the tokens it fires on (log-odds against \
+                     the corpus) and their context, WordNet categories over-represented among \
+                     its top examples (one-sided hypergeometric test, Bonferroni-corrected), the \
+                     tokens it promotes.",
+                );
+            ui.label(
+                RichText::new(format!(
+                    "label score F1 {:.2} (precision {:.2}, recall {:.2} of firing on its top {} \
+                     token{})",
+                    l.score.f1,
+                    l.score.precision,
+                    l.score.recall,
+                    l.score.tokens,
+                    if l.score.tokens == 1 { "" } else { "s" }
+                ))
+                .weak()
+                .small(),
+            )
+            .on_hover_text(
+                "Precision: of the positions holding the label's tokens, the share where the \
+                 feature fires; recall: of the positions where it fires, the share holding them.",
+            );
+            for e in l.enrichment.iter().take(4) {
+                ui.label(
+                    RichText::new(format!(
+                        "WordNet {} {}: {} of {} top-example synsets (p = {:.1e}, corrected)",
+                        e.kind, e.name, e.k, e.n, e.p_corrected
+                    ))
+                    .small(),
+                );
+            }
+        }
+    }
+}
+
+/// Search features by a token they fire on or by words of their labels.
+pub fn search_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, query: &mut String) {
+    let r = &cx.runtime.receptive;
+    if r.index.index().is_none() {
+        return;
+    }
+    let ready = matches!(r.labels, LabelsState::Ready(_));
+    ui.horizontal(|ui| {
+        let label = ui.label("Find features");
+        let edit = ui
+            .add_enabled(
+                ready,
+                egui::TextEdit::singleline(query)
+                    .hint_text("a token (left) or label words")
+                    .desired_width(150.0),
+            )
+            .labelled_by(label.id);
+        let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if (ui.add_enabled(ready, egui::Button::new("Search")).clicked() || enter)
+            && !query.trim().is_empty()
+        {
+            out.push(Command::SearchFeatures(query.clone()));
+        }
+    });
+    if let Some((q, hits)) = &r.search {
+        if hits.is_empty() {
+            ui.label(RichText::new(format!("No feature fires on or is labelled \"{q}\".")).weak());
+        }
+        egui::Grid::new("search hits").striped(true).show(ui, |ui| {
+            for h in hits.iter().take(15) {
+                let Ok(f) = FeatureId::parse(&h.feature) else {
+                    continue;
+                };
+                if ui.link(&h.feature).on_hover_text(&h.why).clicked() {
+                    out.push(Command::Select(Some(f)));
+                }
+                ui.label(RichText::new(&h.text).small());
+                ui.end_row();
+            }
+        });
+    }
 }
