@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::hooks::{BlockSite, Capture, HookPoint, Intervention};
-use crate::model::{Generate, Logits, Model, Precision, Result};
+use crate::model::{Generate, Model, Precision, Result};
 
 pub const TEXT: &str =
     "The quick brown fox jumps over the lazy dog while the researchers record every \
@@ -29,15 +29,32 @@ pub struct BenchReport {
     /// The viewer's click: a layer-10 ablation changes, new logits come back (incremental).
     pub ablation_round_trip_ms: f64,
     pub ablation_full_rerun_32_ms: f64,
-    /// A scan's batched forward: 16 probes × 32 tokens in one call, every layer's
-    /// `mlp.hook_post` recorded, no logits.
+    /// A scan as `hubel scan` runs it ([`crate::scan::run`]: the same windows, batches and
+    /// statistics, nothing saved) of the first [`SCAN_STIMULI`] stimuli of `scan_corpus`
+    /// (WordNet when the data directory has it, else sentences of the bench text); medians of
+    /// up to 3 scans. The whole scan, forward and statistics: what a user waits for.
     pub scan_tokens_per_s: f64,
+    /// Its forward passes alone (recording `mlp.hook_post` and `attn.hook_z`, no logits).
+    pub scan_forward_tokens_per_s: f64,
+    /// Its statistics (every neuron's and head's), wall time per token on the scan's threads.
+    pub scan_stats_ms_per_token: f64,
+    pub scan_corpus: String,
+    pub scan_stimuli: usize,
+    pub scan_windows: usize,
+    pub scan_tokens: usize,
+    /// Peak resident set during the scan (the exact model, the statistics, a batch's
+    /// recordings; measured first, before the fast path's weights exist).
+    pub scan_peak_rss_mb: f64,
+    /// The scan's forward passes: per batch, its windows' token ids (`tools/bench/compare.py`
+    /// runs the same batches through PyTorch).
+    pub scan_batches: Vec<Vec<Vec<u32>>>,
     /// 20 greedy tokens after an 8-token prompt, KV cache.
     pub generate_20_ms: f64,
     /// The fast path (4-bit weights × 8-bit activations).
     pub fast_forward_32_ms: f64,
     pub fast_forward_128_ms: f64,
     pub generate_20_fast_ms: f64,
+    /// The same scan on the fast path (whole scan).
     pub fast_scan_tokens_per_s: f64,
     /// Fidelity of the fast path on the built-in probes and the bench text: the largest
     /// last-position KL(exact ‖ fast), top-1 agreement over every position, largest |Δ logit|.
@@ -49,6 +66,53 @@ pub struct BenchReport {
     pub fast_weights_mb: f64,
     /// Peak resident set of this process with both weight sets loaded.
     pub peak_rss_mb: f64,
+}
+
+/// Stimuli of the bench's scan.
+pub const SCAN_STIMULI: usize = 300;
+
+/// The bench scan's corpus: WordNet from the data directory, else `SCAN_STIMULI` sentences cut
+/// from the bench text (5 to 34 words).
+pub fn scan_corpus() -> crate::scan::Corpus {
+    let dir = crate::assets::corpus_dir(&crate::assets::assets_dir());
+    crate::scan::Corpus::wordnet(&dir).unwrap_or_else(|_| {
+        let words: Vec<&str> = TEXT.split_whitespace().collect();
+        let texts: Vec<String> = (0..SCAN_STIMULI)
+            .map(|i| {
+                let n = 5 + (i * 7) % 30;
+                (0..n)
+                    .map(|k| words[(i + k) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        crate::scan::Corpus::from_texts("bench-text", &refs)
+    })
+}
+
+/// One scan's figures: (whole s, forward s, statistics s, tokens).
+fn scan_once(
+    model: &Model,
+    corpus: &crate::scan::Corpus,
+) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let opts = crate::scan::ScanOptions {
+        limit: Some(SCAN_STIMULI),
+        ..Default::default()
+    };
+    let index = crate::scan::run(model, corpus, &opts, None)?;
+    let m = &index.meta;
+    Ok((
+        m.seconds,
+        m.forward_seconds,
+        m.stats_seconds,
+        m.tokens_done as usize,
+    ))
+}
+
+/// Resets this process's peak resident set to the current one (Linux; elsewhere nothing).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Exactly `n` tokens of English text.
@@ -89,9 +153,43 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn measure(model: &Model, reps: usize) -> Result<BenchReport> {
+pub fn measure(model: &Model, reps: usize) -> anyhow::Result<BenchReport> {
     let reps = reps.max(1);
     let exact = model.with_precision(Precision::Exact);
+    // The scan first, while only the exact weights exist (as in `hubel scan`).
+    let corpus = scan_corpus();
+    let scan_windows = crate::scan::windows(
+        model,
+        &corpus,
+        SCAN_STIMULI,
+        &crate::scan::ScanConfig::default(),
+    )?;
+    let mut scan_batches = Vec::new();
+    let mut i = 0;
+    while i < scan_windows.len() {
+        let j = crate::scan::batch_end(
+            &scan_windows,
+            i,
+            crate::scan::ScanConfig::default().batch_tokens,
+        );
+        scan_batches.push(
+            scan_windows[i..j]
+                .iter()
+                .map(|w| w.2.clone())
+                .collect::<Vec<_>>(),
+        );
+        i = j;
+    }
+    reset_peak_rss();
+    let scans = |m: &Model| -> anyhow::Result<(f64, f64, f64, usize)> {
+        let mut runs = (0..reps.min(3))
+            .map(|_| scan_once(m, &corpus))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(runs[runs.len() / 2])
+    };
+    let (scan_s, scan_fwd_s, scan_stats_s, scan_tokens) = scans(&exact)?;
+    let scan_peak_rss_mb = peak_rss_mb();
     let fast = model.with_precision(Precision::Fast);
     let fast_bytes = fast.prepare_fast();
     let t32 = tokens(model, 32)?;
@@ -119,26 +217,10 @@ pub fn measure(model: &Model, reps: usize) -> Result<BenchReport> {
     })?;
     let ablation_full_rerun_32_ms =
         median_ms(reps, |i| exact.run(&t32, &nothing, &ablate(i)).map(drop))?;
-    // A scan: many short probes per call, what it keeps recorded, no logits.
-    let probes: Vec<Vec<u32>> = (0..16)
-        .map(|i| {
-            let mut t = tokens(model, 32 + i)?;
-            t.drain(..i);
-            Ok(t)
-        })
-        .collect::<Result<_>>()?;
-    let seqs: Vec<&[u32]> = probes.iter().map(|p| p.as_slice()).collect();
-    let scan_capture = Capture::sites([BlockSite::MlpPost]);
-    let scan_tokens: usize = seqs.iter().map(|s| s.len()).sum();
-    let scan = |m: &Model| -> Result<f64> {
-        let ms = median_ms(reps.min(5), |_| {
-            m.run_batch(&seqs, &scan_capture, &[], Logits::None, None)
-                .map(drop)
-        })?;
-        Ok(scan_tokens as f64 / (ms / 1e3))
+    let fast_scan_tokens_per_s = {
+        let (s, _, _, n) = scans(&fast)?;
+        n as f64 / s
     };
-    let scan_tokens_per_s = scan(&exact)?;
-    let fast_scan_tokens_per_s = scan(&fast)?;
     let gen = Generate {
         max_tokens: 20,
         stop_at_eos: false,
@@ -180,7 +262,15 @@ pub fn measure(model: &Model, reps: usize) -> Result<BenchReport> {
         record_all_overhead: forward_32_record_all_ms / forward_32_ms - 1.0,
         ablation_round_trip_ms,
         ablation_full_rerun_32_ms,
-        scan_tokens_per_s,
+        scan_tokens_per_s: scan_tokens as f64 / scan_s,
+        scan_forward_tokens_per_s: scan_tokens as f64 / scan_fwd_s,
+        scan_stats_ms_per_token: scan_stats_s * 1e3 / scan_tokens.max(1) as f64,
+        scan_corpus: corpus.name.clone(),
+        scan_stimuli: SCAN_STIMULI.min(corpus.stimuli.len()),
+        scan_windows: scan_windows.len(),
+        scan_tokens,
+        scan_peak_rss_mb,
+        scan_batches,
         generate_20_ms,
         fast_forward_32_ms,
         fast_forward_128_ms,
@@ -241,7 +331,22 @@ pub fn command(model: &Model, reps: usize, json: bool) -> anyhow::Result<()> {
         );
         println!(
             "{:38} {:8.0} tok/s fast {:8.0} tok/s",
-            "batched scan (16 × 32, no logits)", r.scan_tokens_per_s, r.fast_scan_tokens_per_s
+            format!("scan, {} stimuli of {}", r.scan_stimuli, r.scan_corpus),
+            r.scan_tokens_per_s,
+            r.fast_scan_tokens_per_s
+        );
+        println!(
+            "{:38} {:8.0} tok/s, statistics {:.3} ms/token; {} windows, {} tokens, {} batches",
+            "  its forward part",
+            r.scan_forward_tokens_per_s,
+            r.scan_stats_ms_per_token,
+            r.scan_windows,
+            r.scan_tokens,
+            r.scan_batches.len()
+        );
+        println!(
+            "{:38} {:8.1} MB",
+            "  peak RSS during the scan", r.scan_peak_rss_mb
         );
         println!(
             "fast path fidelity on {} probes: max KL {:.4} nats, top-1 agreement {:.3}, max |Δlogit| {:.3}; its weights {:.0} MB",

@@ -19,7 +19,6 @@
 
 pub mod cli;
 pub mod index;
-pub mod labels;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -270,6 +269,17 @@ pub fn windows(
     Ok(out)
 }
 
+/// The end of the batch of `windows` that starts at `i`: as many windows as fit in
+/// `batch_tokens` tokens, at least one.
+pub fn batch_end(windows: &[(u32, u32, Vec<u32>)], i: usize, batch_tokens: usize) -> usize {
+    let (mut j, mut n) = (i, 0);
+    while j < windows.len() && (j == i || n + windows[j].2.len() <= batch_tokens) {
+        n += windows[j].2.len();
+        j += 1;
+    }
+    j
+}
+
 /// What to scan and where to save it.
 #[derive(Clone, Debug)]
 pub struct ScanOptions {
@@ -351,9 +361,10 @@ impl ScanIndex {
         }
     }
 
-    /// Adds one batch's windows (their runs in `outs`) to the statistics, on `threads` threads
-    /// (layers split between them).
-    fn add_batch(
+    /// Adds one batch's windows (their runs in `outs`, recording `mlp.hook_post` and
+    /// `attn.hook_z`) to the statistics, on `threads` threads (layers split between them), each
+    /// layer's units one at a time over the whole batch ([`LayerStats::add_windows`]).
+    pub fn add_batch(
         &mut self,
         batch: &[(u32, u32, Vec<u32>)],
         outs: &[crate::model::RunOutput],
@@ -377,17 +388,39 @@ impl ScanIndex {
                     let mut norms = Vec::new();
                     for (i, (ns, hs)) in nchunk.iter_mut().zip(hchunk.iter_mut()).enumerate() {
                         let l = c * per + i;
+                        let wins: Vec<stats::WindowValues> = batch
+                            .iter()
+                            .zip(outs)
+                            .enumerate()
+                            .filter_map(|(b, ((_, _, tokens), out))| {
+                                let a = out.record.get(HookPoint::block(l, BlockSite::MlpPost))?;
+                                Some(stats::WindowValues {
+                                    window: w0 + b as u32,
+                                    tokens,
+                                    acts: &a.data,
+                                })
+                            })
+                            .collect();
+                        ns.add_windows(&wins, first, cfg.threshold);
+                        // ‖z_h‖ of every window, then the heads the same way.
+                        norms.clear();
+                        let mut spans = Vec::with_capacity(batch.len());
                         for (b, ((_, _, tokens), out)) in batch.iter().zip(outs).enumerate() {
-                            let w = w0 + b as u32;
-                            if let Some(a) = out.record.get(HookPoint::block(l, BlockSite::MlpPost))
-                            {
-                                ns.add_window(w, tokens, &a.data, first, cfg.threshold);
-                            }
                             if let Some(z) = out.record.get(HookPoint::block(l, BlockSite::Z)) {
-                                head_norms(&z.data, tokens.len(), heads, &mut norms);
-                                hs.add_window(w, tokens, &norms, first, cfg.threshold);
+                                let at = norms.len();
+                                head_norms_into(&z.data, tokens.len(), heads, &mut norms);
+                                spans.push((b, at, norms.len()));
                             }
                         }
+                        let wins: Vec<stats::WindowValues> = spans
+                            .iter()
+                            .map(|&(b, at, end)| stats::WindowValues {
+                                window: w0 + b as u32,
+                                tokens: &batch[b].2,
+                                acts: &norms[at..end],
+                            })
+                            .collect();
+                        hs.add_windows(&wins, first, cfg.threshold);
                     }
                 });
             }
@@ -418,11 +451,12 @@ impl ScanIndex {
 /// ‖z_h‖ per position: `z` is `[len, heads, d_head]`, `out` becomes `[len, heads]`.
 pub fn head_norms(z: &[f32], len: usize, heads: usize, out: &mut Vec<f32>) {
     out.clear();
-    let d = if len * heads == 0 {
-        0
-    } else {
-        z.len() / (len * heads)
-    };
+    head_norms_into(z, len, heads, out);
+}
+
+/// [`head_norms`] appended to `out`.
+fn head_norms_into(z: &[f32], len: usize, heads: usize, out: &mut Vec<f32>) {
+    let d = z.len().checked_div(len * heads).unwrap_or(0);
     for v in z.chunks_exact(d.max(1)).take(len * heads) {
         out.push(v.iter().map(|x| x * x).sum::<f32>().sqrt());
     }
@@ -504,12 +538,8 @@ pub fn run(
                 return Err(ScanError::Cancelled);
             }
         }
-        let mut j = i;
-        let mut n = 0;
-        while j < todo.len() && (j == i || n + todo[j].2.len() <= cfg.batch_tokens) {
-            n += todo[j].2.len();
-            j += 1;
-        }
+        let j = batch_end(todo, i, cfg.batch_tokens);
+        let n: usize = todo[i..j].iter().map(|w| w.2.len()).sum();
         let batch = &todo[i..j];
         let seqs: Vec<&[u32]> = batch.iter().map(|w| w.2.as_slice()).collect();
         let t0 = Instant::now();
