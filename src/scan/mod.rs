@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod index;
+pub mod labels;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
