@@ -324,8 +324,8 @@ struct Scratch {
     /// `[window][BLOCK]`: each window's best and worst.
     best: Vec<Example>,
     worst: Vec<Example>,
-    /// Each unit's range before the batch.
-    pre: [(f32, f32); BLOCK],
+    /// Each unit's range before the batch, and whether it had no values yet.
+    pre: [(f32, f32, bool); BLOCK],
     /// One unit's values.
     lane: Vec<f32>,
     /// Firing positions of one unit.
@@ -832,7 +832,7 @@ impl LayerStats {
             bins: vec![0u8; BLOCK * total],
             best: vec![Example::default(); BLOCK * windows.len()],
             worst: vec![Example::default(); BLOCK * windows.len()],
-            pre: [(0.0, 0.0); BLOCK],
+            pre: [(0.0, 0.0, false); BLOCK],
             lane: vec![0f32; total],
             fire: vec![0u32; total],
             slot: vec![NO_SLOT; usize::from(distinct)],
@@ -874,9 +874,9 @@ impl LayerStats {
     /// The block's units `u0..u0 + lanes` over the batch, position by position with the units
     /// side by side (vectorised): count, sum, range, firing count, each window's best and worst,
     /// every value's bin in the histogram as it is (255: outside it). For the units whose values
-    /// all count (most: all but a unit's first batch, or one with values left out) these are
-    /// added and `true` returned, the rest being for [`Self::add_unit_rest`]; the others are left
-    /// untouched, for [`Self::add_unit`].
+    /// all count (all but those with values left out) these are added and `true` returned, the
+    /// rest being for [`Self::add_unit_rest`]; the others are left untouched, for
+    /// [`Self::add_unit`].
     #[inline(always)]
     fn block_pass(
         &mut self,
@@ -933,13 +933,13 @@ impl LayerStats {
         for l in 0..lanes {
             let u = u0 + l;
             // Bins are exact while the histogram's start is (as an f64).
-            counted[l] = valid[l] && self.n[u] > 0 && self.hist_start[u].unsigned_abs() < 1 << 52;
+            counted[l] = valid[l] && self.hist_start[u].unsigned_abs() < 1 << 52;
             #[cfg(test)]
             tests::LANES.with(|c| c.borrow_mut()[usize::from(counted[l])] += 1);
             if !counted[l] {
                 continue;
             }
-            scratch.pre[l] = (self.min[u], self.max[u]);
+            scratch.pre[l] = (self.min[u], self.max[u], self.n[u] == 0);
             self.n[u] += total as u64;
             self.sum[u] = sum[l];
             self.min[u] = mn[l];
@@ -986,13 +986,19 @@ impl LayerStats {
             &scratch.bins[..total * BLOCK],
         );
         let (mut exp, mut start) = (self.hist_exp[u], self.hist_start[u]);
-        let stop = fill_in(hist, gn, groups, cap, batch, block, bins, l, (seed, u));
+        let (mn0, mx0, fresh) = scratch.pre[l];
+        // A unit's first values have no histogram yet: all the plain way.
+        let stop = if fresh {
+            Some((0, 0, stream(seed, u, batch.windows[0].window)))
+        } else {
+            fill_in(hist, gn, groups, cap, batch, block, bins, l, (seed, u))
+        };
         // From the first value outside the histogram on, value by value as the plain way (the
         // range so far, re-binning).
         if let Some((wi0, at, mut rng)) = stop {
             #[cfg(test)]
             tests::LANES.with(|c| c.borrow_mut()[2] += 1);
-            let (mut mn, mut mx) = scratch.pre[l];
+            let (mut mn, mut mx) = (mn0, mx0);
             for i in 0..at {
                 let x = block[i * BLOCK + l];
                 if x < mn {
@@ -1014,6 +1020,9 @@ impl LayerStats {
                     }
                     if x > mx {
                         mx = x;
+                    }
+                    if fresh && j == 0 {
+                        (exp, start) = layout(x, x, EXP0);
                     }
                     let mut b = bin(x, exp) - start;
                     if !(0..BINS as i64).contains(&b) {
@@ -1512,7 +1521,7 @@ mod tests {
             }
             let [plain_lanes, counted, rebinned] = LANES.with(|c| *c.borrow());
             assert!(
-                plain_lanes > units && counted > units && rebinned > 0,
+                plain_lanes > 0 && counted > units && rebinned > units,
                 "{plain_lanes} {counted} {rebinned}"
             );
             assert!(plain.skipped > 0);
