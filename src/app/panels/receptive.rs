@@ -299,6 +299,13 @@ fn examples_ui(
     scale: f32,
     signed: bool,
 ) {
+    // Coloured on the list's own scale (its largest |peak|, at least 1% of the feature's), so a
+    // mostly negative neuron's top examples are not washed out by its lowest ones.
+    let own = examples
+        .iter()
+        .fold(0f32, |m, e| m.max(e.activation.abs()))
+        .max(scale * 0.01);
+    let scale = if own > 0.0 { own } else { scale };
     for e in examples {
         let row = card.row(e.window);
         let lo = e.pos.saturating_sub(CONTEXT);
@@ -488,8 +495,9 @@ pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
         .weak()
         .small(),
     );
-    egui::Grid::new("fires here").striped(true).show(ui, |ui| {
-        for (f, v, score) in &d.fires_here {
+    // One feature a row, its label below (wrapped to the card's width).
+    for (f, v, score) in &d.fires_here {
+        ui.horizontal(|ui| {
             if ui.link(f.label()).on_hover_text("Open its card").clicked() {
                 out.push(Command::Select(Some(*f)));
             }
@@ -497,12 +505,13 @@ pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
             if d.fires_scaled {
                 ui.label(RichText::new(format!("{:.0}% of max", score * 100.0)).weak());
             }
-            if let Some(l) = cx.runtime.receptive.label(f) {
-                ui.label(RichText::new(&l.text).small());
-            }
-            ui.end_row();
+        });
+        if let Some(l) = cx.runtime.receptive.label(f) {
+            ui.indent(("fires label", *f), |ui| {
+                ui.label(RichText::new(&l.text).small().weak());
+            });
         }
-    });
+    }
 }
 
 /// The feature's offline label: its text, how well it predicts firing, the enrichments with
@@ -589,17 +598,16 @@ pub fn search_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, query:
         if hits.is_empty() {
             ui.label(RichText::new(format!("No feature fires on or is labelled \"{q}\".")).weak());
         }
-        egui::Grid::new("search hits").striped(true).show(ui, |ui| {
-            for h in hits.iter().take(15) {
-                let Ok(f) = FeatureId::parse(&h.feature) else {
-                    continue;
-                };
-                if ui.link(&h.feature).on_hover_text(&h.why).clicked() {
-                    out.push(Command::Select(Some(f)));
-                }
-                ui.label(RichText::new(&h.text).small());
-                ui.end_row();
+        for h in hits.iter().take(15) {
+            let Ok(f) = FeatureId::parse(&h.feature) else {
+                continue;
+            };
+            if ui.link(&h.feature).on_hover_text(&h.why).clicked() {
+                out.push(Command::Select(Some(f)));
             }
-        });
+            ui.indent(("search hit", f), |ui| {
+                ui.label(RichText::new(&h.text).small().weak());
+            });
+        }
     }
 }
