@@ -1192,8 +1192,8 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
     // With no feature selected the card lists the search's hits; one click opens a card.
     h.state_mut().apply(hubel::app::Command::Select(None), 0.0);
     h.run_steps(3);
-    // (It may also be listed under "what fires here", below the hits.)
-    h.get_all_by_label(&hits[0].feature).next().unwrap().click();
+    h.get_by_label(&format!("{} ({})", hits[0].feature, hits[0].kind))
+        .click();
     h.run_steps(3);
     assert_eq!(h.state().state.selection, Some(first));
     assert!(h.state().error.is_none(), "{:?}", h.state().error);

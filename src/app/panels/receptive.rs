@@ -498,10 +498,14 @@ pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
     // One feature a row, its label below (wrapped to the card's width).
     for (f, v, score) in &d.fires_here {
         ui.horizontal(|ui| {
-            if ui.link(f.label()).on_hover_text("Open its card").clicked() {
+            // The value in the link keeps its name apart from the heatmap's row of the feature.
+            if ui
+                .link(RichText::new(format!("{} {v:+.3}", f.label())).monospace())
+                .on_hover_text("Open its card")
+                .clicked()
+            {
                 out.push(Command::Select(Some(*f)));
             }
-            ui.label(RichText::new(format!("{v:+.3}")).monospace());
             if d.fires_scaled {
                 ui.label(RichText::new(format!("{:.0}% of max", score * 100.0)).weak());
             }
@@ -602,7 +606,11 @@ pub fn search_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, query:
             let Ok(f) = FeatureId::parse(&h.feature) else {
                 continue;
             };
-            if ui.link(&h.feature).on_hover_text(&h.why).clicked() {
+            if ui
+                .link(format!("{} ({})", h.feature, h.kind))
+                .on_hover_text(&h.why)
+                .clicked()
+            {
                 out.push(Command::Select(Some(f)));
             }
             ui.indent(("search hit", f), |ui| {
