@@ -580,7 +580,9 @@ fn fetch_progress_in_a_log_is_a_few_lines() {
     std::fs::write(
         &pip,
         format!(
-            "#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then shift; cp '{}' \"$1/\"; fi; shift; done\n",
+            // The stand-in takes as long as a short download (the printer samples the job every
+            // 100 ms: an instant one left no "Downloading" line on a loaded machine).
+            "#!/bin/sh\nsleep 0.5\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then shift; cp '{}' \"$1/\"; fi; shift; done\n",
             wheel.display()
         ),
     )
