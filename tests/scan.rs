@@ -207,7 +207,7 @@ fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
                 }
                 e += 1;
             };
-            let mut hist = vec![0u32; BINS];
+            let mut hist = [0u32; BINS];
             for (x, _) in &all {
                 hist[((f64::from(x.act) / w).floor() as i64 - start) as usize] += 1;
             }

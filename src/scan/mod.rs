@@ -151,7 +151,7 @@ impl Corpus {
             })
             .collect();
         // Fisher–Yates with splitmix64: the same order on every machine.
-        let mut state = 0x5745_4e45_54u64;
+        let mut state = 0x0057_454e_4554_u64;
         for i in (1..stimuli.len()).rev() {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = state;

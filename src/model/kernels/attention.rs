@@ -62,58 +62,324 @@ impl Dims {
 /// Queries per unit of parallel work.
 const QUERY_CHUNK: usize = 16;
 
-/// `Σ a·b` in 8 interleaved lanes (vectorised by the compiler), then the lanes in order.
+/// Lane sums in one fixed order, `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`: the order the AVX2
+/// kernels' horizontal adds take, so every instruction set gives the same bits.
+#[inline]
+fn reduce8(l: [f32; 8]) -> f32 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// `Σ a·b`: element `e` goes to lane `e % 8` (a fused multiply-add chain per lane), then
+/// [`reduce8`]. As if both were padded with zeros to a multiple of 8.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            lanes[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
+    for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
+        lanes[e % 8] = x.mul_add(y, lanes[e % 8]);
     }
-    let mut tail = 0f32;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
+    reduce8(lanes)
+}
+
+const EXP_LO: f32 = -87.336_55;
+const EXP_HI: f32 = 88.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `e^x` to about 1 ulp (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6 polynomial in `r`, times
+/// `2^n`), written so the AVX2 version computes the same bits; `0` below −87.34 (so `e^−∞ = 0`
+/// exactly: a masked key weighs nothing), NaN stays NaN.
+#[inline]
+fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
     }
-    lanes.iter().sum::<f32>() + tail
+    if x < EXP_LO {
+        return 0.0;
+    }
+    let x = x.min(EXP_HI);
+    let n = x.mul_add(LOG2E, 0.5).floor();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let z = r * r;
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p.mul_add(z, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Which way the row kernels run: AVX2 + FMA where the machine has it, else portable; both give
+/// the same bits (tested).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+fn way() -> Way {
+    #[cfg(target_arch = "x86_64")]
+    if super::f32::isa() == super::f32::Isa::Avx2Fma {
+        return Way::Avx2;
+    }
+    Way::Portable
 }
 
 /// One query's scores against keys `0..n` (scaled; masked keys are the caller's business).
 #[inline]
 fn score_row(d: &Dims, q: &[f32], k: &[f32], i: usize, h: usize, n: usize, row: &mut [f32]) {
+    score_row_with(way(), d, q, k, i, h, n, row)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_row_with(
+    way: Way,
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    i: usize,
+    h: usize,
+    n: usize,
+    row: &mut [f32],
+) {
     let dh = d.d_head;
     let qi = &q[(i * d.heads + h) * dh..][..dh];
     let g = d.kv_head(h);
-    for (j, s) in row[..n].iter_mut().enumerate() {
-        *s = dot(qi, &k[(j * d.kv_heads + g) * dh..][..dh]) * d.scale;
+    let stride = d.kv_heads * dh;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if way == Way::Avx2 && dh.is_multiple_of(8) {
+        // SAFETY: the machine has AVX2 and FMA (`way`); keys 0..n·8/8 lie inside `k`.
+        done = unsafe { avx2::scores8(qi, &k[g * dh..], stride, n, d.scale, row) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if way == Way::Avx2 && dh.is_multiple_of(8) {
+        for (j, s) in row[done..n].iter_mut().enumerate() {
+            // SAFETY: as above.
+            *s = unsafe { avx2::dot(qi, &k[(done + j) * stride + g * dh..][..dh]) } * d.scale;
+        }
+        return;
+    }
+    let _ = way;
+    for (j, s) in row[done..n].iter_mut().enumerate() {
+        *s = dot(qi, &k[(done + j) * stride + g * dh..][..dh]) * d.scale;
     }
 }
 
-/// `softmax` of one row in place: `exp(x − max) / Σ`.
+/// `softmax` of one row in place: `exp(x − max) / Σ`, the sum in 8 lanes (`j % 8`) then
+/// [`reduce8`], so that a row and the same row with masked (`−∞`) keys after it give the same
+/// bits.
 #[inline]
 fn softmax_row(row: &mut [f32]) {
+    softmax_row_with(way(), row)
+}
+
+fn softmax_row_with(way: Way, row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+    let mut lanes = [0f32; 8];
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if way == Way::Avx2 {
+        // SAFETY: the machine has AVX2 and FMA (`way`).
+        done = unsafe { avx2::exp_sub_sum(row, max, &mut lanes) };
+        if done < row.len() {
+            // The last few in one more group, padded with −∞ (weighing exactly 0).
+            let mut tail = [f32::NEG_INFINITY; 8];
+            let rest = row.len() - done;
+            tail[..rest].copy_from_slice(&row[done..]);
+            // SAFETY: as above.
+            unsafe { avx2::exp_sub_sum(&mut tail, max, &mut lanes) };
+            row[done..].copy_from_slice(&tail[..rest]);
+            done = row.len();
+        }
     }
+    let _ = way;
+    for (j, x) in row.iter_mut().enumerate().skip(done) {
+        *x = exp(*x - max);
+        lanes[j % 8] += *x;
+    }
+    let sum = reduce8(lanes);
     for x in row.iter_mut() {
         *x /= sum;
     }
 }
 
-/// `z[i, h] = Σ_j p[j] · v[j, g]` over the first `p.len()` keys.
+/// `z[i, h] = Σ_j p[j] · v[j, g]` over the first `p.len()` keys (a fused multiply-add chain
+/// per element, keys in order).
 #[inline]
 fn mix_row(d: &Dims, p: &[f32], v: &[f32], h: usize, z: &mut [f32]) {
+    mix_row_with(way(), d, p, v, h, z)
+}
+
+fn mix_row_with(way: Way, d: &Dims, p: &[f32], v: &[f32], h: usize, z: &mut [f32]) {
     let dh = d.d_head;
     let g = d.kv_head(h);
+    let stride = d.kv_heads * dh;
     z.fill(0.0);
+    #[cfg(target_arch = "x86_64")]
+    if way == Way::Avx2 && dh.is_multiple_of(8) {
+        // SAFETY: the machine has AVX2 and FMA (`way`); key j's values lie at j·stride + g·dh.
+        unsafe { avx2::mix(p, &v[g * dh..], stride, z) };
+        return;
+    }
+    let _ = way;
     for (j, &w) in p.iter().enumerate() {
-        let vj = &v[(j * d.kv_heads + g) * dh..][..dh];
+        let vj = &v[j * stride + g * dh..][..dh];
         for (zd, &vd) in z.iter_mut().zip(vj) {
-            *zd += w * vd;
+            *zd = w.mul_add(vd, *zd);
+        }
+    }
+}
+
+/// The row kernels in AVX2 + FMA, the same operations in the same order as the portable ones.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Scores of one query `q` (`d_head` a multiple of 8) against keys `0..n` in groups of 8
+    /// (key `j` at `k[j · stride..]`), times `scale`; returns how many keys it did (the rest,
+    /// fewer than 8, are the caller's).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores8(
+        q: &[f32],
+        k: &[f32],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        row: &mut [f32],
+    ) -> usize {
+        let dh = q.len();
+        let groups = n / 8;
+        let scale = _mm256_set1_ps(scale);
+        for gi in 0..groups {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let base = k.as_ptr().add(gi * 8 * stride);
+            for c in (0..dh).step_by(8) {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(base.add(r * stride + c)), *a);
+                }
+            }
+            // Eight lane sums at once, each ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)).
+            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
+            let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+            let s = _mm256_mul_ps(_mm256_add_ps(lo, hi), scale);
+            _mm256_storeu_ps(row.as_mut_ptr().add(gi * 8), s);
+        }
+        groups * 8
+    }
+
+    /// [`super::dot`] of one key (`q.len()` a multiple of 8).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(q: &[f32], k: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..q.len()).step_by(8) {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(q.as_ptr().add(c)),
+                _mm256_loadu_ps(k.as_ptr().add(c)),
+                acc,
+            );
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        super::reduce8(lanes)
+    }
+
+    /// [`super::exp`] of 8 values.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+        let under = _mm256_cmp_ps(x, _mm256_set1_ps(super::EXP_LO), _CMP_LT_OQ);
+        let x = _mm256_min_ps(_mm256_set1_ps(super::EXP_HI), x);
+        let n = _mm256_floor_ps(_mm256_fmadd_ps(
+            x,
+            _mm256_set1_ps(super::LOG2E),
+            _mm256_set1_ps(0.5),
+        ));
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-super::LN2_HI), x);
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-super::LN2_LO), r);
+        let z = _mm256_mul_ps(r, r);
+        let mut p = _mm256_set1_ps(super::EXP_P[0]);
+        for &c in &super::EXP_P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0));
+        let bits = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+        let e = _mm256_andnot_ps(under, e);
+        _mm256_blendv_ps(e, x, nan)
+    }
+
+    /// `x = exp(x − max)` over whole groups of 8, each added into its lane; returns how many
+    /// it did.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sub_sum(row: &mut [f32], max: f32, lanes: &mut [f32; 8]) -> usize {
+        let groups = row.len() / 8;
+        let m = _mm256_set1_ps(max);
+        let mut sum = _mm256_loadu_ps(lanes.as_ptr());
+        for gi in 0..groups {
+            let at = row.as_mut_ptr().add(gi * 8);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(at), m));
+            _mm256_storeu_ps(at, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        groups * 8
+    }
+
+    /// `z += Σ_j p[j] · v[j · stride..][..z.len()]` (`z.len()` a multiple of 8), 64 elements at a
+    /// time in registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn mix(p: &[f32], v: &[f32], stride: usize, z: &mut [f32]) {
+        let dh = z.len();
+        let mut c = 0;
+        while c + 64 <= dh {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (e, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(z.as_ptr().add(c + 8 * e));
+            }
+            for (j, &w) in p.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                let vj = v.as_ptr().add(j * stride + c);
+                for (e, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vj.add(8 * e)), *a);
+                }
+            }
+            for (e, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(z.as_mut_ptr().add(c + 8 * e), *a);
+            }
+            c += 64;
+        }
+        while c < dh {
+            let mut a = _mm256_loadu_ps(z.as_ptr().add(c));
+            for (j, &w) in p.iter().enumerate() {
+                a = _mm256_fmadd_ps(
+                    _mm256_set1_ps(w),
+                    _mm256_loadu_ps(v.as_ptr().add(j * stride + c)),
+                    a,
+                );
+            }
+            _mm256_storeu_ps(z.as_mut_ptr().add(c), a);
+            c += 8;
         }
     }
 }
@@ -279,7 +545,74 @@ mod tests {
             d(1, 30, 9, 3, 64, 29),
             // A chunk of queries after a prefix.
             d(5, 12, 2, 1, 10, 7),
+            // Longer than a group of 8 keys with a tail, on the pool (work past 2^15).
+            d(77, 77, 9, 3, 64, 0),
+            // d_head a multiple of 8 but not of 64 (the mix's narrow tail).
+            d(19, 19, 2, 2, 24, 0),
         ]
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_f64_and_exact_at_the_edges() {
+        let mut x = -90.0f32;
+        let mut worst = 0f64;
+        while x <= 10.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            if want > 1.2e-38 {
+                worst = worst.max((got - want).abs() / want);
+            } else {
+                assert!(got <= 1.2e-38, "{x}: {got}");
+            }
+            x += 0.001_7;
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let ways: Vec<Way> = [
+            #[cfg(target_arch = "x86_64")]
+            Way::Avx2,
+            Way::Portable,
+        ]
+        .into_iter()
+        .filter(|w| *w == Way::Portable || way() == *w)
+        .collect();
+        for (c, d) in cases().iter().enumerate() {
+            let q = random(d.len * d.heads * d.d_head, 31 + c as u64);
+            let k = random(d.keys * d.kv_heads * d.d_head, 41 + c as u64);
+            let v = random(d.keys * d.kv_heads * d.d_head, 51 + c as u64);
+            let run = |w: Way| {
+                let mut out = Vec::new();
+                for h in 0..d.heads {
+                    for i in 0..d.len {
+                        let n = d.visible(i);
+                        let mut row = vec![0f32; n];
+                        score_row_with(w, d, &q, &k, i, h, n, &mut row);
+                        let scores = row.clone();
+                        softmax_row_with(w, &mut row);
+                        let mut z = vec![0f32; d.d_head];
+                        mix_row_with(w, d, &row, &v, h, &mut z);
+                        out.push((scores, row, z));
+                    }
+                }
+                out
+            };
+            let want = run(Way::Portable);
+            for &w in &ways {
+                let got = run(w);
+                for (r, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a.0), bits(&b.0), "case {c} row {r} {w:?}: scores");
+                    assert_eq!(bits(&a.1), bits(&b.1), "case {c} row {r} {w:?}: pattern");
+                    assert_eq!(bits(&a.2), bits(&b.2), "case {c} row {r} {w:?}: z");
+                }
+            }
+        }
     }
 
     #[test]
