@@ -624,6 +624,29 @@ pub struct FiringToken {
     pub log_odds: f64,
 }
 
+impl FiringToken {
+    /// How often it surely fired here: the sketch's count less its possible overcount.
+    pub fn guaranteed(&self) -> u64 {
+        u64::from(self.count.saturating_sub(self.overcount))
+    }
+
+    /// The most it can have fired: the sketch's count, and never more than the token occurs.
+    pub fn at_most(&self) -> u64 {
+        u64::from(self.count).min(self.corpus_count)
+    }
+
+    /// Worth showing: at least [`FiringToken::MIN_COUNT`] firings for sure, and the sketch's
+    /// uncertainty no larger than that. A unit above its threshold at most positions, over many
+    /// distinct tokens, fills the 32 counters with guesses (seen: "1970 ± 1968" for a token that
+    /// occurs 13 times); those rows say nothing.
+    pub fn reliable(&self) -> bool {
+        let sure = self.guaranteed();
+        sure >= Self::MIN_COUNT && u64::from(self.overcount) <= sure
+    }
+
+    pub const MIN_COUNT: u64 = 3;
+}
+
 /// Everything the index knows about one feature.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureSummary {
@@ -765,5 +788,39 @@ impl ScanIndex {
             firing_tokens,
             position0: self.meta.position0.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FiringToken;
+
+    fn token(count: u32, overcount: u32, corpus_count: u64) -> FiringToken {
+        FiringToken {
+            token: " left".into(),
+            id: 1,
+            count,
+            overcount,
+            corpus_count,
+            log_odds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_firing_token_is_shown_only_when_the_sketch_is_sure_of_it() {
+        // The case seen on L10N222: a saturated sketch's guess.
+        let guess = token(1970, 1968, 13);
+        assert_eq!((guess.guaranteed(), guess.at_most()), (2, 13));
+        assert!(!guess.reliable());
+        // Exact and frequent.
+        let exact = token(3502, 0, 3502);
+        assert_eq!((exact.guaranteed(), exact.at_most()), (3502, 3502));
+        assert!(exact.reliable());
+        // Uncertain by less than it surely counts.
+        assert!(token(850, 9, 850).reliable());
+        // Sure but too rare, or less sure than uncertain.
+        assert!(!token(2, 0, 40).reliable());
+        assert!(!token(20, 11, 40).reliable());
+        assert!(token(20, 10, 40).reliable());
     }
 }

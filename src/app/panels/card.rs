@@ -41,12 +41,18 @@ impl CardView {
         out: &mut Vec<Command>,
         width: f32,
     ) {
+        // At most a third of the window (a long line in the card widened it until the heatmap's
+        // toolbar was cut off at 1000×700); each feature's card scrolls on its own, so a new card
+        // opens at its top.
+        let max = (ui.available_width() * 0.34).max(width);
+        let feature = cx.derived.curve.feature;
         egui::Panel::right("card")
             .resizable(true)
             .default_size(width)
+            .max_size(max)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical()
-                    .id_salt("card")
+                    .id_salt(("card", feature))
                     .show(ui, |ui| self.contents_ui(ui, state, cx, out));
             });
     }

@@ -38,7 +38,8 @@ fn scan_buttons(
     index: Option<&ScanIndex>,
 ) {
     if let Some(run) = &cx.runtime.receptive.scanning {
-        ui.horizontal(|ui| {
+        // Wrapped: in one row this line widened the card while a scan ran.
+        ui.horizontal_wrapped(|ui| {
             super::spinner(ui);
             ui.label(format!("{}: progress and ETA in Jobs below.", run.name));
         });
@@ -212,11 +213,26 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
         });
     ui.label(RichText::new("Fires most on").strong())
         .on_hover_text(format!(
-            "Tokens at positions where the activation is above {}: count (at most \"±\" too high: \
-         a bounded sketch), the token's count in the corpus, and the log-odds of firing on it \
-         against the corpus.",
-            s.threshold
+            "Tokens at positions where the activation is above {}: how often it surely fired on \
+         each (a range where the bounded sketch cannot say exactly), the token's count in the \
+         corpus, and the log-odds of firing on it against the corpus. Tokens with fewer than {} \
+         sure firings, or a wider range than that, are left out.",
+            s.threshold,
+            crate::scan::FiringToken::MIN_COUNT
         ));
+    let reliable: Vec<_> = s.firing_tokens.iter().filter(|t| t.reliable()).collect();
+    if reliable.is_empty() {
+        ui.label(
+            RichText::new(format!(
+                "No token stands out: above {} at {:.0}% of positions, spread over more distinct \
+                 tokens than the scan's 32-counter sketch can tell apart.",
+                s.threshold,
+                100.0 * s.density
+            ))
+            .weak(),
+        );
+        return scan_more(ui, cx, out, index, m);
+    }
     egui::Grid::new(("firing tokens", f))
         .striped(true)
         .show(ui, |ui| {
@@ -225,19 +241,30 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
             ui.label(RichText::new("in corpus").weak());
             ui.label(RichText::new("log-odds").weak());
             ui.end_row();
-            for t in s.firing_tokens.iter().take(10) {
+            for t in reliable.iter().take(10) {
                 ui.label(RichText::new(text::visible(&t.token)).monospace());
-                let err = if t.overcount > 0 {
-                    format!(" ±{}", t.overcount)
+                let (sure, most) = (t.guaranteed(), t.at_most());
+                if most > sure {
+                    ui.label(format!("{sure}–{most}"));
                 } else {
-                    String::new()
-                };
-                ui.label(format!("{}{err}", t.count));
+                    ui.label(sure.to_string());
+                }
                 ui.label(t.corpus_count.to_string());
                 ui.label(format!("{:+.2}", t.log_odds));
                 ui.end_row();
             }
         });
+    scan_more(ui, cx, out, index, m);
+}
+
+/// The offer to extend a partial scan.
+fn scan_more(
+    ui: &mut egui::Ui,
+    cx: &ViewCtx,
+    out: &mut Vec<Command>,
+    index: &ScanIndex,
+    m: &crate::scan::index::IndexMeta,
+) {
     if !m.complete {
         egui::CollapsingHeader::new("Scan more")
             .id_salt("scan more")
