@@ -635,13 +635,14 @@ impl FiringToken {
         u64::from(self.count).min(self.corpus_count)
     }
 
-    /// Worth showing: at least [`FiringToken::MIN_COUNT`] firings for sure, and the sketch's
-    /// uncertainty no larger than that. A unit above its threshold at most positions, over many
-    /// distinct tokens, fills the 32 counters with guesses (seen: "1970 ± 1968" for a token that
-    /// occurs 13 times); those rows say nothing.
+    /// Worth showing: at least [`FiringToken::MIN_COUNT`] firings for sure, and the range it
+    /// may lie in ([`FiringToken::guaranteed`] to [`FiringToken::at_most`]) no wider than that.
+    /// A unit above its threshold at most positions, over many distinct tokens, fills the 32
+    /// counters with guesses (seen: "1970 ± 1968" for a token that occurs 13 times); those rows
+    /// say nothing.
     pub fn reliable(&self) -> bool {
         let sure = self.guaranteed();
-        sure >= Self::MIN_COUNT && u64::from(self.overcount) <= sure
+        sure >= Self::MIN_COUNT && self.at_most().saturating_sub(sure) <= sure
     }
 
     pub const MIN_COUNT: u64 = 3;
@@ -822,5 +823,7 @@ mod tests {
         assert!(!token(2, 0, 40).reliable());
         assert!(!token(20, 11, 40).reliable());
         assert!(token(20, 10, 40).reliable());
+        // The corpus pins it: at most 12 occurrences, so 9 sure of 12 is enough.
+        assert!(token(20, 11, 12).reliable());
     }
 }
