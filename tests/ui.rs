@@ -1198,3 +1198,119 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
     assert_eq!(h.state().state.selection, Some(first));
     assert!(h.state().error.is_none(), "{:?}", h.state().error);
 }
+
+/// A text file of the user's, chosen in the card's Corpora section through the built-in dialog,
+/// is scanned as a job into an index of its own; its examples come from its lines; a WordNet scan
+/// makes a second index, and the Corpora choice switches the cards between the two.
+#[test]
+fn a_text_file_scanned_from_the_card_gives_its_own_examples_and_the_corpus_can_be_switched() {
+    use hubel::app::receptive::IndexState;
+    let config = test_config();
+    small_wordnet(&config.assets);
+    let dir = temp_dir("text-corpus");
+    let lines = [
+        "the cat sat on the mat",
+        "",
+        "a dog ran in the park",
+        "birds sing at dawn",
+    ];
+    std::fs::write(dir.join("mine.txt"), lines.join("\n")).unwrap();
+    let h = harness_sized(probe_state("the cat sat"), config, [1500.0, 1000.0]);
+    let mut h = load(h, tiny_llama(), true);
+    wait_for(&mut h, "the index lookup", |a| {
+        matches!(a.runtime.receptive.index, IndexState::Missing)
+    });
+    let f = FeatureId::neuron(1, 3);
+    h.state_mut()
+        .apply(hubel::app::Command::Select(Some(f)), 0.0);
+    h.run_steps(3);
+    h.get_by_label("Corpora (0 scanned)").scroll_to_me();
+    h.run_steps(5);
+    h.get_by_label("Corpora (0 scanned)").click();
+    h.run_steps(5);
+    h.get_by_label("Scan a text file…").scroll_to_me();
+    h.run_steps(5);
+    h.get_by_label("Scan a text file…").click();
+    h.run_steps(3);
+    assert!(h.state().dialogs.is_open(), "the built-in dialog opened");
+    h.state_mut().dialogs.built_in().unwrap().folder = dir.display().to_string();
+    h.state_mut().dialogs.built_in().unwrap().name = "mine.txt".into();
+    h.run_steps(2);
+    // The dialog's Open (the heatmap's Go to has one too): the dialog's window is drawn last.
+    h.get_all_by_label("Open").last().unwrap().click();
+    h.run_steps(3);
+    assert!(!h.state().dialogs.is_open());
+    assert!(
+        h.state().runtime.receptive.scanning.is_some(),
+        "choosing the file starts its scan"
+    );
+    wait_for(&mut h, "the text scan", |a| {
+        a.runtime.receptive.scanning.is_none()
+            && matches!(a.runtime.receptive.index, IndexState::Ready { .. })
+    });
+    let text_index = h.state().runtime.receptive.index.index().unwrap().clone();
+    assert_eq!(text_index.meta.corpus, "mine.txt");
+    assert_eq!(text_index.meta.stimuli_done, 3, "blank lines are skipped");
+    assert!(text_index.meta.complete, "every line is scanned");
+    let IndexState::Ready {
+        path: text_path, ..
+    } = h.state().runtime.receptive.index.clone()
+    else {
+        unreachable!()
+    };
+    wait_for(&mut h, "the card's summary", |a| {
+        a.runtime
+            .receptive
+            .card
+            .as_ref()
+            .is_some_and(|c| c.feature == f && c.summary.is_ok())
+    });
+    let summary = h
+        .state()
+        .runtime
+        .receptive
+        .card
+        .clone()
+        .unwrap()
+        .summary
+        .unwrap();
+    assert_eq!(summary.top.len(), 3, "one top example per line");
+    for e in &summary.top {
+        assert!(
+            lines.contains(&e.text.as_str()) && e.source.starts_with("mine.txt:"),
+            "{} from {}",
+            e.text,
+            e.source
+        );
+    }
+    // A WordNet scan beside it: two corpora, the cards read the new one.
+    h.state_mut()
+        .apply(hubel::app::Command::StartScan { all: false }, 0.0);
+    wait_for(&mut h, "the WordNet scan", |a| {
+        a.runtime.receptive.scanning.is_none()
+            && a.runtime
+                .receptive
+                .index
+                .index()
+                .is_some_and(|i| i.meta.corpus.starts_with("wordnet"))
+    });
+    assert_eq!(h.state().runtime.receptive.indexes.len(), 2);
+    h.run_steps(3);
+    h.get_by_label("Corpora (2 scanned)").scroll_to_me();
+    h.run_steps(5);
+    let label = "mine.txt: 3 stimuli";
+    if h.query_by_label_contains(label).is_none() {
+        h.get_by_label("Corpora (2 scanned)").click();
+        h.run_steps(5);
+    }
+    h.get_by_label_contains(label).scroll_to_me();
+    h.run_steps(5);
+    h.get_by_label_contains(label).click();
+    h.run_steps(2);
+    wait_for(
+        &mut h,
+        "the text index again",
+        |a| matches!(&a.runtime.receptive.index, IndexState::Ready { path, .. } if *path == text_path),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -21,6 +21,10 @@ pub enum FileAction {
     ExportHeatmapPng,
     ExportHeatmapCsv,
     ExportOutputJson,
+    /// A text file to scan for receptive fields (one stimulus per line).
+    ScanTextFile,
+    /// A folder of `.txt` files to scan.
+    ScanTextFolder,
 }
 
 impl FileAction {
@@ -33,6 +37,8 @@ impl FileAction {
             FileAction::ExportHeatmapPng => "Export heatmap as PNG",
             FileAction::ExportHeatmapCsv => "Export heatmap as CSV",
             FileAction::ExportOutputJson => "Export output as JSON",
+            FileAction::ScanTextFile => "Scan a text file (one stimulus per line)",
+            FileAction::ScanTextFolder => "Scan a folder of .txt files",
         }
     }
 
@@ -47,7 +53,10 @@ impl FileAction {
     }
 
     fn picks_folder(self) -> bool {
-        self == FileAction::OpenModelFolder
+        matches!(
+            self,
+            FileAction::OpenModelFolder | FileAction::ScanTextFolder
+        )
     }
 
     /// The file name offered when saving, and the extension listed when opening.
@@ -58,7 +67,8 @@ impl FileAction {
             FileAction::ExportHeatmapCsv => "heatmap.csv",
             FileAction::ExportOutputJson => "output.json",
             FileAction::OpenModel => "model.gguf",
-            FileAction::OpenModelFolder => "",
+            FileAction::ScanTextFile => "corpus.txt",
+            FileAction::OpenModelFolder | FileAction::ScanTextFolder => "",
         }
     }
 

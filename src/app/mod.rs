@@ -78,6 +78,8 @@ pub enum Command {
     StartScan {
         all: bool,
     },
+    /// Use this index of the model (another corpus) on the cards.
+    UseIndex(PathBuf),
     /// Occlusion map by replacing each earlier token with a neutral one, or by deleting it.
     SetOcclusionDelete(bool),
     /// Compute the occlusion map now (probes too long for it to run by itself).
@@ -724,6 +726,22 @@ impl HubelApp {
         self.send(Request::ModelJob { name, job });
     }
 
+    /// Starts a scan of a text file (one stimulus per line) or a folder of `.txt` files as a
+    /// job: every stimulus, into an index of its own beside WordNet's.
+    fn start_text_scan(&mut self, path: PathBuf) {
+        if self.runtime.receptive.scanning.is_some() || self.runtime.model.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = worker::text_scan_job_name(&path);
+        let job = worker::text_scan_job(self.config.assets.clone(), path, tx);
+        self.runtime.receptive.scanning = Some(receptive::ScanRun {
+            name: name.clone(),
+            rx,
+        });
+        self.send(Request::ModelJob { name, job });
+    }
+
     /// Keeps the card's corpus data in step with the selection: its summary from the index, its
     /// examples' activations and the occlusion map from the worker (asked for once each).
     fn refresh_receptive(&mut self) {
@@ -1159,6 +1177,10 @@ impl HubelApp {
             }
             Command::RefreshEffect => self.request_effect(),
             Command::StartScan { all } => self.start_scan(all),
+            Command::UseIndex(path) => {
+                self.runtime.receptive.use_index(path);
+                self.refresh_receptive();
+            }
             Command::SearchFeatures(query) => self.runtime.receptive.search(&query),
             Command::SetOcclusionDelete(delete) => {
                 self.runtime.occlusion_delete = delete;
@@ -1178,6 +1200,7 @@ impl HubelApp {
                 FileAction::ExportHeatmapPng => self.export_heatmap(&path, true),
                 FileAction::ExportHeatmapCsv => self.export_heatmap(&path, false),
                 FileAction::ExportOutputJson => self.export_output(&path),
+                FileAction::ScanTextFile | FileAction::ScanTextFolder => self.start_text_scan(path),
             },
             Command::DismissError => self.error = None,
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::features::{Basis, FeatureId};
 use crate::model::{FeatureRow, GluSigns, Occlusion};
+use crate::scan::index::IndexMeta;
 use crate::scan::labels::{self, Labels, SearchHit};
 use crate::scan::{self, FeatureSummary, ScanIndex};
 
@@ -160,6 +161,9 @@ pub struct ScanRun {
 /// there are any made from this scan), none, or why it failed.
 type Found = Result<Option<(PathBuf, ScanIndex, Option<Labels>)>, String>;
 
+/// The loader's answer: for which model, its indexes, and what it found.
+type Loaded = (String, Vec<(PathBuf, IndexMeta)>, Found);
+
 /// Every feature's offline label (scan/labels.rs), computed by a job after a scan.
 #[derive(Clone, Default)]
 pub enum LabelsState {
@@ -176,7 +180,12 @@ pub struct Receptive {
     pub index: IndexState,
     /// The model the index was looked up for (its SHA-256).
     model_sha: Option<String>,
-    load_rx: Option<Receiver<(String, Found)>>,
+    /// Where its indexes are.
+    scans: Option<PathBuf>,
+    /// Every index of the model in the scans folder (most tokens first): the card's choice of
+    /// corpus.
+    pub indexes: Vec<(PathBuf, IndexMeta)>,
+    load_rx: Option<Receiver<Loaded>>,
     pub scanning: Option<ScanRun>,
     pub card: Option<CardData>,
     pub occlusion: Option<OcclusionState>,
@@ -194,27 +203,48 @@ impl Receptive {
 
     /// Looks for `model_sha`'s index in `scans` and loads it on a thread of its own.
     pub fn find(&mut self, scans: PathBuf, model_sha: String) {
+        self.find_preferring(scans, model_sha, None)
+    }
+
+    /// Loads the model's index at `path` instead (one of [`Receptive::indexes`]).
+    pub fn use_index(&mut self, path: PathBuf) {
+        if self.scanning.is_some() {
+            return;
+        }
+        if let (Some(scans), Some(sha)) = (self.scans.clone(), self.model_sha.clone()) {
+            self.find_preferring(scans, sha, Some(path));
+        }
+    }
+
+    /// Lists `model_sha`'s indexes in `scans` and loads `prefer` if it is one of them, else
+    /// the one that scanned the most tokens, on a thread of its own.
+    fn find_preferring(&mut self, scans: PathBuf, model_sha: String, prefer: Option<PathBuf>) {
         self.card = None;
         self.occlusion = None;
         self.search = None;
         self.labels = LabelsState::None;
         self.index = IndexState::Loading;
         self.model_sha = Some(model_sha.clone());
+        self.scans = Some(scans.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         self.load_rx = Some(rx);
         let spawned = std::thread::Builder::new()
             .name("hubel-scan-index".into())
             .spawn(move || {
-                let found = match scan::index::find_index(&scans, &model_sha) {
+                let list = scan::index::list_indexes(&scans, &model_sha);
+                let chosen = prefer
+                    .filter(|p| list.iter().any(|(q, _)| q == p))
+                    .or_else(|| list.first().map(|(p, _)| p.clone()));
+                let found = match chosen {
                     None => Ok(None),
-                    Some((path, _)) => ScanIndex::load(&path)
+                    Some(path) => ScanIndex::load(&path)
                         .map(|i| {
                             let labels = Labels::load_for(&labels::labels_path(&path), &i).ok();
                             Some((path, i, labels))
                         })
                         .map_err(|e| e.to_string()),
                 };
-                let _ = tx.send((model_sha, found));
+                let _ = tx.send((model_sha, list, found));
             });
         if let Err(e) = spawned {
             self.index = IndexState::Failed(format!("cannot start a thread: {e}"));
@@ -226,9 +256,10 @@ impl Receptive {
         let mut changed = false;
         if let Some(rx) = &self.load_rx {
             match rx.try_recv() {
-                Ok((sha, found)) => {
+                Ok((sha, list, found)) => {
                     self.load_rx = None;
                     if self.model_sha.as_deref() == Some(sha.as_str()) {
+                        self.indexes = list;
                         self.index = match found {
                             Ok(Some((path, index, labels))) => {
                                 if let Some(l) = labels {
@@ -258,6 +289,10 @@ impl Receptive {
                 Ok(Ok((path, index))) => {
                     self.scanning = None;
                     if self.model_sha.as_deref() == Some(index.meta.model_sha256.as_str()) {
+                        self.indexes.retain(|(p, _)| *p != path);
+                        self.indexes.push((path.clone(), index.meta.clone()));
+                        self.indexes
+                            .sort_by_key(|(_, m)| std::cmp::Reverse(m.tokens_done));
                         self.index = IndexState::Ready {
                             path,
                             index: Arc::new(index),

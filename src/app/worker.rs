@@ -402,13 +402,25 @@ pub fn scan_job_name(all: bool) -> String {
     }
 }
 
+/// The name of the scan job of a text file or folder.
+pub fn text_scan_job_name(path: &std::path::Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    format!("Scan {name} (receptive fields)")
+}
+
+/// What a scan job hands back: the index's path and the index, or why it failed.
+type ScanAnswer = Sender<Result<(PathBuf, crate::scan::ScanIndex), String>>;
+
 /// A model job that scans WordNet (fetched first if it is not there) into the model's index in
 /// `assets/scans/` (resuming or extending it) and hands the index back on `answer`.
 pub fn scan_job(
     assets: PathBuf,
     clients: crate::assets::Clients,
     all: bool,
-    answer: Sender<Result<(PathBuf, crate::scan::ScanIndex), String>>,
+    answer: ScanAnswer,
 ) -> ModelJob {
     Box::new(move |model, ctx| {
         let result = (|| -> Result<_, JobError> {
@@ -416,21 +428,58 @@ pub fn scan_job(
             ctx.set_phase("Reading WordNet");
             let corpus =
                 crate::scan::Corpus::wordnet(&dir).map_err(|e| JobError::Failed(e.to_string()))?;
-            let out = crate::scan::index::default_index_path(
-                &super::receptive::scans_dir(&assets),
-                &model.info().sha256,
-                &corpus.name,
-                &corpus.sha256(),
-            );
-            let opts = crate::scan::ScanOptions {
-                limit: (!all).then_some(crate::scan::index::DEFAULT_STIMULI),
-                out: Some(out.clone()),
-                save_every: Duration::from_secs(30),
-                ..Default::default()
-            };
-            let index = crate::scan::job(ctx, &model, &corpus, &opts)?;
-            Ok((out, index))
+            let limit = (!all).then_some(crate::scan::index::DEFAULT_STIMULI);
+            scan_into_index(ctx, &model, &assets, &corpus, limit)
         })();
+        answer_scan(result, answer)
+    })
+}
+
+/// A model job that scans every stimulus of a text file (one per line, blank lines skipped) or
+/// of a folder's `.txt` files into an index of their own in `assets/scans/` (resuming a
+/// cancelled scan of the same text) and hands it back on `answer`.
+pub fn text_scan_job(assets: PathBuf, path: PathBuf, answer: ScanAnswer) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let result = (|| -> Result<_, JobError> {
+            ctx.set_phase("Reading the text");
+            let corpus =
+                crate::scan::Corpus::text(&path).map_err(|e| JobError::Failed(e.to_string()))?;
+            scan_into_index(ctx, &model, &assets, &corpus, None)
+        })();
+        answer_scan(result, answer)
+    })
+}
+
+/// Scans `corpus` (its first `limit` stimuli, or all) into the model's index of it.
+fn scan_into_index(
+    ctx: &jobs::JobCtx,
+    model: &Model,
+    assets: &std::path::Path,
+    corpus: &crate::scan::Corpus,
+    limit: Option<usize>,
+) -> Result<(PathBuf, crate::scan::ScanIndex), JobError> {
+    let out = crate::scan::index::default_index_path(
+        &super::receptive::scans_dir(assets),
+        &model.info().sha256,
+        &corpus.name,
+        &corpus.sha256(),
+    );
+    let opts = crate::scan::ScanOptions {
+        limit,
+        out: Some(out.clone()),
+        save_every: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let index = crate::scan::job(ctx, model, corpus, &opts)?;
+    Ok((out, index))
+}
+
+/// The scan job's summary line, with the index handed back on `answer` (or why not).
+fn answer_scan(
+    result: Result<(PathBuf, crate::scan::ScanIndex), JobError>,
+    answer: ScanAnswer,
+) -> Result<String, JobError> {
+    {
         match result {
             Ok((out, index)) => {
                 let m = &index.meta;
@@ -450,7 +499,7 @@ pub fn scan_job(
                 Err(e)
             }
         }
-    })
+    }
 }
 
 /// The name of the labelling job.

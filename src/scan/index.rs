@@ -734,12 +734,13 @@ pub fn default_index_path(
     ))
 }
 
-/// The index in `scans_dir` made with the model `model_sha256` that scanned the most tokens
-/// (the newest on a tie); `None` when there is none. Only headers are read; files that are not
-/// scan indexes are passed over.
-pub fn find_index(scans_dir: &Path, model_sha256: &str) -> Option<(std::path::PathBuf, IndexMeta)> {
-    let entries = std::fs::read_dir(scans_dir).ok()?;
-    entries
+/// Every index in `scans_dir` made with the model `model_sha256`, most tokens first (the newest
+/// on a tie). Only headers are read; files that are not scan indexes are passed over.
+pub fn list_indexes(scans_dir: &Path, model_sha256: &str) -> Vec<(std::path::PathBuf, IndexMeta)> {
+    let Ok(entries) = std::fs::read_dir(scans_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with(".safetensors") && p.is_file())
         .filter_map(|p| {
@@ -747,6 +748,13 @@ pub fn find_index(scans_dir: &Path, model_sha256: &str) -> Option<(std::path::Pa
             let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
             (meta.model_sha256 == model_sha256).then_some((meta.tokens_done, modified, p, meta))
         })
-        .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
-        .map(|(_, _, p, meta)| (p, meta))
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
+    found.into_iter().map(|(_, _, p, meta)| (p, meta)).collect()
+}
+
+/// The index in `scans_dir` made with the model `model_sha256` that scanned the most tokens
+/// (the newest on a tie); `None` when there is none.
+pub fn find_index(scans_dir: &Path, model_sha256: &str) -> Option<(std::path::PathBuf, IndexMeta)> {
+    list_indexes(scans_dir, model_sha256).into_iter().next()
 }

@@ -7,10 +7,12 @@
 use egui::{RichText, Sense, Vec2};
 use egui_plot::{Bar, BarChart, Plot};
 
+use super::super::file_dialog::FileAction;
 use super::super::receptive::{CardData, IndexState, LabelsState, Pending, CONTEXT};
 use super::super::{colors, text, Command};
 use super::ViewCtx;
 use crate::features::{Basis, FeatureId};
+use crate::scan::index::IndexMeta;
 use crate::scan::{ExampleView, ScanIndex};
 
 /// Tokens per second assumed for an estimate before this machine has scanned anything.
@@ -45,8 +47,20 @@ fn scan_buttons(
         });
         return;
     }
-    let (rate, measured) = match index.filter(|i| i.meta.seconds > 1.0) {
-        Some(i) => (i.meta.tokens_done as f64 / i.meta.seconds, true),
+    // The WordNet index's numbers, whichever corpus the cards read now.
+    let wordnet = index
+        .map(|i| &i.meta)
+        .filter(|m| is_wordnet(m))
+        .or_else(|| {
+            let r = &cx.runtime.receptive;
+            r.indexes.iter().map(|(_, m)| m).find(|m| is_wordnet(m))
+        });
+    let (rate, measured) = match index
+        .map(|i| &i.meta)
+        .or(wordnet)
+        .filter(|m| m.seconds > 1.0)
+    {
+        Some(m) => (m.tokens_done as f64 / m.seconds, true),
         None => (NOMINAL_TOKENS_PER_S, false),
     };
     let how = if measured {
@@ -54,8 +68,8 @@ fn scan_buttons(
     } else {
         format!("at about {rate:.0} tokens/s (2 laptop cores)")
     };
-    let done = index.map_or(0, |i| i.meta.stimuli_done);
-    let total = index.map_or(WORDNET_STIMULI, |i| i.meta.corpus_stimuli);
+    let done = wordnet.map_or(0, |m| m.stimuli_done);
+    let total = wordnet.map_or(WORDNET_STIMULI, |m| m.corpus_stimuli);
     if done < crate::scan::index::DEFAULT_STIMULI {
         let n = crate::scan::index::DEFAULT_STIMULI - done;
         let tokens = n as f64 * TOKENS_PER_STIMULUS;
@@ -106,6 +120,63 @@ fn scan_buttons(
     }
 }
 
+fn is_wordnet(m: &IndexMeta) -> bool {
+    m.corpus.starts_with("wordnet")
+}
+
+/// The corpora scanned for this model (the one the cards read is chosen here) and a scan of the
+/// user's own text: a file, one stimulus per line, or a folder of `.txt` files.
+fn corpora_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
+    let r = &cx.runtime.receptive;
+    let current = match &r.index {
+        IndexState::Ready { path, .. } => Some(path),
+        _ => None,
+    };
+    egui::CollapsingHeader::new(format!("Corpora ({} scanned)", r.indexes.len()))
+        .id_salt("corpora")
+        .show(ui, |ui| {
+            for (path, m) in &r.indexes {
+                let label = format!(
+                    "{}: {} stimuli, {} tokens{}",
+                    m.corpus,
+                    m.stimuli_done,
+                    m.tokens_done,
+                    if m.complete { " (all)" } else { "" }
+                );
+                let chosen = current == Some(path);
+                if ui
+                    .add_enabled(r.scanning.is_none(), egui::RadioButton::new(chosen, label))
+                    .on_hover_text(path.display().to_string())
+                    .clicked()
+                    && !chosen
+                {
+                    out.push(Command::UseIndex(path.clone()));
+                }
+            }
+            let idle = r.scanning.is_none();
+            ui.horizontal_wrapped(|ui| {
+                if ui
+                    .add_enabled(idle, egui::Button::new("Scan a text file…"))
+                    .on_hover_text(
+                        "One stimulus per line (blank lines skipped); a stimulus longer than 128 \
+                         tokens is split into windows. Every line is scanned, as a job, into an \
+                         index of its own, which the cards then read (choose another here).",
+                    )
+                    .clicked()
+                {
+                    out.push(Command::AskFile(FileAction::ScanTextFile));
+                }
+                if ui
+                    .add_enabled(idle, egui::Button::new("Scan a folder of .txt files…"))
+                    .on_hover_text("Every .txt file in the folder, one stimulus per line.")
+                    .clicked()
+                {
+                    out.push(Command::AskFile(FileAction::ScanTextFolder));
+                }
+            });
+        });
+}
+
 /// The receptive-field part of the card of `f`.
 pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: FeatureId) {
     ui.label(RichText::new("Receptive field (corpus scan)").strong());
@@ -125,6 +196,7 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
                  firing tokens.",
             );
             scan_buttons(ui, cx, out, None);
+            corpora_ui(ui, cx, out);
             return;
         }
         IndexState::Failed(e) => {
@@ -133,6 +205,7 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
                 format!("The scan index could not be read: {e}"),
             );
             scan_buttons(ui, cx, out, None);
+            corpora_ui(ui, cx, out);
             return;
         }
         IndexState::Ready { index, .. } => index,
@@ -150,6 +223,7 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
         .weak()
         .small(),
     );
+    corpora_ui(ui, cx, out);
     let Some(card) = r.card.as_ref().filter(|c| c.feature == f) else {
         super::spinner(ui);
         return;
@@ -263,7 +337,7 @@ fn scan_more(
     cx: &ViewCtx,
     out: &mut Vec<Command>,
     index: &ScanIndex,
-    m: &crate::scan::index::IndexMeta,
+    m: &IndexMeta,
 ) {
     if !m.complete {
         egui::CollapsingHeader::new("Scan more")
