@@ -69,17 +69,6 @@ fn reduce8(l: [f32; 8]) -> f32 {
     ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
 }
 
-/// `Σ a·b`: element `e` goes to lane `e % 8` (a fused multiply-add chain per lane), then
-/// [`reduce8`]. As if both were padded with zeros to a multiple of 8.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    for (e, (&x, &y)) in a.iter().zip(b).enumerate() {
-        lanes[e % 8] = x.mul_add(y, lanes[e % 8]);
-    }
-    reduce8(lanes)
-}
-
 const EXP_LO: f32 = -87.336_55;
 const EXP_HI: f32 = 88.0;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -135,55 +124,111 @@ fn way() -> Way {
     Way::Portable
 }
 
-/// One query's scores against keys `0..n` (scaled; masked keys are the caller's business).
-#[inline]
-fn score_row(d: &Dims, q: &[f32], k: &[f32], i: usize, h: usize, n: usize, row: &mut [f32]) {
-    score_row_with(way(), d, q, k, i, h, n, row)
+/// Rows (queries of one head) computed together: each K and V value loaded serves this many.
+const ROWS: usize = 4;
+/// Keys per step of the score kernel (two vectors of 8).
+const KEYS: usize = 16;
+
+/// `k` `[keys, kv_heads, d_head]` laid out in tiles of [`KEYS`] keys, each tile's dimensions one
+/// after another: `[kv_heads][keys' / KEYS][d_head][KEYS]`, `keys'` rounded up to a multiple of
+/// `KEYS` with zeros. The score kernel reads one tile (4 KB at d_head 64) front to back; a
+/// dimension-major layout put the 64 rows it reads 16 KB apart, in the same few cache sets.
+struct KeysT {
+    data: Vec<f32>,
+    /// `keys'`.
+    stride: usize,
+    d_head: usize,
 }
 
+impl KeysT {
+    fn new(d: &Dims, k: &[f32]) -> Self {
+        let (dh, kv) = (d.d_head, d.kv_heads);
+        let stride = d.keys.div_ceil(KEYS) * KEYS;
+        let mut data = vec![0f32; kv * dh * stride];
+        for j in 0..d.keys {
+            let (t, lane) = (j / KEYS, j % KEYS);
+            for g in 0..kv {
+                let src = &k[(j * kv + g) * dh..][..dh];
+                let tile = (g * (stride / KEYS) + t) * dh * KEYS;
+                for (e, &x) in src.iter().enumerate() {
+                    data[tile + e * KEYS + lane] = x;
+                }
+            }
+        }
+        KeysT {
+            data,
+            stride,
+            d_head: dh,
+        }
+    }
+
+    /// The tile of kv head `g` holding keys `j0..j0 + KEYS` (`j0` a multiple of `KEYS`):
+    /// `[d_head][KEYS]`.
+    fn tile(&self, g: usize, j0: usize) -> &[f32] {
+        let n = self.d_head * KEYS;
+        &self.data[(g * (self.stride / KEYS) + j0 / KEYS) * n..][..n]
+    }
+
+    /// Dimension `e` of key `j` of kv head `g`.
+    fn at(&self, g: usize, j: usize, e: usize) -> f32 {
+        self.tile(g, j - j % KEYS)[e * KEYS + j % KEYS]
+    }
+}
+
+/// Scores of queries `i0..i0 + rows` (`rows ≤ ROWS`) of head `h` against keys `0..n`, scaled,
+/// into `out[r * stride + j]`. Each score is a fused multiply-add chain over the dimensions in
+/// order, times the scale: the same bits however the rows and keys are grouped, and on every
+/// instruction set. Masked keys are the caller's business.
 #[allow(clippy::too_many_arguments)]
-fn score_row_with(
+fn score_block(
     way: Way,
     d: &Dims,
     q: &[f32],
-    k: &[f32],
-    i: usize,
+    kt: &KeysT,
     h: usize,
+    i0: usize,
+    rows: usize,
     n: usize,
-    row: &mut [f32],
+    out: &mut [f32],
+    stride: usize,
 ) {
+    debug_assert!((1..=ROWS).contains(&rows) && n <= kt.stride);
     let dh = d.d_head;
-    let qi = &q[(i * d.heads + h) * dh..][..dh];
     let g = d.kv_head(h);
-    let stride = d.kv_heads * dh;
-    let mut done = 0;
+    let qrow = |r: usize| &q[((i0 + r) * d.heads + h) * dh..][..dh];
     #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 && dh.is_multiple_of(8) {
-        // SAFETY: the machine has AVX2 and FMA (`way`); keys 0..n·8/8 lie inside `k`.
-        done = unsafe { avx2::scores8(qi, &k[g * dh..], stride, n, d.scale, row) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 && dh.is_multiple_of(8) {
-        for (j, s) in row[done..n].iter_mut().enumerate() {
-            // SAFETY: as above.
-            *s = unsafe { avx2::dot(qi, &k[(done + j) * stride + g * dh..][..dh]) } * d.scale;
+    if way == Way::Avx2 {
+        let qs: [&[f32]; ROWS] = std::array::from_fn(|r| qrow(r.min(rows - 1)));
+        let mut j0 = 0;
+        while j0 < n {
+            let mut tile = [[0f32; KEYS]; ROWS];
+            // SAFETY: the machine has AVX2 and FMA (`way`); every kt row holds keys
+            // j0..j0 + KEYS (padded to a multiple of KEYS).
+            unsafe { avx2::score_tile(&qs, kt, g, dh, j0, d.scale, &mut tile) };
+            let take = KEYS.min(n - j0);
+            for (r, t) in tile.iter().enumerate().take(rows) {
+                out[r * stride + j0..][..take].copy_from_slice(&t[..take]);
+            }
+            j0 += KEYS;
         }
         return;
     }
     let _ = way;
-    for (j, s) in row[done..n].iter_mut().enumerate() {
-        *s = dot(qi, &k[(done + j) * stride + g * dh..][..dh]) * d.scale;
+    for r in 0..rows {
+        let qi = qrow(r);
+        for j in 0..n {
+            let mut acc = 0f32;
+            for (e, &x) in qi.iter().enumerate() {
+                acc = x.mul_add(kt.at(g, j, e), acc);
+            }
+            out[r * stride + j] = acc * d.scale;
+        }
     }
 }
 
 /// `softmax` of one row in place: `exp(x − max) / Σ`, the sum in 8 lanes (`j % 8`) then
 /// [`reduce8`], so that a row and the same row with masked (`−∞`) keys after it give the same
 /// bits.
-#[inline]
-fn softmax_row(row: &mut [f32]) {
-    softmax_row_with(way(), row)
-}
-
 fn softmax_row_with(way: Way, row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut lanes = [0f32; 8];
@@ -214,29 +259,48 @@ fn softmax_row_with(way: Way, row: &mut [f32]) {
     }
 }
 
-/// `z[i, h] = Σ_j p[j] · v[j, g]` over the first `p.len()` keys (a fused multiply-add chain
-/// per element, keys in order).
-#[inline]
-fn mix_row(d: &Dims, p: &[f32], v: &[f32], h: usize, z: &mut [f32]) {
-    mix_row_with(way(), d, p, v, h, z)
-}
-
-fn mix_row_with(way: Way, d: &Dims, p: &[f32], v: &[f32], h: usize, z: &mut [f32]) {
+/// `z[r] = Σ_{j < n} p[r · stride + j] · v[j, g]` for `rows ≤ ROWS` rows of head `h` (a fused
+/// multiply-add chain per element, keys in order: the same bits however rows are grouped). Keys
+/// past a row's own visible ones must weigh 0 in `p` (0 · v adds nothing).
+#[allow(clippy::too_many_arguments)]
+fn mix_block(
+    way: Way,
+    d: &Dims,
+    p: &[f32],
+    stride: usize,
+    rows: usize,
+    n: usize,
+    v: &[f32],
+    h: usize,
+    z: &mut [&mut [f32]],
+) {
     let dh = d.d_head;
     let g = d.kv_head(h);
-    let stride = d.kv_heads * dh;
-    z.fill(0.0);
+    let vstride = d.kv_heads * dh;
+    for zr in z.iter_mut() {
+        zr.fill(0.0);
+    }
     #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 && dh.is_multiple_of(8) {
-        // SAFETY: the machine has AVX2 and FMA (`way`); key j's values lie at j·stride + g·dh.
-        unsafe { avx2::mix(p, &v[g * dh..], stride, z) };
+    if way == Way::Avx2 && dh.is_multiple_of(16) {
+        let ps: [&[f32]; ROWS] = std::array::from_fn(|r| &p[r.min(rows - 1) * stride..][..n]);
+        for c in (0..dh).step_by(16) {
+            let mut tile = [[0f32; 16]; ROWS];
+            // SAFETY: the machine has AVX2 and FMA (`way`); key j's values lie at
+            // j · vstride + g · dh, and c + 16 ≤ dh.
+            unsafe { avx2::mix_tile(&ps, &v[g * dh + c..], vstride, n, &mut tile) };
+            for (r, zr) in z.iter_mut().enumerate().take(rows) {
+                zr[c..c + 16].copy_from_slice(&tile[r]);
+            }
+        }
         return;
     }
     let _ = way;
-    for (j, &w) in p.iter().enumerate() {
-        let vj = &v[j * stride + g * dh..][..dh];
-        for (zd, &vd) in z.iter_mut().zip(vj) {
-            *zd = w.mul_add(vd, *zd);
+    for (r, zr) in z.iter_mut().enumerate().take(rows) {
+        for (j, &w) in p[r * stride..][..n].iter().enumerate() {
+            let vj = &v[j * vstride + g * dh..][..dh];
+            for (zd, &vd) in zr.iter_mut().zip(vj) {
+                *zd = w.mul_add(vd, *zd);
+            }
         }
     }
 }
@@ -246,59 +310,34 @@ fn mix_row_with(way: Way, d: &Dims, p: &[f32], v: &[f32], h: usize, z: &mut [f32
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Scores of one query `q` (`d_head` a multiple of 8) against keys `0..n` in groups of 8
-    /// (key `j` at `k[j · stride..]`), times `scale`; returns how many keys it did (the rest,
-    /// fewer than 8, are the caller's).
+    /// A tile of scores: `ROWS` queries × `KEYS` keys from `j0` (kv head `g`), each a fused
+    /// multiply-add chain over the dimensions in order, times `scale`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores8(
-        q: &[f32],
-        k: &[f32],
-        stride: usize,
-        n: usize,
+    pub unsafe fn score_tile(
+        qs: &[&[f32]; super::ROWS],
+        kt: &super::KeysT,
+        g: usize,
+        dh: usize,
+        j0: usize,
         scale: f32,
-        row: &mut [f32],
-    ) -> usize {
-        let dh = q.len();
-        let groups = n / 8;
-        let scale = _mm256_set1_ps(scale);
-        for gi in 0..groups {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            let base = k.as_ptr().add(gi * 8 * stride);
-            for c in (0..dh).step_by(8) {
-                let qv = _mm256_loadu_ps(q.as_ptr().add(c));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(base.add(r * stride + c)), *a);
-                }
+        tile: &mut [[f32; super::KEYS]; super::ROWS],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; super::ROWS];
+        let tile_k = kt.tile(g, j0).as_ptr();
+        for e in 0..dh {
+            let k = tile_k.add(e * super::KEYS);
+            let (k0, k1) = (_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8)));
+            for (a, q) in acc.iter_mut().zip(qs) {
+                let qe = _mm256_set1_ps(*q.get_unchecked(e));
+                a[0] = _mm256_fmadd_ps(qe, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qe, k1, a[1]);
             }
-            // Eight lane sums at once, each ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)).
-            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            let u0 = _mm256_hadd_ps(t0, t1);
-            let u1 = _mm256_hadd_ps(t2, t3);
-            let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
-            let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
-            let s = _mm256_mul_ps(_mm256_add_ps(lo, hi), scale);
-            _mm256_storeu_ps(row.as_mut_ptr().add(gi * 8), s);
         }
-        groups * 8
-    }
-
-    /// [`super::dot`] of one key (`q.len()` a multiple of 8).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(q: &[f32], k: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for c in (0..q.len()).step_by(8) {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(q.as_ptr().add(c)),
-                _mm256_loadu_ps(k.as_ptr().add(c)),
-                acc,
-            );
+        let scale = _mm256_set1_ps(scale);
+        for (t, a) in tile.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(t.as_mut_ptr(), _mm256_mul_ps(a[0], scale));
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), _mm256_mul_ps(a[1], scale));
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        super::reduce8(lanes)
     }
 
     /// [`super::exp`] of 8 values.
@@ -346,40 +385,29 @@ mod avx2 {
         groups * 8
     }
 
-    /// `z += Σ_j p[j] · v[j · stride..][..z.len()]` (`z.len()` a multiple of 8), 64 elements at a
-    /// time in registers.
+    /// A tile of the mix: `ROWS` rows × 16 values, `Σ_{j < n} p[r][j] · v[j · stride..][..16]`,
+    /// a fused multiply-add chain per value, keys in order.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn mix(p: &[f32], v: &[f32], stride: usize, z: &mut [f32]) {
-        let dh = z.len();
-        let mut c = 0;
-        while c + 64 <= dh {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (e, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(z.as_ptr().add(c + 8 * e));
+    pub unsafe fn mix_tile(
+        ps: &[&[f32]; super::ROWS],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        tile: &mut [[f32; 16]; super::ROWS],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; super::ROWS];
+        for j in 0..n {
+            let vj = v.as_ptr().add(j * stride);
+            let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+            for (a, p) in acc.iter_mut().zip(ps) {
+                let w = _mm256_set1_ps(*p.get_unchecked(j));
+                a[0] = _mm256_fmadd_ps(w, v0, a[0]);
+                a[1] = _mm256_fmadd_ps(w, v1, a[1]);
             }
-            for (j, &w) in p.iter().enumerate() {
-                let wv = _mm256_set1_ps(w);
-                let vj = v.as_ptr().add(j * stride + c);
-                for (e, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vj.add(8 * e)), *a);
-                }
-            }
-            for (e, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(z.as_mut_ptr().add(c + 8 * e), *a);
-            }
-            c += 64;
         }
-        while c < dh {
-            let mut a = _mm256_loadu_ps(z.as_ptr().add(c));
-            for (j, &w) in p.iter().enumerate() {
-                a = _mm256_fmadd_ps(
-                    _mm256_set1_ps(w),
-                    _mm256_loadu_ps(v.as_ptr().add(j * stride + c)),
-                    a,
-                );
-            }
-            _mm256_storeu_ps(z.as_mut_ptr().add(c), a);
-            c += 8;
+        for (t, a) in tile.iter_mut().zip(&acc) {
+            _mm256_storeu_ps(t.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), a[1]);
         }
     }
 }
@@ -413,22 +441,45 @@ impl Out {
     }
 }
 
+/// The output rows `i0..i0 + rows` of head `h` in `z` `[len, heads, d_head]`.
+///
+/// # Safety
+/// Those rows must be the caller's alone while the slices live, inside `z`'s buffer.
+unsafe fn z_rows<'a>(out: Out, d: &Dims, h: usize, i0: usize, rows: usize) -> Vec<&'a mut [f32]> {
+    (0..rows)
+        .map(|r| {
+            std::slice::from_raw_parts_mut(out.at(((i0 + r) * d.heads + h) * d.d_head), d.d_head)
+        })
+        .collect()
+}
+
 /// Fused causal attention: `z` `[len, heads, d_head]` from `q`, `k`, `v` without holding the
-/// score matrices.
+/// score matrices (a unit holds [`ROWS`] rows of scores at a time).
 pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     d.check(q, k, v);
-    let dh = d.d_head;
-    let mut z = vec![0f32; d.len * d.heads * dh];
+    let way = way();
+    let kt = KeysT::new(d, k);
+    let mut z = vec![0f32; d.len * d.heads * d.d_head];
     let out = Out(z.as_mut_ptr());
-    for_units(d, d.len * d.keys * d.heads * dh, |h, queries| {
-        let mut row = vec![0f32; d.keys];
-        for i in queries {
-            let n = d.visible(i);
-            score_row(d, q, k, i, h, n, &mut row);
-            softmax_row(&mut row[..n]);
-            // SAFETY: (i, h) is this unit's alone; the slice lies inside z.
-            let zi = unsafe { std::slice::from_raw_parts_mut(out.at((i * d.heads + h) * dh), dh) };
-            mix_row(d, &row[..n], v, h, zi);
+    for_units(d, d.len * d.keys * d.heads * d.d_head, |h, queries| {
+        let stride = kt.stride;
+        let mut buf = vec![0f32; ROWS * stride];
+        let mut i0 = queries.start;
+        while i0 < queries.end {
+            let rows = ROWS.min(queries.end - i0);
+            // The last row sees the most keys.
+            let n = d.visible(i0 + rows - 1);
+            score_block(way, d, q, &kt, h, i0, rows, n, &mut buf, stride);
+            for r in 0..rows {
+                let nr = d.visible(i0 + r);
+                let row = &mut buf[r * stride..][..n];
+                softmax_row_with(way, &mut row[..nr]);
+                row[nr..].fill(0.0);
+            }
+            // SAFETY: rows (i0.., h) belong to this unit alone.
+            let mut zs = unsafe { z_rows(out, d, h, i0, rows) };
+            mix_block(way, d, &buf, stride, rows, n, v, h, &mut zs);
+            i0 += rows;
         }
     });
     z
@@ -437,15 +488,25 @@ pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
 /// The scaled, masked scores `[heads, len, keys]` (`-inf` where a query may not look).
 pub fn scores(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     d.check(q, k, v);
+    let way = way();
+    let kt = KeysT::new(d, k);
     let keys = d.keys;
     let mut s = vec![f32::NEG_INFINITY; d.heads * d.len * keys];
     let out = Out(s.as_mut_ptr());
     for_units(d, d.len * keys * d.heads * d.d_head, |h, queries| {
-        for i in queries {
-            // SAFETY: row (h, i) is this unit's alone.
-            let row =
-                unsafe { std::slice::from_raw_parts_mut(out.at((h * d.len + i) * keys), keys) };
-            score_row(d, q, k, i, h, d.visible(i), row);
+        let mut i0 = queries.start;
+        while i0 < queries.end {
+            let rows = ROWS.min(queries.end - i0);
+            let n = d.visible(i0 + rows - 1);
+            // SAFETY: rows (h, i0..i0 + rows) are this unit's alone, consecutive in s.
+            let block = unsafe {
+                std::slice::from_raw_parts_mut(out.at((h * d.len + i0) * keys), rows * keys)
+            };
+            score_block(way, d, q, &kt, h, i0, rows, n, block, keys);
+            for r in 0..rows {
+                block[r * keys + d.visible(i0 + r)..(r + 1) * keys].fill(f32::NEG_INFINITY);
+            }
+            i0 += rows;
         }
     });
     s
@@ -456,8 +517,9 @@ pub fn softmax_rows(x: &mut [f32], keys: usize) {
     if keys == 0 {
         return;
     }
+    let way = way();
     for row in x.chunks_mut(keys) {
-        softmax_row(row);
+        softmax_row_with(way, row);
     }
 }
 
@@ -467,14 +529,18 @@ pub fn mix(d: &Dims, pattern: &[f32], v: &[f32]) -> Vec<f32> {
     let (dh, keys) = (d.d_head, d.keys);
     assert_eq!(pattern.len(), d.heads * d.len * keys, "pattern");
     assert_eq!(v.len(), keys * d.kv_heads * dh, "v");
+    let way = way();
     let mut z = vec![0f32; d.len * d.heads * dh];
     let out = Out(z.as_mut_ptr());
     for_units(d, d.len * keys * d.heads * dh, |h, queries| {
-        for i in queries {
-            let p = &pattern[(h * d.len + i) * keys..][..keys];
-            // SAFETY: (i, h) is this unit's alone.
-            let zi = unsafe { std::slice::from_raw_parts_mut(out.at((i * d.heads + h) * dh), dh) };
-            mix_row(d, p, v, h, zi);
+        let mut i0 = queries.start;
+        while i0 < queries.end {
+            let rows = ROWS.min(queries.end - i0);
+            let p = &pattern[(h * d.len + i0) * keys..][..rows * keys];
+            // SAFETY: rows (i0.., h) belong to this unit alone.
+            let mut zs = unsafe { z_rows(out, d, h, i0, rows) };
+            mix_block(way, d, p, keys, rows, keys, v, h, &mut zs);
+            i0 += rows;
         }
     });
     z
@@ -573,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn every_instruction_set_gives_the_same_bits() {
+    fn every_instruction_set_and_every_grouping_of_rows_gives_the_same_bits() {
         let ways: Vec<Way> = [
             #[cfg(target_arch = "x86_64")]
             Way::Avx2,
@@ -586,30 +652,51 @@ mod tests {
             let q = random(d.len * d.heads * d.d_head, 31 + c as u64);
             let k = random(d.keys * d.kv_heads * d.d_head, 41 + c as u64);
             let v = random(d.keys * d.kv_heads * d.d_head, 51 + c as u64);
-            let run = |w: Way| {
+            let kt = KeysT::new(d, &k);
+            // Scores, pattern and z of every (head, query), computed `group` rows at a time.
+            let run = |w: Way, group: usize| {
                 let mut out = Vec::new();
                 for h in 0..d.heads {
-                    for i in 0..d.len {
-                        let n = d.visible(i);
-                        let mut row = vec![0f32; n];
-                        score_row_with(w, d, &q, &k, i, h, n, &mut row);
-                        let scores = row.clone();
-                        softmax_row_with(w, &mut row);
-                        let mut z = vec![0f32; d.d_head];
-                        mix_row_with(w, d, &row, &v, h, &mut z);
-                        out.push((scores, row, z));
+                    let mut i0 = 0;
+                    while i0 < d.len {
+                        let rows = group.min(d.len - i0);
+                        let n = d.visible(i0 + rows - 1);
+                        let stride = kt.stride;
+                        let mut buf = vec![0f32; rows * stride];
+                        score_block(w, d, &q, &kt, h, i0, rows, n, &mut buf, stride);
+                        let scores: Vec<Vec<f32>> = (0..rows)
+                            .map(|r| buf[r * stride..][..d.visible(i0 + r)].to_vec())
+                            .collect();
+                        for r in 0..rows {
+                            let nr = d.visible(i0 + r);
+                            softmax_row_with(w, &mut buf[r * stride..][..nr]);
+                            buf[r * stride + nr..(r + 1) * stride].fill(0.0);
+                        }
+                        let mut zs = vec![vec![0f32; d.d_head]; rows];
+                        let mut zr: Vec<&mut [f32]> =
+                            zs.iter_mut().map(|z| z.as_mut_slice()).collect();
+                        mix_block(w, d, &buf, stride, rows, n, &v, h, &mut zr);
+                        for r in 0..rows {
+                            let nr = d.visible(i0 + r);
+                            let p = buf[r * stride..][..nr].to_vec();
+                            out.push((scores[r].clone(), p, zs[r].clone()));
+                        }
+                        i0 += rows;
                     }
                 }
                 out
             };
-            let want = run(Way::Portable);
+            let want = run(Way::Portable, 1);
             for &w in &ways {
-                let got = run(w);
-                for (r, (a, b)) in got.iter().zip(&want).enumerate() {
-                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&a.0), bits(&b.0), "case {c} row {r} {w:?}: scores");
-                    assert_eq!(bits(&a.1), bits(&b.1), "case {c} row {r} {w:?}: pattern");
-                    assert_eq!(bits(&a.2), bits(&b.2), "case {c} row {r} {w:?}: z");
+                for group in 1..=ROWS {
+                    let got = run(w, group);
+                    for (r, (a, b)) in got.iter().zip(&want).enumerate() {
+                        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        let at = format!("case {c} row {r} {w:?} {group} rows at a time");
+                        assert_eq!(bits(&a.0), bits(&b.0), "{at}: scores");
+                        assert_eq!(bits(&a.1), bits(&b.1), "{at}: pattern");
+                        assert_eq!(bits(&a.2), bits(&b.2), "{at}: z");
+                    }
                 }
             }
         }
