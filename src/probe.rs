@@ -84,12 +84,13 @@ pub fn summarize(
     }
 }
 
-/// Runs the probe (and the intervened probe, incrementally, when there are interventions).
+/// Runs the probe (and the intervened probe, when there are interventions). Each run keeps only
+/// its last position's logits and the loss of each token ([`Model::run_last`],
+/// [`Model::token_nll`]): a long probe's memory stays that of its forward pass.
 pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
     let tokens = model.tokenize(&req.text)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     model.check_interventions(&req.interventions, ids.len())?;
-    let cache = model.prepare(&ids, &Capture::Nothing, None)?;
     let opts = Generate {
         max_tokens: req.generate,
         ..Generate::default()
@@ -101,23 +102,25 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
         let new = model.generate(&ids, ivs, &opts, None)?;
         Ok(Some(model.tokenizer().decode(&new)?))
     };
-    let baseline = summarize(model, &cache.baseline, &ids, req.top, continue_with(&[])?);
+    let summarized = |ivs: &[Intervention]| -> Result<(RunSummary, Vec<f32>)> {
+        let (out, finals) = model.run_last(&ids, &Capture::Nothing, ivs, None)?;
+        let token_nll = model.token_nll(&finals, &ids)?;
+        let summary = RunSummary {
+            top_next: top_tokens(model, out.last_logits(), req.top),
+            mean_nll: analysis::mean(&token_nll),
+            token_nll,
+            continuation: continue_with(ivs)?,
+            kl_from_baseline: None,
+        };
+        Ok((summary, out.logits))
+    };
+    let (baseline, baseline_last) = summarized(&[])?;
     let (intervened, last_logits) = if req.interventions.is_empty() {
-        (None, cache.baseline.last_logits().to_vec())
+        (None, baseline_last)
     } else {
-        let out = model.rerun(&cache, &Capture::Nothing, &req.interventions, None)?;
-        let mut s = summarize(
-            model,
-            &out,
-            &ids,
-            req.top,
-            continue_with(&req.interventions)?,
-        );
-        s.kl_from_baseline = Some(analysis::kl_divergence(
-            cache.baseline.last_logits(),
-            out.last_logits(),
-        ));
-        (Some(s), out.last_logits().to_vec())
+        let (mut s, last) = summarized(&req.interventions)?;
+        s.kl_from_baseline = Some(analysis::kl_divergence(&baseline_last, &last));
+        (Some(s), last)
     };
     Ok(ProbeReport {
         model: model.info().clone(),

@@ -560,3 +560,35 @@ fn the_fast_path_is_close_to_exact_and_hooks_work_the_same() {
         assert_eq!(fast.generate(&tokens, &[], &gen, None).unwrap().len(), 5);
     }
 }
+
+/// The probe's bounded-memory path: the last position's logits and every token's loss, computed
+/// a few positions at a time, equal (bitwise) what the full `[pos, vocab]` logits give, with and
+/// without interventions.
+#[test]
+fn token_loss_in_blocks_equals_the_loss_of_every_positions_logits() {
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let m = tiny(arch);
+        let t = ids(&m);
+        assert!(t.len() > 7, "several blocks of 3");
+        for ivs in [
+            vec![],
+            vec![Intervention::zero(
+                HookPoint::block(1, BlockSite::MlpPost),
+                vec![2, 7],
+            )],
+        ] {
+            let full = m.run(&t, &Capture::Nothing, &ivs).unwrap();
+            let want = hubel::analysis::token_nll(&full.logits, full.vocab, &t);
+            assert_eq!(want.len(), t.len() - 1);
+            let (last, finals) = m.run_last(&t, &Capture::Nothing, &ivs, None).unwrap();
+            assert_eq!(last.len(), 1, "{arch:?}: one row of logits");
+            assert_eq!(last.last_logits(), full.last_logits(), "{arch:?} {ivs:?}");
+            for block in [1, 3, t.len(), 1000] {
+                let got = m.token_nll_by(&finals, &t, block).unwrap();
+                assert_eq!(got, want, "{arch:?} {ivs:?} block {block}");
+            }
+            assert_eq!(m.token_nll(&finals, &t).unwrap(), want);
+            assert!(want.iter().all(|x| x.is_finite() && *x >= 0.0));
+        }
+    }
+}

@@ -231,6 +231,9 @@ pub struct Model {
     precision: Precision,
 }
 
+/// Positions unembedded at a time by [`Model::token_nll`] (50 MB of logits for SmolLM2).
+pub const NLL_ROWS: usize = 256;
+
 /// Which logits a batched run computes ([`Model::run_batch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -686,6 +689,73 @@ impl Model {
     /// Every position's logits `[pos, vocab]` of a run begun by [`Model::rerun_last`].
     pub fn finish_logits(&self, finals: &Finals) -> Result<Vec<f32>> {
         self.weights.unembed_all(&finals.x, finals.fast)
+    }
+
+    /// A full run that computes only the last position's logits (`logits` holds one row) and
+    /// keeps what [`Model::token_nll`] needs: no per-block cache, no `[pos, vocab]` matrix (at
+    /// 4,096 tokens that matrix alone is 0.8 GB for SmolLM2's vocabulary).
+    pub fn run_last(
+        &self,
+        tokens: &[u32],
+        capture: &Capture,
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<(RunOutput, Finals)> {
+        self.check_tokens(tokens)?;
+        self.check_interventions(interventions, tokens.len())?;
+        let mut hooks = Hooks::new(capture, interventions);
+        if let Some(flag) = cancel {
+            hooks = hooks.with_cancel(flag);
+        }
+        let x = self.weights.embed(tokens, &mut hooks)?;
+        let last = self
+            .weights
+            .run_from(0, x, &mut hooks, None, None, self.fast())?;
+        let len = tokens.len();
+        let out = RunOutput {
+            logits: self
+                .weights
+                .unembed_all(&last.narrow(0, len - 1, 1)?, self.fast())?,
+            vocab: self.config().vocab_size,
+            record: hooks.record,
+            layers_computed: self.config().n_layers,
+        };
+        Ok((
+            out,
+            Finals {
+                x: last,
+                fast: self.fast(),
+            },
+        ))
+    }
+
+    /// The loss of each next token (`tokens[1..]`, nats) of a run begun by
+    /// [`Model::run_last`] or [`Model::rerun_last`], unembedding [`NLL_ROWS`] positions at a
+    /// time: equal to [`crate::analysis::token_nll`] of [`Model::finish_logits`] (the kernels
+    /// compute each row on its own), in bounded memory.
+    pub fn token_nll(&self, finals: &Finals, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.token_nll_by(finals, tokens, NLL_ROWS)
+    }
+
+    /// [`Model::token_nll`], `block` positions at a time.
+    pub fn token_nll_by(&self, finals: &Finals, tokens: &[u32], block: usize) -> Result<Vec<f32>> {
+        let block = block.max(1);
+        let (len, _) = finals.x.dims2()?;
+        let vocab = self.config().vocab_size;
+        let mut nll = Vec::with_capacity(len.saturating_sub(1));
+        let mut start = 0;
+        while start + 1 < len.min(tokens.len()) {
+            // Rows start..end predict tokens start + 1..end + 1.
+            let end = (start + block).min(len - 1);
+            let rows = finals.x.narrow(0, start, end - start)?;
+            let logits = self.weights.unembed_all(&rows, finals.fast)?;
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                let next = tokens[start + r + 1] as usize;
+                nll.push((-crate::analysis::log_softmax(row)[next]) as f32);
+            }
+            start = end;
+        }
+        Ok(nll)
     }
 
     fn output(
