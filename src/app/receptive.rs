@@ -223,6 +223,8 @@ impl Receptive {
         self.occlusion = None;
         self.search = None;
         self.labels = LabelsState::None;
+        // A labelling job of the previous index answers for that index only.
+        self.labelling = None;
         self.index = IndexState::Loading;
         self.model_sha = Some(model_sha.clone());
         self.scans = Some(scans.clone());
@@ -288,6 +290,9 @@ impl Receptive {
             match run.rx.try_recv() {
                 Ok(Ok((path, index))) => {
                     self.scanning = None;
+                    // The new scan wins over an index load still under way (its list would
+                    // not hold the new index).
+                    self.load_rx = None;
                     if self.model_sha.as_deref() == Some(index.meta.model_sha256.as_str()) {
                         self.indexes.retain(|(p, _)| *p != path);
                         self.indexes.push((path.clone(), index.meta.clone()));

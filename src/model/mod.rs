@@ -740,11 +740,13 @@ impl Model {
     /// [`Model::token_nll`], `block` positions at a time.
     pub fn token_nll_by(&self, finals: &Finals, tokens: &[u32], block: usize) -> Result<Vec<f32>> {
         let block = block.max(1);
-        let (len, _) = finals.x.dims2()?;
+        let (rows, _) = finals.x.dims2()?;
+        // The positions both know of (a caller's own tokens may be fewer).
+        let len = rows.min(tokens.len());
         let vocab = self.config().vocab_size;
         let mut nll = Vec::with_capacity(len.saturating_sub(1));
         let mut start = 0;
-        while start + 1 < len.min(tokens.len()) {
+        while start + 1 < len {
             // Rows start..end predict tokens start + 1..end + 1.
             let end = (start + block).min(len - 1);
             let rows = finals.x.narrow(0, start, end - start)?;

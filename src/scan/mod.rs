@@ -130,6 +130,9 @@ pub struct Stimulus {
     pub sense: Option<Sense>,
 }
 
+/// The name of the WordNet corpus ([`Corpus::wordnet`]) in an index.
+pub const WORDNET_CORPUS: &str = "wordnet-3.1";
+
 /// A named list of stimuli.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Corpus {
@@ -161,7 +164,7 @@ impl Corpus {
             stimuli.swap(i, (z % (i as u64 + 1)) as usize);
         }
         Ok(Corpus {
-            name: "wordnet-3.1".into(),
+            name: WORDNET_CORPUS.into(),
             stimuli,
         })
     }

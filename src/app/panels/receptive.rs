@@ -121,7 +121,7 @@ fn scan_buttons(
 }
 
 fn is_wordnet(m: &IndexMeta) -> bool {
-    m.corpus.starts_with("wordnet")
+    m.corpus == crate::scan::WORDNET_CORPUS
 }
 
 /// The corpora scanned for this model (the one the cards read is chosen here) and a scan of the
@@ -298,8 +298,10 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
     if reliable.is_empty() {
         ui.label(
             RichText::new(format!(
-                "No token stands out: above {} at {:.0}% of positions, spread over more distinct \
-                 tokens than the scan's 32-counter sketch can tell apart.",
+                "No token stands out: none surely fired here {} times or more with its count \
+                 known to within that (above {} at {:.0}% of positions; the scan counts firing \
+                 tokens in a 32-counter sketch).",
+                crate::scan::FiringToken::MIN_COUNT,
                 s.threshold,
                 100.0 * s.density
             ))
@@ -339,7 +341,8 @@ fn scan_more(
     index: &ScanIndex,
     m: &IndexMeta,
 ) {
-    if !m.complete {
+    // A partial scan, or a text corpus (WordNet can then still be scanned from here).
+    if !m.complete || !is_wordnet(m) {
         egui::CollapsingHeader::new("Scan more")
             .id_salt("scan more")
             .show(ui, |ui| scan_buttons(ui, cx, out, Some(index)));

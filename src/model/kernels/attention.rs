@@ -613,9 +613,38 @@ mod tests {
             d(5, 12, 2, 1, 10, 7),
             // Longer than a group of 8 keys with a tail, on the pool (work past 2^15).
             d(77, 77, 9, 3, 64, 0),
-            // d_head a multiple of 8 but not of 64 (the mix's narrow tail).
+            // d_head not a multiple of 16: the portable mix on every machine.
             d(19, 19, 2, 2, 24, 0),
         ]
+    }
+
+    #[test]
+    fn the_vector_exp_gives_the_scalar_bits_down_to_underflow() {
+        // Every value from −100 to 90 in steps of about 1e-3, the edges exactly, −∞ and NaN.
+        let mut xs: Vec<f32> = (0..190_000).map(|i| -100.0 + i as f32 * 1e-3).collect();
+        xs.extend([EXP_LO, EXP_LO - 1e-5, EXP_LO + 1e-5, EXP_HI, 0.0, -0.0]);
+        xs.extend([f32::NEG_INFINITY, f32::INFINITY, f32::NAN]);
+        let mut lanes = [0f32; 8];
+        let mut got = xs.clone();
+        #[cfg(target_arch = "x86_64")]
+        if way() == Way::Avx2 {
+            // SAFETY: this machine has AVX2 and FMA.
+            let done = unsafe { avx2::exp_sub_sum(&mut got, 0.0, &mut lanes) };
+            for x in &mut got[done..] {
+                *x = exp(*x);
+            }
+        }
+        for (i, (&x, &g)) in xs.iter().zip(&got).enumerate() {
+            let want = exp(x);
+            if way() == Way::Portable {
+                assert_eq!(g, x, "nothing to compare on this machine");
+            } else {
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "{i}: exp({x}) = {g} (vector) vs {want} (scalar)"
+                );
+            }
+        }
     }
 
     #[test]
