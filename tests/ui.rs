@@ -1026,13 +1026,10 @@ fn small_wordnet(assets: &Path) {
     std::fs::write(dir.join(".sha256"), hubel::assets::CORPUS_TARBALL_SHA256).unwrap();
 }
 
-/// Issue 8 in the viewer: the card offers a scan; the scan runs as a job; the card then shows
-/// the feature's top examples with every token's activation (recomputed, equal to the scan's at
-/// the peak), the histogram and the occlusion map; clicking an example makes it the probe.
-#[test]
-fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
-    use hubel::app::receptive::{IndexState, Pending};
-    let config = test_config();
+/// The tiny Llama loaded with a small WordNet in its data directory and no scan yet, the card
+/// of L1N3 open.
+fn card_without_a_scan(config: AppConfig) -> (Harness<'static, HubelApp>, FeatureId) {
+    use hubel::app::receptive::IndexState;
     small_wordnet(&config.assets);
     let h = harness_sized(probe_state("the cat sat"), config, [1500.0, 1000.0]);
     let mut h = load(h, tiny_llama(), true);
@@ -1043,6 +1040,17 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
     h.state_mut()
         .apply(hubel::app::Command::Select(Some(f)), 0.0);
     h.run_steps(3);
+    (h, f)
+}
+
+/// Issue 8 in the viewer: the card offers a scan; the scan runs as a job; the card then shows
+/// the feature's top examples with every token's activation (recomputed, equal to the scan's at
+/// the peak), the histogram and the occlusion map; clicking an example makes it the probe.
+#[test]
+fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
+    use hubel::app::receptive::{IndexState, Pending};
+    let config = test_config();
+    let (mut h, f) = card_without_a_scan(config);
     h.get_by_label_contains("No corpus scan of this model yet");
     let scan = format!(
         "Scan {} WordNet stimuli",
@@ -1206,7 +1214,6 @@ fn a_scan_from_the_card_shows_examples_and_one_click_makes_one_the_probe() {
 fn a_text_file_scanned_from_the_card_gives_its_own_examples_and_the_corpus_can_be_switched() {
     use hubel::app::receptive::IndexState;
     let config = test_config();
-    small_wordnet(&config.assets);
     let dir = temp_dir("text-corpus");
     let lines = [
         "the cat sat on the mat",
@@ -1215,15 +1222,7 @@ fn a_text_file_scanned_from_the_card_gives_its_own_examples_and_the_corpus_can_b
         "birds sing at dawn",
     ];
     std::fs::write(dir.join("mine.txt"), lines.join("\n")).unwrap();
-    let h = harness_sized(probe_state("the cat sat"), config, [1500.0, 1000.0]);
-    let mut h = load(h, tiny_llama(), true);
-    wait_for(&mut h, "the index lookup", |a| {
-        matches!(a.runtime.receptive.index, IndexState::Missing)
-    });
-    let f = FeatureId::neuron(1, 3);
-    h.state_mut()
-        .apply(hubel::app::Command::Select(Some(f)), 0.0);
-    h.run_steps(3);
+    let (mut h, f) = card_without_a_scan(config);
     h.get_by_label("Corpora (0 scanned)").scroll_to_me();
     h.run_steps(5);
     h.get_by_label("Corpora (0 scanned)").click();

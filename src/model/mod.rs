@@ -490,6 +490,18 @@ impl Model {
         interventions: &[Intervention],
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<RunOutput> {
+        let (last, record) = self.forward(tokens, capture, interventions, cancel)?;
+        self.output(last, record, self.config().n_layers)
+    }
+
+    /// A full forward pass to the final norm's output `[pos, d_model]`, with what it recorded.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        capture: &Capture,
+        interventions: &[Intervention],
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<(Tensor, ActivationRecord)> {
         self.check_tokens(tokens)?;
         self.check_interventions(interventions, tokens.len())?;
         let mut hooks = Hooks::new(capture, interventions);
@@ -497,10 +509,10 @@ impl Model {
             hooks = hooks.with_cancel(flag);
         }
         let x = self.weights.embed(tokens, &mut hooks)?;
-        let logits = self
+        let last = self
             .weights
             .run_from(0, x, &mut hooks, None, None, self.fast())?;
-        self.output(logits, hooks.record, self.config().n_layers)
+        Ok((last, hooks.record))
     }
 
     /// Several sequences in one forward pass: their tokens packed along one axis (every matrix
@@ -701,23 +713,14 @@ impl Model {
         interventions: &[Intervention],
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<(RunOutput, Finals)> {
-        self.check_tokens(tokens)?;
-        self.check_interventions(interventions, tokens.len())?;
-        let mut hooks = Hooks::new(capture, interventions);
-        if let Some(flag) = cancel {
-            hooks = hooks.with_cancel(flag);
-        }
-        let x = self.weights.embed(tokens, &mut hooks)?;
-        let last = self
-            .weights
-            .run_from(0, x, &mut hooks, None, None, self.fast())?;
+        let (last, record) = self.forward(tokens, capture, interventions, cancel)?;
         let len = tokens.len();
         let out = RunOutput {
             logits: self
                 .weights
                 .unembed_all(&last.narrow(0, len - 1, 1)?, self.fast())?,
             vocab: self.config().vocab_size,
-            record: hooks.record,
+            record,
             layers_computed: self.config().n_layers,
         };
         Ok((
