@@ -75,8 +75,19 @@ pub fn summarize(
     continuation: Option<String>,
 ) -> RunSummary {
     let token_nll = analysis::token_nll(&out.logits, out.vocab, ids);
+    summary_of(model, out.last_logits(), token_nll, top, continuation)
+}
+
+/// [`summarize`] from the last position's logits and the loss of every token.
+fn summary_of(
+    model: &Model,
+    last_logits: &[f32],
+    token_nll: Vec<f32>,
+    top: usize,
+    continuation: Option<String>,
+) -> RunSummary {
     RunSummary {
-        top_next: top_tokens(model, out.last_logits(), top),
+        top_next: top_tokens(model, last_logits, top),
         mean_nll: analysis::mean(&token_nll),
         token_nll,
         continuation,
@@ -105,13 +116,13 @@ pub fn run(model: &Model, req: &ProbeRequest) -> Result<ProbeReport> {
     let summarized = |ivs: &[Intervention]| -> Result<(RunSummary, Vec<f32>)> {
         let (out, finals) = model.run_last(&ids, &Capture::Nothing, ivs, None)?;
         let token_nll = model.token_nll(&finals, &ids)?;
-        let summary = RunSummary {
-            top_next: top_tokens(model, out.last_logits(), req.top),
-            mean_nll: analysis::mean(&token_nll),
+        let summary = summary_of(
+            model,
+            out.last_logits(),
             token_nll,
-            continuation: continue_with(ivs)?,
-            kl_from_baseline: None,
-        };
+            req.top,
+            continue_with(ivs)?,
+        );
         Ok((summary, out.logits))
     };
     let (baseline, baseline_last) = summarized(&[])?;

@@ -290,10 +290,10 @@ impl Receptive {
             match run.rx.try_recv() {
                 Ok(Ok((path, index))) => {
                     self.scanning = None;
-                    // The new scan wins over an index load still under way (its list would
-                    // not hold the new index).
-                    self.load_rx = None;
                     if self.model_sha.as_deref() == Some(index.meta.model_sha256.as_str()) {
+                        // The new scan wins over an index load of the same model still under
+                        // way (its list would not hold the new index).
+                        self.load_rx = None;
                         self.indexes.retain(|(p, _)| *p != path);
                         self.indexes.push((path.clone(), index.meta.clone()));
                         self.indexes

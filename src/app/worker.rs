@@ -479,25 +479,23 @@ fn answer_scan(
     result: Result<(PathBuf, crate::scan::ScanIndex), JobError>,
     answer: ScanAnswer,
 ) -> Result<String, JobError> {
-    {
-        match result {
-            Ok((out, index)) => {
-                let m = &index.meta;
-                let summary = format!(
-                    "{} stimuli, {} tokens in {:.0} s ({:.0} tokens/s), saved as {}",
-                    m.stimuli_done,
-                    m.tokens_done,
-                    m.seconds,
-                    m.tokens_done as f64 / m.seconds.max(1e-9),
-                    out.display()
-                );
-                let _ = answer.send(Ok((out, index)));
-                Ok(summary)
-            }
-            Err(e) => {
-                let _ = answer.send(Err(e.to_string()));
-                Err(e)
-            }
+    match result {
+        Ok((out, index)) => {
+            let m = &index.meta;
+            let summary = format!(
+                "{} stimuli, {} tokens in {:.0} s ({:.0} tokens/s), saved as {}",
+                m.stimuli_done,
+                m.tokens_done,
+                m.seconds,
+                m.tokens_done as f64 / m.seconds.max(1e-9),
+                out.display()
+            );
+            let _ = answer.send(Ok((out, index)));
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = answer.send(Err(e.to_string()));
+            Err(e)
         }
     }
 }
