@@ -43,7 +43,9 @@ fn harness(size: [f32; 2], state: AppState) -> Harness<'static, HubelApp> {
 
 fn settle(h: &mut Harness<'static, HubelApp>, what: &str, cond: impl Fn(&HubelApp) -> bool) {
     let start = Instant::now();
-    while !cond(h.state()) || h.state().is_busy() {
+    // The card's answers (occlusion, index lookup) come after the run: wait for them too, or a
+    // slower machine photographs the card half-filled.
+    while !cond(h.state()) || h.state().is_busy() || !h.state().runtime.receptive.settled() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "timed out waiting for {what}: {:?}",
@@ -68,13 +70,18 @@ fn options() -> SnapshotOptions {
 
 fn main_view(size: [f32; 2], name: &str) {
     let state = AppState {
-        probe: "The cat sat on the mat.".into(),
         continuation: 0,
         layer: 1,
         ..AppState::default()
     };
     let mut h = harness(size, state);
+    // The model first, the probe after frames of the empty view: when the load and the first run
+    // both landed before the first frame, the card's panel had a different history (its scroll
+    // area 8 px narrower) and the picture differed now and then on a loaded machine.
     h.state_mut().load_model(tiny_llama());
+    settle(&mut h, "the model", |a| a.runtime.model.is_some());
+    h.state_mut().state.probe = "The cat sat on the mat.".into();
+    h.state_mut().request_run(0.0);
     settle(&mut h, "the first run", |a| a.runtime.result.is_some());
     // Open the strongest neuron's card, ablate it, show B − A.
     let f = h.state().derived.rows[0].feature;

@@ -196,6 +196,22 @@ pub struct Receptive {
 }
 
 impl Receptive {
+    /// Whether no answer for the card is still coming: the index lookup, the examples'
+    /// activations, the occlusion map, the labels (what a picture of the card waits for).
+    pub fn settled(&self) -> bool {
+        !matches!(self.index, IndexState::Loading)
+            && self.load_rx.is_none()
+            && !matches!(self.labels, LabelsState::Computing)
+            && self
+                .card
+                .as_ref()
+                .is_none_or(|c| !matches!(c.rows, Pending::Waiting(_)))
+            && self
+                .occlusion
+                .as_ref()
+                .is_none_or(|o| !matches!(o.result, Pending::Waiting(_)))
+    }
+
     pub fn next_serial(&mut self) -> u64 {
         self.serial += 1;
         self.serial

@@ -51,9 +51,11 @@ impl CardView {
             .default_size(width)
             .max_size(max)
             .show(ui, |ui| {
-                egui::ScrollArea::vertical()
-                    .id_salt(("card", feature))
-                    .show(ui, |ui| self.contents_ui(ui, state, cx, out));
+                super::within_panel(ui, |ui| {
+                    egui::ScrollArea::vertical()
+                        .id_salt(("card", feature))
+                        .show(ui, |ui| self.contents_ui(ui, state, cx, out));
+                })
             });
     }
 

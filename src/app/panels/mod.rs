@@ -153,6 +153,19 @@ impl Views {
     }
 }
 
+/// Shows a side panel's contents in exactly the panel's present width: a line wider than the
+/// panel is clipped instead of widening it, so only a drag of its edge changes the width (a panel
+/// that grew to its widest content had a width that depended on which answers had arrived in
+/// which frame).
+pub(crate) fn within_panel<R>(ui: &mut egui::Ui, add: impl FnOnce(&mut egui::Ui) -> R) -> R {
+    let rect = ui.available_rect_before_wrap();
+    let mut child = ui.new_child(egui::UiBuilder::new().max_rect(rect).layout(*ui.layout()));
+    child.set_clip_rect(rect.intersect(ui.clip_rect()));
+    let r = add(&mut child);
+    ui.allocate_rect(rect, egui::Sense::hover());
+    r
+}
+
 /// A busy indicator that steps four times a second. egui's spinner asks for a new frame every
 /// frame; without a GPU each frame is drawn by the CPU (Mesa's llvmpipe: during a series of
 /// ablation clicks under Xvfb its threads used 1.9 of the 2 cores' 3 seconds), taking it from

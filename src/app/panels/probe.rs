@@ -15,6 +15,7 @@ pub fn probe_panel_ui(
         .resizable(true)
         .default_size(width)
         .show(ui, |ui| {
+            super::within_panel(ui, |ui| {
             ui.heading("Probe");
             let label = ui.label("Probe text");
             let edit = egui::TextEdit::multiline(&mut state.probe)
@@ -78,5 +79,6 @@ pub fn probe_panel_ui(
                         }
                     });
                 });
+            })
         });
 }
