@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 
 use hubel::assets::{self, Clients};
 use hubel::jobs::{self, progress::run_reporting, JobError};
-use hubel::model::Model;
+use hubel::cli::open_model;
 use hubel::probe::{self, ProbeRequest};
 
 const USAGE: &str = "\
@@ -29,6 +29,8 @@ USAGE:
   hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
   hubel label FEATURE [--index FILE] [--model PATH] [--recompute] [--json]
   hubel search QUERY [--index FILE] [--n 20] [--basis neurons|heads] [--json]
+  hubel experiment list | run NAME|FILE [--model PATH] [--json] [--out DIR] [--shuffles N] [--folds K]
+  hubel lesion --units L1N971,L9N448 --ablation zero|mean|resample --sets NAME|FILE [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -189,6 +191,10 @@ fn run() -> anyhow::Result<ExitCode> {
             hubel::scan::cli::command(&command, std::mem::take(&mut args.0))
                 .map(|_| ExitCode::SUCCESS)
         }
+        "experiment" | "lesion" => {
+            hubel::experiments::cli::command(&command, std::mem::take(&mut args.0))
+                .map(|_| ExitCode::SUCCESS)
+        }
         "bench" => hubel::bench::command(
             &open_model(args.value("--model")?)?,
             args.number("--reps", 20)?,
@@ -268,20 +274,6 @@ fn paths_command(mut args: Args) -> anyhow::Result<ExitCode> {
     println!("settings  {}", show(&paths.settings));
     println!("platform  {}", show(&paths.platform_dir));
     Ok(ExitCode::SUCCESS)
-}
-
-fn open_model(path: Option<String>) -> anyhow::Result<Model> {
-    let path = match path {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let p = assets::default_model_path(&assets::assets_dir());
-            if !p.is_file() {
-                bail!("the default model is not fetched yet ({}): run `hubel fetch --model`, or pass --model PATH", p.display());
-            }
-            p
-        }
-    };
-    Model::open(&path).with_context(|| format!("opening the model {}", path.display()))
 }
 
 fn probe_command(mut args: Args) -> anyhow::Result<ExitCode> {

@@ -1315,3 +1315,83 @@ fn a_text_file_scanned_from_the_card_gives_its_own_examples_and_the_corpus_can_b
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The Experiments window as a person uses it: the menu opens it on a built-in protocol, Run
+/// starts a job, the result's top units open their card with a click, a lesion protocol shows
+/// zero and mean ablation side by side with the caveat, and the report folder is written through
+/// the built-in dialog.
+#[test]
+fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
+    use hubel::experiments::Report;
+    let config = test_config();
+    let h = harness_sized(probe_state("Turn left here"), config, [1280.0, 800.0]);
+    let mut h = load(h, tiny_llama(), true);
+    h.get_by_label("Experiments").click();
+    h.run_steps(3);
+    h.get_by_label("Protocol: sense-left").click();
+    h.run_steps(3);
+    assert!(h.state().state.experiments_open);
+    h.get_by_label_contains("sense-left · selectivity");
+    h.get_by_label("▶ Run").click();
+    h.run_steps(2);
+    wait_for(&mut h, "the experiment", |a| {
+        !a.runtime.experiments.is_running() && a.runtime.experiments.result.is_some()
+    });
+    assert_eq!(h.state().runtime.experiments.error, None);
+    let done = h.state().runtime.experiments.result.clone().unwrap();
+    let Report::Selectivity(r) = &done.report else {
+        panic!("sense-left is a selectivity protocol");
+    };
+    assert_eq!(r.layers.len(), 2, "one row per block of the tiny model");
+    h.get_by_label("Top units (click one for its card)");
+    let first = r.top_units[0].feature.clone();
+    h.get_by_label(&first).scroll_to_me();
+    h.run_steps(3);
+    h.get_by_label(&first).click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().state.selection.map(|f| f.label()),
+        Some(first.clone()),
+        "a top unit's link opens its card"
+    );
+    // The report folder, through the built-in dialog (no desktop portal in tests).
+    let out = temp_dir("report");
+    h.get_by_label("Export report…").scroll_to_me();
+    h.run_steps(3);
+    h.get_by_label("Export report…").click();
+    h.run_steps(3);
+    assert!(h.state().dialogs.is_open(), "the built-in dialog opened");
+    h.state_mut().dialogs.built_in().unwrap().folder = out.display().to_string();
+    h.run_steps(2);
+    h.get_by_label("Open this folder").click();
+    h.run_steps(2);
+    assert!(!h.state().dialogs.is_open());
+    wait_for(&mut h, "the report folder", |a| {
+        a.runtime.experiments.exported.is_some()
+    });
+    let dir = out.join("hubel-sense-left");
+    assert_eq!(
+        h.state().runtime.experiments.exported.clone().unwrap(),
+        Ok(dir.clone())
+    );
+    for f in ["report.md", "report.json", "protocol.json", "selectivity.png", "selectivity.svg"] {
+        assert!(dir.join(f).is_file(), "{f} written");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["protocol"], "sense-left");
+    assert_eq!(json["layers"].as_array().unwrap().len(), 2);
+    // A lesion protocol: zero and mean side by side, with the caveat.
+    h.state_mut()
+        .apply(hubel::app::Command::ChooseProtocol("lesion-zh-en".into()), 0.0);
+    h.run_steps(2);
+    h.get_by_label("▶ Run").click();
+    wait_for(&mut h, "the lesion experiment", |a| {
+        !a.runtime.experiments.is_running()
+            && a.runtime.experiments.result_shown().is_some()
+    });
+    h.get_by_label("zero: ΔA");
+    h.get_by_label("mean: ΔA");
+    h.get_by_label_contains("Zero-ablation moves a neuron to 0");
+    std::fs::remove_dir_all(out).unwrap();
+}

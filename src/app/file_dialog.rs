@@ -25,6 +25,14 @@ pub enum FileAction {
     ScanTextFile,
     /// A folder of `.txt` files to scan.
     ScanTextFolder,
+    /// An experiment protocol (JSON).
+    OpenProtocol,
+    /// The folder an experiment's report folder is written in.
+    ExportReport,
+    /// The folder a dose–response report folder is written in.
+    ExportDose,
+    /// Where a fitted discriminator is saved (JSON).
+    SaveDiscriminator,
 }
 
 impl FileAction {
@@ -39,6 +47,10 @@ impl FileAction {
             FileAction::ExportOutputJson => "Export output as JSON",
             FileAction::ScanTextFile => "Scan a text file (one stimulus per line)",
             FileAction::ScanTextFolder => "Scan a folder of .txt files",
+            FileAction::OpenProtocol => "Open an experiment protocol",
+            FileAction::ExportReport => "Export the report into a folder",
+            FileAction::ExportDose => "Export the dose–response report into a folder",
+            FileAction::SaveDiscriminator => "Save the discriminator",
         }
     }
 
@@ -49,13 +61,17 @@ impl FileAction {
                 | FileAction::ExportHeatmapPng
                 | FileAction::ExportHeatmapCsv
                 | FileAction::ExportOutputJson
+                | FileAction::SaveDiscriminator
         )
     }
 
     fn picks_folder(self) -> bool {
         matches!(
             self,
-            FileAction::OpenModelFolder | FileAction::ScanTextFolder
+            FileAction::OpenModelFolder
+                | FileAction::ScanTextFolder
+                | FileAction::ExportReport
+                | FileAction::ExportDose
         )
     }
 
@@ -68,7 +84,12 @@ impl FileAction {
             FileAction::ExportOutputJson => "output.json",
             FileAction::OpenModel => "model.gguf",
             FileAction::ScanTextFile => "corpus.txt",
-            FileAction::OpenModelFolder | FileAction::ScanTextFolder => "",
+            FileAction::OpenProtocol => "protocol.json",
+            FileAction::SaveDiscriminator => "discriminator.json",
+            FileAction::OpenModelFolder
+            | FileAction::ScanTextFolder
+            | FileAction::ExportReport
+            | FileAction::ExportDose => "",
         }
     }
 

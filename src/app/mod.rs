@@ -13,6 +13,7 @@
 
 pub mod colors;
 pub mod derived;
+pub mod experiments;
 pub mod export;
 pub mod file_dialog;
 pub mod fonts;
@@ -86,6 +87,17 @@ pub enum Command {
     Occlude,
     /// Features that fire on a token or whose label holds the words.
     SearchFeatures(String),
+    /// Show or hide the Experiments window.
+    ShowExperiments(bool),
+    /// Show a built-in protocol in the Experiments window.
+    ChooseProtocol(String),
+    /// Run the protocol shown as a job.
+    RunExperiment,
+    /// Run the dose–response form (its features, or the selected feature) on the protocol
+    /// shown's sets and the probe.
+    RunDose,
+    /// Fit a discriminator on the protocol shown and classify the form's text with it.
+    FitDiscriminator(crate::experiments::discriminator::Which),
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -178,6 +190,8 @@ pub struct Runtime {
     pub fidelity: Option<Meter>,
     /// The scan index of the loaded model, the card's corpus examples, occlusion, search.
     pub receptive: receptive::Receptive,
+    /// The Experiments window's protocol, job and results.
+    pub experiments: experiments::Experiments,
     /// Occlusion deletes tokens rather than replacing them.
     pub occlusion_delete: bool,
     /// The occlusion map was asked for by a click (long probes).
@@ -210,6 +224,7 @@ impl Runtime {
             fast_requested: false,
             fidelity: None,
             receptive: receptive::Receptive::default(),
+            experiments: experiments::Experiments::default(),
             occlusion_delete: false,
             occlusion_asked: false,
             fidelity_serial: 0,
@@ -678,6 +693,7 @@ impl HubelApp {
         self.runtime.refresh_jobs();
         self.poll_fetch();
         self.runtime.receptive.poll();
+        self.runtime.experiments.poll();
         if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
             self.start_labels();
         }
@@ -702,6 +718,112 @@ impl HubelApp {
         r.labels = receptive::LabelsState::Computing;
         self.send(Request::ModelJob {
             name: worker::LABEL_JOB.into(),
+            job,
+        });
+    }
+
+    /// Runs the protocol shown as a job (one experiment at a time).
+    fn start_experiment(&mut self) {
+        let ex = &mut self.runtime.experiments;
+        if ex.is_running() || self.runtime.model.is_none() {
+            return;
+        }
+        let Some(protocol) = ex.protocol().cloned() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = worker::experiment_job_name(&protocol.name);
+        ex.running = Some(experiments::ExperimentRun {
+            name: name.clone(),
+            protocol: protocol.name.clone(),
+            rx,
+        });
+        ex.error = None;
+        let job = worker::experiment_job(protocol, tx);
+        self.send(Request::ModelJob { name, job });
+    }
+
+    /// Runs the dose–response form as a job: its features (else the selected feature) over its
+    /// range, on the probe and the protocol shown's sets.
+    fn start_dose(&mut self) {
+        let ex = &mut self.runtime.experiments;
+        if ex.dosing.is_some() || self.runtime.model.is_none() {
+            return;
+        }
+        let Some(protocol) = ex.protocol().cloned() else {
+            return;
+        };
+        let form = &self.state.dose;
+        let units = if form.units.trim().is_empty() {
+            self.state.selection.into_iter().collect()
+        } else {
+            match crate::experiments::cli::parse_units(&form.units) {
+                Ok(u) => u,
+                Err(e) => {
+                    ex.dose_error = Some(format!("{e:#}"));
+                    return;
+                }
+            }
+        };
+        if units.is_empty() {
+            ex.dose_error =
+                Some("choose a feature: click one (it becomes the selection) or type L10N123".into());
+            return;
+        }
+        let strengths = match crate::experiments::dose::parse_range(&format!(
+            "{}:{}:{}",
+            form.from, form.to, form.steps
+        )) {
+            Ok(s) => s,
+            Err(e) => {
+                ex.dose_error = Some(e);
+                return;
+            }
+        };
+        let settings = crate::experiments::dose::Settings {
+            units,
+            mode: form.mode,
+            strengths,
+            freeze_attention: form.freeze,
+            probe: self.state.probe.clone(),
+            target: Some(form.target.clone()).filter(|t| !t.is_empty()),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = format!("Dose–response on {}", protocol.name);
+        ex.dosing = Some(experiments::ExperimentRun {
+            name: name.clone(),
+            protocol: protocol.name.clone(),
+            rx,
+        });
+        ex.dose_error = None;
+        let job = worker::dose_job(protocol, settings, tx);
+        self.send(Request::ModelJob { name, job });
+    }
+
+    /// Fits a discriminator on the protocol shown and classifies the form's text (one line a
+    /// text) with it, as a job.
+    fn start_discriminator(&mut self, which: crate::experiments::discriminator::Which) {
+        let ex = &mut self.runtime.experiments;
+        if ex.fitting.is_some() || self.runtime.model.is_none() {
+            return;
+        }
+        let Some(protocol) = ex.protocol().cloned() else {
+            return;
+        };
+        let texts: Vec<String> = self
+            .state
+            .classify_text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        ex.fitting = Some(rx);
+        ex.classified = None;
+        ex.saved = None;
+        let job = worker::discriminator_job(protocol, which, texts, tx);
+        self.send(Request::ModelJob {
+            name: "Fit a discriminator".into(),
             job,
         });
     }
@@ -1191,6 +1313,21 @@ impl HubelApp {
                 self.runtime.receptive.occlusion = None;
                 self.refresh_receptive();
             }
+            Command::ShowExperiments(open) => {
+                self.state.experiments_open = open;
+                if open && self.runtime.experiments.protocol.is_none() {
+                    let name = self.state.experiment.clone();
+                    self.runtime.experiments.choose(&name);
+                }
+            }
+            Command::ChooseProtocol(name) => {
+                self.state.experiments_open = true;
+                self.state.experiment = name.clone();
+                self.runtime.experiments.choose(&name);
+            }
+            Command::RunExperiment => self.start_experiment(),
+            Command::RunDose => self.start_dose(),
+            Command::FitDiscriminator(which) => self.start_discriminator(which),
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
             Command::FileChosen(action, path) => match action {
@@ -1201,6 +1338,13 @@ impl HubelApp {
                 FileAction::ExportHeatmapCsv => self.export_heatmap(&path, false),
                 FileAction::ExportOutputJson => self.export_output(&path),
                 FileAction::ScanTextFile | FileAction::ScanTextFolder => self.start_text_scan(path),
+                FileAction::OpenProtocol => {
+                    self.state.experiments_open = true;
+                    self.runtime.experiments.open(&path);
+                }
+                FileAction::ExportReport => self.runtime.experiments.export(&path),
+                FileAction::ExportDose => self.runtime.experiments.export_dose(&path),
+                FileAction::SaveDiscriminator => self.runtime.experiments.save_discriminator(&path),
             },
             Command::DismissError => self.error = None,
         }
@@ -1242,7 +1386,10 @@ impl eframe::App for HubelApp {
                 ctx.request_repaint_after(std::time::Duration::from_secs_f64(wait));
             }
         }
-        if self.runtime.fetching.is_some() || self.runtime.loading.is_some() {
+        if self.runtime.fetching.is_some()
+            || self.runtime.loading.is_some()
+            || self.runtime.experiments.exporting.is_some()
+        {
             // Poll while a long job reports progress; idle otherwise.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }

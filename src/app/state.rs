@@ -62,6 +62,43 @@ pub struct AppState {
     pub builtin_file_dialog: bool,
     /// Exact (f32, the reference) or the fast path (4-bit weights × 8-bit activations).
     pub precision: Precision,
+    /// The Experiments window is open.
+    pub experiments_open: bool,
+    /// The built-in protocol it shows first.
+    pub experiment: String,
+    /// The dose–response form.
+    pub dose: DoseForm,
+    /// The discriminator form: the text to classify.
+    pub classify_text: String,
+}
+
+/// What the Experiments window's dose–response form holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DoseForm {
+    /// Features, e.g. `L10N123, L5H3` (empty: the selected feature).
+    pub units: String,
+    pub mode: crate::experiments::dose::Mode,
+    pub from: f32,
+    pub to: f32,
+    pub steps: usize,
+    pub freeze: bool,
+    /// The watched next token (empty: the clean run's top token).
+    pub target: String,
+}
+
+impl Default for DoseForm {
+    fn default() -> Self {
+        DoseForm {
+            units: String::new(),
+            mode: crate::experiments::dose::Mode::Scale,
+            from: 0.0,
+            to: 3.0,
+            steps: 7,
+            freeze: false,
+            target: String::new(),
+        }
+    }
 }
 
 impl Default for AppState {
@@ -82,6 +119,10 @@ impl Default for AppState {
             effect_on_probe: false,
             builtin_file_dialog: false,
             precision: Precision::Exact,
+            experiments_open: false,
+            experiment: "sense-left".into(),
+            dose: DoseForm::default(),
+            classify_text: String::new(),
         }
     }
 }

@@ -500,6 +500,108 @@ fn answer_scan(
     }
 }
 
+/// The name of an experiment's job.
+pub fn experiment_job_name(protocol: &str) -> String {
+    format!("Experiment {protocol}")
+}
+
+/// A model job that runs `protocol` (by its kind, default settings) and hands the report back on
+/// `answer`, or why it did not finish.
+pub fn experiment_job(
+    protocol: crate::corpus::protocol::Protocol,
+    answer: Sender<super::experiments::Answer>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let started = Instant::now();
+        match crate::experiments::run(&model, &protocol, Some(ctx)) {
+            Ok(report) => {
+                let seconds = started.elapsed().as_secs_f64();
+                let summary = format!("{} in {seconds:.1} s", protocol.name);
+                let _ = answer.send(Ok(super::experiments::Finished {
+                    protocol,
+                    report,
+                    seconds,
+                    model: model.info().name.clone(),
+                }));
+                Ok(summary)
+            }
+            Err(e) => {
+                let e: JobError = e.into();
+                let _ = answer.send(Err(match &e {
+                    JobError::Cancelled => "the experiment was cancelled".to_string(),
+                    other => other.to_string(),
+                }));
+                Err(e)
+            }
+        }
+    })
+}
+
+/// A model job that runs a dose–response curve on `protocol`'s sets and hands it back.
+pub fn dose_job(
+    protocol: crate::corpus::protocol::Protocol,
+    settings: crate::experiments::dose::Settings,
+    answer: Sender<super::experiments::Answer>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let started = Instant::now();
+        let runner = crate::experiments::Runner::new(&model, Some(ctx));
+        match crate::experiments::dose::run(&runner, &protocol, &settings) {
+            Ok(report) => {
+                let seconds = started.elapsed().as_secs_f64();
+                let summary = format!("{} strengths in {seconds:.1} s", report.points.len());
+                let _ = answer.send(Ok(super::experiments::Finished {
+                    protocol,
+                    report: crate::experiments::Report::Dose(report),
+                    seconds,
+                    model: model.info().name.clone(),
+                }));
+                Ok(summary)
+            }
+            Err(e) => {
+                let e: JobError = e.into();
+                let _ = answer.send(Err(match &e {
+                    JobError::Cancelled => "the dose–response run was cancelled".to_string(),
+                    other => other.to_string(),
+                }));
+                Err(e)
+            }
+        }
+    })
+}
+
+/// A model job that fits a discriminator on `protocol` and classifies `texts` with it.
+pub fn discriminator_job(
+    protocol: crate::corpus::protocol::Protocol,
+    which: crate::experiments::discriminator::Which,
+    texts: Vec<String>,
+    answer: Sender<Result<super::experiments::Classified, String>>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let runner = crate::experiments::Runner::new(&model, Some(ctx));
+        let result = crate::experiments::discriminator::fit(&runner, &protocol, which, 5, crate::experiments::SEED)
+            .and_then(|d| {
+                let results = d.classify(&model, &texts)?;
+                Ok(super::experiments::Classified {
+                    discriminator: d,
+                    results,
+                })
+            });
+        match result {
+            Ok(c) => {
+                let summary = c.discriminator.describe();
+                let _ = answer.send(Ok(c));
+                Ok(summary)
+            }
+            Err(e) => {
+                let e: JobError = e.into();
+                let _ = answer.send(Err(e.to_string()));
+                Err(e)
+            }
+        }
+    })
+}
+
 /// The name of the labelling job.
 pub const LABEL_JOB: &str = "Label every feature (offline labels)";
 

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+pub mod protocol;
 pub mod wordnet;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

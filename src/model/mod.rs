@@ -395,6 +395,14 @@ impl Model {
         Ok(tokens)
     }
 
+    /// [`Model::tokenize`] with each token's byte range in `text`
+    /// ([`Tokenizer::encode_with_offsets`]).
+    pub fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(Token, (usize, usize))>> {
+        let tokens = self.tokenizer.encode_with_offsets(text)?;
+        self.check_tokens(&tokens.iter().map(|(t, _)| t.id).collect::<Vec<_>>())?;
+        Ok(tokens)
+    }
+
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let cfg = self.config();
         if tokens.is_empty() {
@@ -529,17 +537,39 @@ impl Model {
         logits: Logits,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Vec<RunOutput>> {
+        let each: Vec<&[Intervention]> = vec![interventions; seqs.len()];
+        self.run_batch_each(seqs, capture, &each, logits, cancel)
+    }
+
+    /// [`Model::run_batch`] with interventions of each sequence's own (`interventions[i]` for
+    /// `seqs[i]`: an ablation at positions 1..len, a resampled value per position): still one
+    /// forward pass, and each sequence's output still equal to its run alone.
+    pub fn run_batch_each(
+        &self,
+        seqs: &[&[u32]],
+        capture: &Capture,
+        interventions: &[&[Intervention]],
+        logits: Logits,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Vec<RunOutput>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        for tokens in seqs {
-            self.check_tokens(tokens)?;
-            self.check_interventions(interventions, tokens.len())?;
+        if interventions.len() != seqs.len() {
+            return Err(ModelError::Format(format!(
+                "{} sequences but {} lists of interventions",
+                seqs.len(),
+                interventions.len()
+            )));
         }
-        let mut hooks: Vec<Hooks> = seqs
+        for (tokens, ivs) in seqs.iter().zip(interventions) {
+            self.check_tokens(tokens)?;
+            self.check_interventions(ivs, tokens.len())?;
+        }
+        let mut hooks: Vec<Hooks> = interventions
             .iter()
-            .map(|_| {
-                let h = Hooks::new(capture, interventions);
+            .map(|ivs| {
+                let h = Hooks::new(capture, ivs);
                 match &cancel {
                     Some(flag) => h.with_cancel(flag.clone()),
                     None => h,

@@ -62,14 +62,29 @@ fn normal(rng: &mut rand::rngs::StdRng) -> f32 {
 
 /// A random model of `cfg` (seeded), and its tensors by HF name.
 pub fn random_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, Tensor>)> {
-    random_model_with(cfg, seed, false)
+    random_model_with(cfg, seed, false, &mut |_, _, _| {})
+}
+
+/// An edit of a random model's tensor: `(HF name, dims, values)`.
+pub type TensorEdit<'a> = dyn FnMut(&str, &[usize], &mut [f32]) + 'a;
+
+/// [`random_model`] with `edit(name, dims, values)` applied to each tensor before the model is
+/// built (tests plant structure this way: a head that copies, a neuron that reads a direction).
+/// The random draws do not depend on the edits, so two calls with the same seed differ only
+/// where the edits do.
+pub fn random_model_edited(
+    cfg: &Config,
+    seed: u64,
+    edit: &mut TensorEdit,
+) -> Result<(Model, BTreeMap<String, Tensor>)> {
+    random_model_with(cfg, seed, false, edit)
 }
 
 /// [`random_model`] whose matrices are exactly representable in 4-bit blocks of 32 along their
 /// input axis (as a Q4_1 GGUF's are), so that the fast path rounds only activations: the tiny
 /// stand-in for SmolLM2's file in fast-path tests.
 pub fn random_q4_model(cfg: &Config, seed: u64) -> Result<(Model, BTreeMap<String, Tensor>)> {
-    random_model_with(cfg, seed, true)
+    random_model_with(cfg, seed, true, &mut |_, _, _| {})
 }
 
 /// `w` (`[rows, k]`, one row per output) rounded to the fast path's 4-bit blocks, when `k`
@@ -85,6 +100,7 @@ fn random_model_with(
     cfg: &Config,
     seed: u64,
     q4: bool,
+    edit: &mut TensorEdit,
 ) -> Result<(Model, BTreeMap<String, Tensor>)> {
     let device = Device::Cpu;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -104,7 +120,7 @@ fn random_model_with(
                 }
             })
             .collect();
-        let data = match dims {
+        let mut data = match dims {
             [a, b] if q4 => {
                 // GPT-2's Conv1D weights are stored [in, out]: round along `in`.
                 if name.contains(".c_") {
@@ -117,6 +133,7 @@ fn random_model_with(
             }
             _ => data,
         };
+        edit(name, dims, &mut data);
         let t = Tensor::from_vec(data, dims, &device)?;
         made.insert(name.to_string(), t.clone());
         Ok(Some(t))

@@ -203,6 +203,30 @@ impl Tokenizer {
             .collect())
     }
 
+    /// [`Tokenizer::encode`] with each token's byte range in `text` (a prepended BOS gets the
+    /// empty range `(0, 0)`; a token holding part of a character covers that whole character).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(Token, (usize, usize))>> {
+        let enc = self.inner.encode(text, true).map_err(tok_err)?;
+        let bos = self.bos.map(|id| (id, (0, 0)));
+        Ok(bos
+            .into_iter()
+            .chain(
+                enc.get_ids()
+                    .iter()
+                    .copied()
+                    .zip(enc.get_offsets().iter().copied()),
+            )
+            .map(|(id, offsets)| {
+                let token = Token {
+                    id,
+                    text: self.token_text(id),
+                    bytes: self.token_bytes(id),
+                };
+                (token, offsets)
+            })
+            .collect())
+    }
+
     pub fn encode_ids(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.encode(text)?.into_iter().map(|t| t.id).collect())
     }
@@ -250,6 +274,11 @@ impl Tokenizer {
     /// A sequence's text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tok_err)
+    }
+
+    /// The token prepended to every probe, if any (none for SmolLM2).
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
     }
 
     pub fn eos(&self) -> Option<u32> {

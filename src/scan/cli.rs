@@ -25,41 +25,7 @@ pub const USAGE: &str = "\
              features that fire on a token (`left` also matches ` left`), then features whose
              labels mention the query's words";
 
-/// Takes `--name VALUE` or `--name=VALUE` out of `args`.
-fn value(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<String>> {
-    let mut out = None;
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == name {
-            if i + 1 >= args.len() {
-                bail!("{name} needs a value");
-            }
-            out = Some(args.remove(i + 1));
-            args.remove(i);
-        } else if let Some(v) = args[i].strip_prefix(&format!("{name}=")) {
-            out = Some(v.to_string());
-            args.remove(i);
-        } else {
-            i += 1;
-        }
-    }
-    Ok(out)
-}
-
-fn number(args: &mut Vec<String>, name: &str) -> anyhow::Result<Option<usize>> {
-    value(args, name)?
-        .map(|v| {
-            v.parse()
-                .with_context(|| format!("{name} expects a non-negative integer, got `{v}`"))
-        })
-        .transpose()
-}
-
-fn flag(args: &mut Vec<String>, name: &str) -> bool {
-    let before = args.len();
-    args.retain(|a| a != name);
-    args.len() != before
-}
+use crate::cli::{flag, number, value};
 
 fn finish(args: &[String]) -> anyhow::Result<()> {
     if let Some(a) = args.first() {

@@ -67,7 +67,31 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &
                     "Skip the desktop's file dialog (it is skipped anyway where none is available)",
                 );
             });
+            ui.menu_button("Experiments", |ui| {
+                if ui.button("Open the Experiments window").clicked() {
+                    out.push(Command::ShowExperiments(true));
+                    ui.close();
+                }
+                ui.separator();
+                for name in corpus::protocol::built_in_names() {
+                    if ui.button(format!("Protocol: {name}")).clicked() {
+                        out.push(Command::ChooseProtocol(name.to_string()));
+                        ui.close();
+                    }
+                }
+                ui.separator();
+                if ui.button("Open protocol file…").clicked() {
+                    out.push(Command::AskFile(FileAction::OpenProtocol));
+                    ui.close();
+                }
+            });
             ui.menu_button("Stimuli", |ui| {
+                ui.label(
+                    egui::RichText::new(
+                        "Single probes. The stimulus sets of the experiments are under Experiments.",
+                    )
+                    .weak(),
+                );
                 for protocol in corpus::protocols() {
                     ui.menu_button(&protocol.name, |ui| {
                         ui.label(egui::RichText::new(&protocol.description).weak());

@@ -5,6 +5,7 @@
 
 mod card;
 mod chrome;
+mod experiments;
 mod interventions;
 mod jobs;
 mod maps;
@@ -150,6 +151,13 @@ impl Views {
                 });
             self.maps.heatmap_ui(ui, state, cx, out);
         });
+        experiments::experiments_window_ui(
+            &ui.ctx().clone(),
+            state,
+            cx,
+            out,
+            egui::vec2(width, height),
+        );
     }
 }
 
