@@ -623,3 +623,103 @@ fn fetch_progress_in_a_log_is_a_few_lines() {
         "{stderr}"
     );
 }
+
+/// The built-in protocols on SmolLM2 from the command line, with what the model is known to do:
+/// induction heads in layers 17–18 (L18H6 first, its control near 0) and a second copy
+/// predicted far better than the first; the senses of " left" not apart at the embedding (the
+/// same token) and apart from the first layers on; a lesion's JSON as documented.
+#[test]
+fn experiments_on_the_default_model_find_what_the_model_does() {
+    let model = common::default_model_path().display().to_string();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = hubel(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let v = run(&["experiment", "run", "induction", "--json", "--model", &model]);
+    let heads = v["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 30 * 9);
+    assert_eq!(heads[0]["head"], "L18H6", "{:?}", &heads[..3]);
+    let (score, control) = (heads[0]["score"].as_f64().unwrap(), heads[0]["control"].as_f64().unwrap());
+    assert!(score > 0.6 && control < 0.1, "{score} {control}");
+    let nll = |k: &str| v[k].as_f64().unwrap();
+    assert!(nll("nll_second") < nll("nll_first") - 3.0, "{v}");
+    assert!(nll("nll_second") < nll("nll_control") - 3.0, "{v}");
+
+    let dir = std::env::temp_dir().join(format!("hubel-cli-exp-{}", std::process::id()));
+    let v = run(&[
+        "experiment", "run", "sense-left", "--json", "--model", &model, "--out", dir.to_str().unwrap(),
+    ]);
+    assert_eq!(v["protocol"], "sense-left");
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    for row in layers {
+        for k in ["layer", "max_abs_dprime", "null95", "probe_acc"] {
+            assert!(row[k].is_number(), "{k} in {row}");
+        }
+    }
+    assert_eq!(v["embedding"]["max_abs_dprime"], 0.0, "the same token at the embedding");
+    let onset = v["onset_layer"].as_u64().expect("the senses separate somewhere");
+    assert!(onset <= 3, "onset {onset}");
+    assert!(layers[10]["probe_acc"].as_f64().unwrap() >= 0.9);
+    let top = &v["top_units"][0];
+    assert!(top["feature"].as_str().unwrap().starts_with('L') && top["auroc"].is_number());
+    for f in ["report.md", "report.json", "protocol.json", "selectivity.png"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let v = run(&[
+        "lesion", "--units", "L1N971,L9N448", "--ablation", "mean", "--sets", "lesion-zh-en", "--json",
+        "--model", &model,
+    ]);
+    for k in ["baseline", "ablated"] {
+        for s in ["A", "B"] {
+            let x = v[k][s].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.5 && x < 15.0, "{k}.{s} = {x}");
+        }
+    }
+    assert!(v["tokens"]["A"].as_u64().unwrap() > 100 && v["tokens"]["B"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn experiment_commands_refuse_bad_input_with_a_message() {
+    let m = tiny_gpt2();
+    assert_fails_with(&["experiment"], "needs `list` or `run");
+    assert_fails_with(&["experiment", "run", "--model", &m], "needs a protocol");
+    assert_fails_with(&["experiment", "run", "no-such", "--model", &m], "built in: sense-left");
+    assert_fails_with(&["experiment", "run", "sense-left", "--shuffles", "5", "--model", &m], "--shuffles takes 20");
+    assert_fails_with(&["experiment", "run", "sense-left", "--units", "L0N1", "--model", &m], "--units is for lesion");
+    assert_fails_with(&["lesion", "--units", "L0N1", "--model", &m], "needs --sets");
+    assert_fails_with(&["lesion", "--units", "L99N1", "--sets", "lesion-zh-en", "--model", &m], "L99N1");
+    assert_fails_with(&["lesion", "--units", "nonsense", "--sets", "lesion-zh-en", "--model", &m], "nonsense");
+    assert_fails_with(
+        &["lesion", "--units", "L0N1", "--sets", "sense-left", "--ablation", "half", "--model", &m],
+        "not an ablation",
+    );
+    assert_fails_with(&["lesion", "--units", "L0N1", "--sets", "sense-left", "--model", &m], "held-out");
+    assert_fails_with(
+        &["experiment", "dose", "sense-left", "--units", "L0N1", "--probe", "x", "--range", "0:1:1000", "--model", &m],
+        "between 2 and 201",
+    );
+    assert_fails_with(&["experiment", "fit", "sense-left", "--out", "/tmp/x.json", "--model", &m], "one of --unit");
+    assert_fails_with(&["experiment", "classify", "/nonexistent.json", "--text", "a", "--model", &m], "nonexistent");
+    // A protocol file with a broken marker names the stimulus.
+    let dir = std::env::temp_dir().join(format!("hubel-cli-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "bad", "kind": "selectivity", "sets": {"A": {"label": "a", "stimuli": ["x [[y"]}, "B": {"label": "b", "stimuli": ["z"]}}}"#,
+    )
+    .unwrap();
+    assert_fails_with(
+        &["experiment", "run", file.to_str().unwrap(), "--model", &m],
+        "stimulus 1 of set A has an unclosed",
+    );
+    std::fs::write(&file, "{not json").unwrap();
+    assert_fails_with(&["experiment", "run", file.to_str().unwrap(), "--model", &m], "not a protocol");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
