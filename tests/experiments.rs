@@ -376,11 +376,15 @@ fn induction_report_equals_single_runs() {
     let model = hubel::model::random::random_model(&tiny_config(Arch::Llama), 5)
         .unwrap()
         .0;
+    // Controls shorter and longer than their sequences: each is extended with the next ones
+    // (cyclically) and cut to its sequence's length.
+    let words = ["abcdefg", "hijkl", "mnopqrs"];
     let json = serde_json::json!({
         "name": "ind", "kind": "induction",
-        "sets": {"A": {"label": "repeated", "stimuli": ["abcdefg", "hijkl", "mnopqrs"]},
-                 "B": {"label": "control", "stimuli": ["tuvwxyz", "ABCDE", "FGHIJKL"]}},
+        "sets": {"A": {"label": "repeated", "stimuli": words},
+                 "B": {"label": "control", "stimuli": ["tu", "ABCDEFGHIJ", "FGH"]}},
     });
+    let controls = ["tuABCDE", "ABCDE", "FGHtuAB"];
     let p = Protocol::parse("ind", &json.to_string()).unwrap();
     let runner = Runner {
         batch_tokens: 20,
@@ -390,54 +394,55 @@ fn induction_report_equals_single_runs() {
     let cfg = model.config();
     assert_eq!(r.heads.len(), cfg.n_layers * cfg.n_heads);
     assert!(r.heads.windows(2).all(|w| w[0].score >= w[1].score));
-    // One head by hand: mean over sequences of the mean attention from 2nd-copy token j to
-    // first-copy token j + 1.
-    let words = ["abcdefg", "hijkl", "mnopqrs"];
-    let controls = ["tuvwxyz", "ABCDE", "FGHIJKL"];
+    let ids = |t: &str| -> Vec<u32> { model.tokenize(t).unwrap().iter().map(|t| t.id).collect() };
+    // The loss of token t of `seq` from the logits before it, with a log-sum-exp written here.
+    let nll = |out: &hubel::model::RunOutput, seq: &[u32], t: usize| -> f64 {
+        let v = out.vocab;
+        let row = &out.logits[(t - 1) * v..t * v];
+        let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        lse - row[seq[t] as usize] as f64
+    };
+    // One head by hand: the mean over sequences of the mean attention from second-copy token j
+    // to first-copy token j + 1; and every copy's loss.
     let (layer, head) = (1, 3);
     let point = HookPoint::block(layer, BlockSite::Pattern);
     let (mut score, mut control) = (0.0, 0.0);
-    let (mut nll_second, mut n_second) = (0.0, 0);
+    let mut losses = [(0.0, 0usize); 3]; // first copy, second copy, control
     for (w, c) in words.iter().zip(controls) {
-        let ids = model.tokenize(w).unwrap();
-        let ids: Vec<u32> = ids.iter().map(|t| t.id).collect();
-        let len = ids.len();
-        let ctrl: Vec<u32> = model
-            .tokenize(c)
-            .unwrap()
-            .iter()
-            .map(|t| t.id)
-            .take(len)
-            .collect();
-        assert_eq!(ctrl.len(), len, "controls as long as the sequences");
+        let (a, ctrl) = (ids(w), ids(c));
+        let len = a.len();
+        assert_eq!(ctrl.len(), len);
         for (is_control, seq) in [
-            (false, [ids.clone(), ids.clone()].concat()),
-            (true, [ids.clone(), ctrl].concat()),
+            (false, [a.clone(), a.clone()].concat()),
+            (true, [a.clone(), ctrl].concat()),
         ] {
             let out = model.run(&seq, &Capture::points([point]), &[]).unwrap();
             let pat = out.record.get(point).unwrap();
             let n = seq.len();
-            let mut s = 0.0;
-            for j in 0..len {
-                s += f64::from(pat.data[(head * n + len + j) * n + j + 1]);
-            }
+            let s: f64 = (0..len)
+                .map(|j| f64::from(pat.data[(head * n + len + j) * n + j + 1]))
+                .sum();
             if is_control {
                 control += s / len as f64;
+                for t in len..2 * len {
+                    losses[2].0 += nll(&out, &seq, t);
+                    losses[2].1 += 1;
+                }
             } else {
                 score += s / len as f64;
-                // Loss of each second-copy token from the logits of the token before it.
-                let v = out.vocab;
+                for t in 1..len {
+                    losses[0].0 += nll(&out, &seq, t);
+                    losses[0].1 += 1;
+                }
                 for t in len..2 * len {
-                    let row = &out.logits[(t - 1) * v..t * v];
-                    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-                    let lse = max
-                        + row
-                            .iter()
-                            .map(|&x| (x as f64 - max).exp())
-                            .sum::<f64>()
-                            .ln();
-                    nll_second += lse - row[seq[t] as usize] as f64;
-                    n_second += 1;
+                    losses[1].0 += nll(&out, &seq, t);
+                    losses[1].1 += 1;
                 }
             }
         }
@@ -459,13 +464,14 @@ fn induction_report_equals_single_runs() {
         h.control,
         control / 3.0
     );
-    let direct = nll_second / n_second as f64;
-    assert!(
-        (r.nll_second - direct).abs() < 1e-4,
-        "{} vs {direct}",
-        r.nll_second
-    );
-    assert!(r.nll_first.is_finite() && r.nll_control.is_finite());
+    for (got, (sum, n), what) in [
+        (r.nll_first, losses[0], "first"),
+        (r.nll_second, losses[1], "second"),
+        (r.nll_control, losses[2], "control"),
+    ] {
+        let direct = sum / n as f64;
+        assert!((got - direct).abs() < 1e-4, "{what}: {got} vs {direct}");
+    }
 }
 
 fn lesion_protocol() -> Protocol {
@@ -585,7 +591,15 @@ fn lesion_losses_equal_a_direct_computation() {
     // The held-out "x" has no predicted token: A counts 10 + 7 + 0 tokens.
     let r = lesion::run_units(&runner, &p, &units, Ablation::Resample, 1).unwrap();
     assert_eq!(r.tokens.a, 10 + 7);
-    assert!(r.ablated.a.is_finite() && r.ablated.b.is_finite());
+    assert!(
+        (r.ablated.a - r.baseline.a).abs() > 1e-6,
+        "resampling changes the loss"
+    );
+    // The same seed draws the same samples; another seed others.
+    let again = lesion::run_units(&runner, &p, &units, Ablation::Resample, 1).unwrap();
+    assert_eq!(again, r);
+    let other = lesion::run_units(&runner, &p, &units, Ablation::Resample, 2).unwrap();
+    assert_ne!(other.ablated, r.ablated);
 }
 
 #[test]
@@ -604,14 +618,69 @@ fn a_lesion_protocol_runs_every_group_and_ablation() {
     // top-A, top-B, 2 random, hand-picked; × zero, mean, resample.
     assert_eq!(r.groups.len(), 5);
     assert_eq!(r.conditions.len(), 15);
-    for c in &r.conditions {
-        assert_eq!(c.baseline, r.baseline);
-        assert!((c.delta.a - (c.nll.a - c.baseline.a)).abs() < 1e-12);
+    // The baseline and the hand-picked group's zero ablation, by single runs.
+    let none = |_: usize| Vec::new();
+    let (base_a, _) = pooled_nll(&model, p.heldout(Side::A), &none);
+    assert!(
+        (r.baseline.a - base_a).abs() < 1e-5,
+        "{} vs {base_a}",
+        r.baseline.a
+    );
+    let zero_l1n1 = |len: usize| {
+        vec![Intervention {
+            hook: HookPoint::block(1, BlockSite::MlpPost),
+            positions: Some((1..len).collect()),
+            indices: Some(vec![1]),
+            op: Op::Set { value: 0.0 },
+        }]
+    };
+    let (za, _) = pooled_nll(&model, p.heldout(Side::A), &zero_l1n1);
+    let (zb, _) = pooled_nll(&model, p.heldout(Side::B), &zero_l1n1);
+    let c = r
+        .conditions
+        .iter()
+        .find(|c| c.group == "hand-picked" && c.ablation == Ablation::Zero)
+        .unwrap();
+    assert!(
+        (c.nll.a - za).abs() < 1e-5 && (c.nll.b - zb).abs() < 1e-5,
+        "{c:?} vs {za} {zb}"
+    );
+    assert!((c.delta.a - (za - base_a)).abs() < 1e-5);
+    // The top groups hold the most selective neurons (d′ of the stimulus means over
+    // positions 1..): top-A's first unit has a positive d′, top-B's a negative one, by hand.
+    let mean_over_positions = |f: &FeatureId, side: Side| -> Vec<f64> {
+        let point = HookPoint::block(f.layer, BlockSite::MlpPost);
+        p.stimuli(side)
+            .iter()
+            .map(|t| {
+                let ids: Vec<u32> = model.tokenize(t).unwrap().iter().map(|t| t.id).collect();
+                let out = model.run(&ids, &Capture::points([point]), &[]).unwrap();
+                let a = out.record.get(point).unwrap();
+                (1..ids.len())
+                    .map(|q| f64::from(a.row(q)[f.index]))
+                    .sum::<f64>()
+                    / (ids.len() - 1) as f64
+            })
+            .collect()
+    };
+    for (g, sign) in [(0, 1.0), (1, -1.0)] {
+        let f = FeatureId::parse(&r.groups[g].units[0]).unwrap();
+        let d = dprime_direct(
+            &mean_over_positions(&f, Side::A),
+            &mean_over_positions(&f, Side::B),
+        );
+        assert!(sign * d > 1.0, "{}: d′ {d}", r.groups[g].name);
     }
     // The random groups come from the A group's layers and avoid its units.
     let top_a = &r.groups[0].units;
+    let layer_of = |u: &String| FeatureId::parse(u).unwrap().layer;
+    let mut a_layers: Vec<usize> = top_a.iter().map(layer_of).collect();
+    a_layers.sort();
     for g in &r.groups[2..4] {
         assert_eq!(g.units.len(), 4);
+        let mut layers: Vec<usize> = g.units.iter().map(layer_of).collect();
+        layers.sort();
+        assert_eq!(layers, a_layers);
         for u in &g.units {
             assert!(!top_a.contains(u));
         }
@@ -638,10 +707,26 @@ fn every_built_in_protocol_tokenizes_for_a_byte_model() {
         let p = hubel::corpus::protocol::built_in(name).unwrap().unwrap();
         for side in Side::BOTH {
             // Byte tokens: the tiny model's context (64) is shorter than some stimuli, which
-            // must be an error naming the stimulus, not a panic.
-            match p.tokenize(&model, side) {
-                Ok(set) => assert_eq!(set.len(), p.stimuli(side).len()),
-                Err(e) => assert!(e.to_string().contains("stimulus"), "{name}: {e}"),
+            // must be an error naming the first of them, not a panic.
+            let too_long = p.stimuli(side).iter().position(|raw| {
+                let text = hubel::corpus::protocol::parse_marker(raw).unwrap().text;
+                text.len() > model.config().n_ctx
+            });
+            match (p.tokenize(&model, side), too_long) {
+                (Ok(set), None) => {
+                    assert_eq!(set.len(), p.stimuli(side).len());
+                    for t in &set {
+                        assert!(t.read_at < t.tokens.len());
+                    }
+                }
+                (Err(e), Some(i)) => {
+                    let place = format!("stimulus {} of set {}", i + 1, side.name());
+                    assert!(e.to_string().contains(&place), "{name}: {e}");
+                }
+                (r, i) => panic!(
+                    "{name} {side:?}: {:?} with the first too long at {i:?}",
+                    r.map(|s| s.len())
+                ),
             }
         }
         if p.kind == Kind::Lesion {
@@ -779,6 +864,65 @@ fn frozen_attention_holds_every_pattern_at_the_clean_run() {
     }
     // And the output still changes (through the residual stream and the MLPs).
     assert!(hubel::analysis::kl_divergence(clean.last_logits(), frozen.last_logits()) > 0.0);
+
+    // Through dose::run: at the identity, frozen attention is the clean run; with the edit,
+    // each set's loss is that of single runs with the same freeze.
+    let p = lesion_protocol();
+    let unit = FeatureId::neuron(0, 3);
+    let settings = dose::Settings {
+        units: vec![unit],
+        mode: dose::Mode::Add,
+        strengths: vec![0.0, 50.0],
+        freeze_attention: true,
+        probe: "frozen pattern".into(),
+        target: None,
+    };
+    let runner = Runner {
+        batch_tokens: 24,
+        ..Runner::new(&model, None)
+    };
+    let r = dose::run(&runner, &p, &settings).unwrap();
+    assert!(r.frozen_attention);
+    let none = |_: usize| Vec::new();
+    let (base_a, _) = pooled_nll(&model, p.heldout(Side::A), &none);
+    assert!(r.points[0].kl.abs() < 1e-9);
+    assert!(
+        (r.points[0].nll.a - base_a).abs() < 1e-5,
+        "{} vs {base_a}",
+        r.points[0].nll.a
+    );
+    let (mut sum, mut n) = (0.0, 0);
+    for text in p.heldout(Side::A) {
+        let ids: Vec<u32> = model.tokenize(text).unwrap().iter().map(|t| t.id).collect();
+        let (s1, n1) = pooled_nll(&model, std::slice::from_ref(text), &|len| {
+            let mut ivs = dose::interventions(&[unit], dose::Mode::Add, 50.0, len);
+            ivs.extend(dose::freeze(&model, &ids).unwrap());
+            ivs
+        });
+        if n1 > 0 {
+            sum += s1 * n1 as f64;
+            n += n1;
+        }
+    }
+    let direct = sum / n as f64;
+    assert!(
+        (r.points[1].nll.a - direct).abs() < 1e-5,
+        "{} vs {direct}",
+        r.points[1].nll.a
+    );
+    assert!(
+        (r.points[1].nll.a - base_a).abs() > 1e-4,
+        "the edit changes the loss"
+    );
+    // Adding to a head is refused with a reason.
+    let bad = dose::Settings {
+        units: vec![FeatureId::head(1, 0)],
+        ..settings
+    };
+    assert!(dose::run(&runner, &p, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("not a direction"));
 }
 
 #[test]

@@ -1385,6 +1385,12 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     h.state_mut()
         .apply(hubel::app::Command::ChooseProtocol("lesion-zh-en".into()), 0.0);
     h.run_steps(2);
+    // A hand-picked group: the selected neuron added with its button.
+    h.state_mut().select(Some(FeatureId::neuron(1, 5)));
+    h.run_steps(2);
+    h.get_by_label("+ L1N5").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.lesion_units, "L1N5");
     h.get_by_label("▶ Run").click();
     wait_for(&mut h, "the lesion experiment", |a| {
         !a.runtime.experiments.is_running()
@@ -1393,5 +1399,11 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     h.get_by_label("zero: ΔA");
     h.get_by_label("mean: ΔA");
     h.get_by_label_contains("Zero-ablation moves a neuron to 0");
+    let done = h.state().runtime.experiments.result.clone().unwrap();
+    let Report::Lesion(r) = &done.report else {
+        panic!("a lesion report");
+    };
+    let picked = r.groups.iter().find(|g| g.name == "hand-picked").expect("the hand-picked group");
+    assert_eq!(picked.units, vec!["L1N5".to_string()]);
     std::fs::remove_dir_all(out).unwrap();
 }

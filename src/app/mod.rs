@@ -739,7 +739,20 @@ impl HubelApp {
             rx,
         });
         ex.error = None;
-        let job = worker::experiment_job(protocol, tx);
+        let hand_picked = if protocol.kind == crate::corpus::protocol::Kind::Lesion {
+            match crate::experiments::cli::parse_units(&self.state.lesion_units) {
+                Ok(units) => units,
+                Err(_) if self.state.lesion_units.trim().is_empty() => Vec::new(),
+                Err(e) => {
+                    ex.running = None;
+                    ex.error = Some(format!("the hand-picked group: {e:#}"));
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let job = worker::experiment_job(protocol, hand_picked, tx);
         self.send(Request::ModelJob { name, job });
     }
 

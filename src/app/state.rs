@@ -70,6 +70,8 @@ pub struct AppState {
     pub dose: DoseForm,
     /// The discriminator form: the text to classify.
     pub classify_text: String,
+    /// A lesion protocol's hand-picked group, e.g. `L1N971, L9N448` (empty: none).
+    pub lesion_units: String,
 }
 
 /// What the Experiments window's dose–response form holds.
@@ -123,6 +125,7 @@ impl Default for AppState {
             experiment: "sense-left".into(),
             dose: DoseForm::default(),
             classify_text: String::new(),
+            lesion_units: String::new(),
         }
     }
 }

@@ -214,6 +214,12 @@ impl Tour {
         }
     }
 
+    /// The experiment asked for has its result on screen.
+    fn experiment_done(&self) -> bool {
+        let ex = &self.app.runtime.experiments;
+        !ex.is_running() && ex.result_shown().is_some()
+    }
+
     /// One action per step; a screenshot step changes nothing else, so the picture shows the
     /// state the previous steps settled into.
     fn screenshots_step(&mut self, ctx: &egui::Context, now: f64) {
@@ -334,7 +340,52 @@ impl Tour {
                 self.shot(ctx, "chinese");
                 true
             }
-            16 => {
+            // The Experiments window: each built-in protocol run as a job, then a dose–response.
+            16 | 18 | 20 => {
+                let name = match step {
+                    16 => "sense-left",
+                    18 => "induction",
+                    _ => "lesion-zh-en",
+                };
+                self.app.select(None);
+                self.app.apply(super::Command::ChooseProtocol(name.into()), now);
+                self.app.apply(super::Command::RunExperiment, now);
+                true
+            }
+            17 | 19 | 21 if self.ready(self.experiment_done()) => {
+                let name = match step {
+                    17 => "experiment_selectivity",
+                    19 => "experiment_induction",
+                    _ => "experiment_lesion",
+                };
+                self.shot(ctx, name);
+                true
+            }
+            22 => {
+                // Scaling a Chinese-selective neuron of the lesion protocol from 0 to 2 on a
+                // Chinese probe: the probe's next token and both held-out sets' losses.
+                self.app.state.probe = "今天早上我喝了一杯热".into();
+                self.app.request_run(now);
+                self.app.state.dose = super::state::DoseForm {
+                    units: "L1N971".into(),
+                    from: 0.0,
+                    to: 2.0,
+                    steps: 9,
+                    ..Default::default()
+                };
+                self.app.apply(super::Command::RunDose, now);
+                true
+            }
+            23 if self.ready(
+                self.app.runtime.experiments.dose.is_some()
+                    && self.app.runtime.experiments.dosing.is_none(),
+            ) =>
+            {
+                self.shot(ctx, "experiment_dose");
+                true
+            }
+            24 => {
+                self.app.apply(super::Command::ShowExperiments(false), now);
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
                     super::Command::AskFile(super::file_dialog::FileAction::SaveSession),
@@ -342,11 +393,11 @@ impl Tour {
                 );
                 true
             }
-            17 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            25 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            18 => {
+            26 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }

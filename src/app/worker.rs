@@ -505,15 +505,22 @@ pub fn experiment_job_name(protocol: &str) -> String {
     format!("Experiment {protocol}")
 }
 
-/// A model job that runs `protocol` (by its kind, default settings) and hands the report back on
-/// `answer`, or why it did not finish.
+/// A model job that runs `protocol` (by its kind, default settings; a lesion protocol with the
+/// `hand_picked` group too) and hands the report back on `answer`, or why it did not finish.
 pub fn experiment_job(
     protocol: crate::corpus::protocol::Protocol,
+    hand_picked: Vec<FeatureId>,
     answer: Sender<super::experiments::Answer>,
 ) -> ModelJob {
     Box::new(move |model, ctx| {
         let started = Instant::now();
-        match crate::experiments::run(&model, &protocol, Some(ctx)) {
+        let lesion = crate::experiments::lesion::Settings {
+            units: hand_picked,
+            ..Default::default()
+        };
+        let runner = crate::experiments::Runner::new(&model, Some(ctx));
+        let selectivity = crate::experiments::selectivity::Settings::default();
+        match crate::experiments::run_with(&runner, &protocol, &selectivity, &lesion) {
             Ok(report) => {
                 let seconds = started.elapsed().as_secs_f64();
                 let summary = format!("{} in {seconds:.1} s", protocol.name);

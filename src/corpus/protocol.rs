@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn a_marker_no_token_overlaps_is_an_error_at_tokenization() {
+    fn stimuli_tokenize_to_their_reading_position_and_too_long_ones_are_named() {
         use crate::model::config::Arch;
         use crate::model::random::{random_model, tiny_config};
         let model = random_model(&tiny_config(Arch::Llama), 1).unwrap().0;

@@ -56,7 +56,7 @@ pub fn parse_units(list: &str) -> anyhow::Result<Vec<FeatureId>> {
         .map(|s| FeatureId::parse(s.trim()).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
     if units.is_empty() {
-        bail!("--units needs at least one neuron, e.g. L10N123,L12N7");
+        bail!("no units: give one or more features, e.g. L10N123, L12N7");
     }
     Ok(units)
 }

@@ -60,7 +60,7 @@ fn point_of(which: Which) -> HookPoint {
     }
 }
 
-/// Each stimulus's row of `point` at its reading position (runs stop after the point's block).
+/// Each stimulus's row of `point` at its reading position (batched runs without logits).
 fn read(runner: &Runner, set: &[&Tokenized], point: HookPoint) -> Result<Matrix> {
     let seqs: Vec<Vec<u32>> = set.iter().map(|t| t.ids()).collect();
     let mut data = Vec::new();
@@ -250,12 +250,21 @@ impl Discriminator {
             return Err(ExperimentError::Invalid(format!(
                 "this discriminator was fitted on {} (sha256 {}…), not on the model loaded ({})",
                 self.model,
-                &self.model_sha256[..self.model_sha256.len().min(12)],
+                self.model_sha256.chars().take(12).collect::<String>(),
                 model.info().name
             )));
         }
         let which = self.which()?;
         check(model, which)?;
+        if let Detector::Probe { probe, .. } = &self.detector {
+            let d = model.config().d_model;
+            if probe.weights.len() != d || probe.mean.len() != d || probe.sd.len() != d {
+                return Err(ExperimentError::Invalid(format!(
+                    "this probe reads {} dimensions; the model's residual stream has {d}",
+                    probe.weights.len()
+                )));
+            }
+        }
         let point = point_of(which);
         let mut out = Vec::new();
         for (i, raw) in texts.iter().enumerate() {

@@ -193,6 +193,11 @@ fn check(model: &Model, s: &Settings) -> Result<()> {
     }
     for u in &s.units {
         u.check(model.info()).map_err(ExperimentError::Invalid)?;
+        if s.mode == Mode::Add && u.basis == Basis::Heads {
+            return Err(ExperimentError::Invalid(format!(
+                "{u}: adding a constant to every value of a head's output is not a direction; scale a head (mode scale), or add to neurons"
+            )));
+        }
     }
     if s.strengths.is_empty() || s.strengths.iter().any(|v| !v.is_finite()) {
         return Err(ExperimentError::Invalid(
@@ -205,12 +210,12 @@ fn check(model: &Model, s: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The one token `text` must be.
+/// The one token `text` must be (a BOS the tokenizer adds to every text is not counted).
 pub fn one_token(model: &Model, text: &str) -> Result<u32> {
-    let ids = model.tokenizer().encode_ids(text)?;
-    let bos = model.tokenizer().bos();
-    let ids: Vec<u32> = ids.into_iter().filter(|&id| Some(id) != bos).collect();
-    match ids.as_slice() {
+    let prefix = super::special_prefix(model);
+    let ids: Vec<u32> = model.tokenize(text)?.iter().map(|t| t.id).collect();
+    let ids = ids.strip_prefix(prefix.as_slice()).unwrap_or(&ids);
+    match ids {
         [id] => Ok(*id),
         _ => Err(ExperimentError::Invalid(format!(
             "the target {text:?} is {} tokens; give exactly one (with its leading space: \" Paris\")",
@@ -266,8 +271,7 @@ pub fn run(runner: &Runner, protocol: &Protocol, s: &Settings) -> Result<DoseRep
             s.strengths.len(),
             sets.a.len() + sets.b.len() + 1
         ),
-        (set_tokens + probe.len() as u64)
-            * (s.strengths.len() as u64 + u64::from(s.freeze_attention)),
+        (set_tokens + probe.len() as u64) * s.strengths.len() as u64 + probe.len() as u64,
     );
     // Frozen patterns of every sequence, from its clean run.
     let frozen = |tokens: &[u32]| -> Result<Vec<Intervention>> {

@@ -267,21 +267,32 @@ pub fn selectivity(r: &SelectivityReport) -> String {
             (FLOOR, "the embedding's max |d'| (floor)", true),
         ],
     );
-    // Accuracies.
+    // Accuracies, from 0.4 (or lower, to hold every value: paired probes can fall below chance).
+    let low = r
+        .layers
+        .iter()
+        .flat_map(|l| [l.probe_acc, l.neuron_acc])
+        .chain([r.embedding.probe_acc])
+        .filter(|v| v.is_finite())
+        .fold(0.4f64, f64::min);
+    let low = (low * 10.0).floor() / 10.0;
+    let acc_ticks: Vec<f64> = (0..=((1.0 - low) * 10.0).round() as usize)
+        .map(|i| low + i as f64 / 10.0)
+        .collect();
     let b = Axes {
         left: 600.0,
         top: 40.0,
         width: 420.0,
         height: 260.0,
         x: a.x,
-        y: (0.4, 1.0),
+        y: (low, 1.0),
     };
     b.frame(
         &mut s,
         &format!("cross-validated accuracy ({}-fold)", r.folds),
         "layer (emb = the embedding)",
         "accuracy",
-        &[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        &acc_ticks,
     );
     let mut probe: Vec<(f64, f64)> = vec![(-1.0, r.embedding.probe_acc)];
     probe.extend(r.layers.iter().map(|l| (l.layer as f64, l.probe_acc)));
@@ -292,7 +303,7 @@ pub fn selectivity(r: &SelectivityReport) -> String {
         .map(|l| (l.layer as f64, l.neuron_acc))
         .collect();
     b.polyline(&mut s, &neuron, LINE_B, false);
-    let floor = b.py(r.embedding.probe_acc.max(0.4));
+    let floor = b.py(r.embedding.probe_acc.max(low));
     let _ = write!(
         s,
         r#"<line x1="{:.1}" y1="{floor:.1}" x2="{:.1}" y2="{floor:.1}" stroke="{FLOOR}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,

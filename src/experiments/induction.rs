@@ -50,7 +50,7 @@ pub struct Pair {
 /// next controls' (cyclically) when shorter than `a`'s, then cut to `a`'s length.
 pub fn pairs(runner: &Runner, protocol: &Protocol) -> Result<Vec<Pair>> {
     let model = runner.model;
-    let bos = usize::from(model.tokenizer().bos().is_some());
+    let bos = super::special_prefix(model).len();
     let a = protocol.tokenize(model, Side::A)?;
     let b = protocol.tokenize(model, Side::B)?;
     let body = |ids: Vec<u32>| ids[bos.min(ids.len())..].to_vec();

@@ -209,6 +209,13 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The tokens the tokenizer puts before every text (a BOS; none for SmolLM2): what an empty
+/// text encodes to. Read from the tokenizer itself, so an HF folder whose tokenizer.json adds a
+/// BOS in its post-processor is handled as a GGUF's BOS is.
+pub fn special_prefix(model: &Model) -> Vec<u32> {
+    model.tokenizer().encode_ids("").unwrap_or_default()
+}
+
 /// Any experiment's report, tagged by its kind (what `hubel experiment run --json` prints).
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(untagged)]

@@ -39,19 +39,28 @@ pub fn markdown(
     seconds: f64,
     figure: &str,
 ) -> String {
+    let (kind, sets) = match report {
+        Report::Dose(r) => (
+            format!("dose–response on the {} protocol's sets", protocol.name),
+            format!(
+                "- A: {} · B: {} ({} text scored: {} + {} tokens)",
+                protocol.sets.a.label, protocol.sets.b.label, r.sets_scored, r.tokens.a, r.tokens.b
+            ),
+        ),
+        _ => (
+            protocol.kind.name().to_string(),
+            format!(
+                "- A: {} ({} stimuli) · B: {} ({} stimuli)",
+                protocol.sets.a.label,
+                protocol.sets.a.stimuli.len(),
+                protocol.sets.b.label,
+                protocol.sets.b.stimuli.len()
+            ),
+        ),
+    };
     let mut s = format!(
-        "# {} ({})\n\n{}\n\n- model: {}\n- A: {} ({} stimuli) · B: {} ({} stimuli)\n- run in {:.1} s\n- position 0 (the attention sink) is left out of every mean and never ablated\n\n![{}]({})\n\n",
-        protocol.name,
-        protocol.kind.name(),
-        protocol.description,
-        model,
-        protocol.sets.a.label,
-        protocol.sets.a.stimuli.len(),
-        protocol.sets.b.label,
-        protocol.sets.b.stimuli.len(),
-        seconds,
-        protocol.kind.name(),
-        figure,
+        "# {} ({kind})\n\n{}\n\n- model: {model}\n{sets}\n- run in {seconds:.1} s\n- position 0 (the attention sink) is left out of every mean and never ablated\n\n![{kind}]({figure})\n\n",
+        protocol.name, protocol.description,
     );
     s.push_str("```\n");
     s.push_str(&report.render());

@@ -178,7 +178,8 @@ pub struct SelectivityReport {
     pub embedding: Floor,
     pub layers: Vec<LayerRow>,
     pub top_units: Vec<Unit>,
-    /// The first block whose largest |d′| is above its null band and above the embedding's.
+    /// The first block whose largest |d′| is above its null band by more than the embedding's
+    /// is above its own (each maximum against the null of as many columns).
     pub onset_layer: Option<usize>,
     /// The block with the largest |d′| overall.
     pub peak_layer: usize,
@@ -303,10 +304,10 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
         null95: nulls[r.neurons.len()],
         probe_acc: stats::probe_accuracy(&r.embed, labels, settings.folds, seed),
     };
-    let mut layers = Vec::new();
-    let mut units = Vec::new();
-    for (l, m) in r.neurons.iter().enumerate() {
-        runner.checkpoint()?;
+    runner.checkpoint()?;
+    let layer_ids: Vec<usize> = (0..r.neurons.len()).collect();
+    let per_layer = stats::par_map(&layer_ids, |&l| {
+        let m = &r.neurons[l];
         let d = stats::dprimes(m, labels);
         let best = (0..m.cols)
             .max_by(|&x, &y| d[x].abs().total_cmp(&d[y].abs()).then(y.cmp(&x)))
@@ -315,14 +316,22 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
             Some(x) if x.rows > 0 => stats::probe_accuracy(x, labels, settings.folds, seed),
             _ => f64::NAN,
         };
-        layers.push(LayerRow {
+        let row = LayerRow {
             layer: l,
             max_abs_dprime: stats::max_abs(&d),
             null95: nulls[l],
             probe_acc,
             neuron_acc: stats::best_unit_accuracy(m, labels, settings.folds, seed),
             best: FeatureId::neuron(l, best).label(),
-        });
+        };
+        (row, d)
+    });
+    runner.checkpoint()?;
+    let mut layers = Vec::new();
+    let mut units = Vec::new();
+    for (row, d) in per_layer {
+        let l = row.layer;
+        layers.push(row);
         units.extend(d.into_iter().enumerate().map(|(j, v)| (l, j, v)));
     }
     units.sort_by(|x, y| {
@@ -351,7 +360,10 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
     let onset_layer = layers
         .iter()
         .find(|row| {
-            row.max_abs_dprime > row.null95 && row.max_abs_dprime > embedding.max_abs_dprime
+            // Each maximum against its own null: a layer has 1536 neurons and the embedding 576
+            // dimensions, and the maximum of more columns is larger by chance alone.
+            let excess = row.max_abs_dprime - row.null95;
+            excess > 0.0 && excess > embedding.max_abs_dprime - embedding.null95
         })
         .map(|row| row.layer);
     let peak_layer = layers

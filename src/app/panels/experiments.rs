@@ -86,6 +86,36 @@ fn window_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Ve
         }
     };
     protocol_ui(ui, protocol, out);
+    if protocol.kind == crate::corpus::protocol::Kind::Lesion {
+        ui.horizontal_wrapped(|ui| {
+            let l = ui.label("Hand-picked group");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.lesion_units)
+                    .hint_text("L1N971, L9N448 (optional)")
+                    .desired_width(220.0),
+            )
+            .labelled_by(l.id);
+            if let Some(f) = state
+                .selection
+                .filter(|f| f.basis == crate::features::Basis::Neurons)
+            {
+                if ui
+                    .button(format!("+ {}", f.label()))
+                    .on_hover_text(
+                        "Add the selected neuron (its card is open) to the hand-picked group",
+                    )
+                    .clicked()
+                {
+                    let list = state.lesion_units.trim().trim_end_matches(',').to_string();
+                    state.lesion_units = if list.is_empty() {
+                        f.label()
+                    } else {
+                        format!("{list}, {}", f.label())
+                    };
+                }
+            }
+        });
+    }
     ui.separator();
     ui.horizontal_wrapped(|ui| {
         let model = cx.runtime.model.is_some();
@@ -479,7 +509,7 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
             label("B"),
             match r.onset_layer {
                 Some(l) => format!(
-                    "the sets separate from layer {l} on (max |d′| above its null band and above the embedding's); strongest at layer {}",
+                    "the sets first separate at layer {l} (its max |d′| above its null band by more than the embedding's); strongest at layer {}",
                     r.peak_layer
                 ),
                 None => "no layer's max |d′| rises above both its null band and the embedding's".into(),
