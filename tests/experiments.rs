@@ -816,6 +816,12 @@ fn dose_response_at_the_identity_is_the_clean_run_and_at_zero_a_zero_ablation() 
     assert!(e.contains("3 tokens"), "{e}");
     assert!(dose::parse_range("0:3:7").unwrap() == vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
     assert!(dose::parse_range("0:3:1").is_err() && dose::parse_range("a:b").is_err());
+    // A token holding part of a character is shown by its bytes, not as "�".
+    let bytes: Vec<u32> = model.tokenize("物").unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(bytes.len(), 3);
+    assert_eq!(hubel::experiments::token_display(&model, bytes[0]), "<E7>");
+    let t: Vec<u32> = model.tokenize("t").unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(hubel::experiments::token_display(&model, t[0]), "t");
 }
 
 #[test]

@@ -1332,6 +1332,14 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     h.run_steps(3);
     assert!(h.state().state.experiments_open);
     h.get_by_label_contains("sense-left · selectivity");
+    // A stimulus of a set loads into the probe (its marker taken out).
+    h.get_by_label("A: left = direction (40 stimuli)").click();
+    h.run_steps(3);
+    h.get_by_label("Turn [[left]] at the corner and walk on.").click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.probe, "Turn left at the corner and walk on.");
+    h.get_by_label("A: left = direction (40 stimuli)").click();
+    h.run_steps(3);
     h.get_by_label("▶ Run").click();
     h.run_steps(2);
     wait_for(&mut h, "the experiment", |a| {
@@ -1381,6 +1389,37 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["protocol"], "sense-left");
     assert_eq!(json["layers"].as_array().unwrap().len(), 2);
+    // The discriminator: the best unit fitted on the sets and tried on new text.
+    h.get_by_label("Discriminator").click();
+    h.run_steps(2);
+    h.state_mut().state.classify_text = "Turn [[left]] here\nShe left early".into();
+    h.run_steps(2);
+    h.get_by_label(&format!("Fit {first}")).click();
+    wait_for(&mut h, "the discriminator", |a| {
+        a.runtime.experiments.fitting.is_none() && a.runtime.experiments.classified.is_some()
+    });
+    let classified = h.state().runtime.experiments.classified.clone().unwrap();
+    let c = classified.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.results.len(), 2);
+    assert_eq!(c.results[0].text, "Turn left here");
+    assert!(h.query_all_by_label_contains("fitted on all").count() >= 1);
+    // Dose–response of the selected unit on the probe.
+    h.get_by_label("Dose–response").click();
+    h.run_steps(2);
+    h.get_by_label("Run dose–response").click();
+    wait_for(&mut h, "the dose–response curve", |a| {
+        a.runtime.experiments.dosing.is_none() && a.runtime.experiments.dose.is_some()
+    });
+    assert_eq!(h.state().runtime.experiments.dose_error, None);
+    let done = h.state().runtime.experiments.dose.clone().unwrap();
+    let Report::Dose(d) = &done.report else {
+        panic!("a dose report");
+    };
+    assert_eq!(d.units, vec![first.clone()], "the selection is dosed");
+    assert_eq!(d.points.len(), 7);
+    assert!(d.points[1..].iter().all(|p| p.kl.is_finite()));
+    h.get_by_label("Result").click();
+    h.run_steps(2);
     // A lesion protocol: zero and mean side by side, with the caveat.
     h.state_mut()
         .apply(hubel::app::Command::ChooseProtocol("lesion-zh-en".into()), 0.0);

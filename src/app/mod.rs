@@ -1338,8 +1338,14 @@ impl HubelApp {
                 self.state.experiment = name.clone();
                 self.runtime.experiments.choose(&name);
             }
-            Command::RunExperiment => self.start_experiment(),
-            Command::RunDose => self.start_dose(),
+            Command::RunExperiment => {
+                self.state.experiments_tab = state::ExperimentsTab::Result;
+                self.start_experiment();
+            }
+            Command::RunDose => {
+                self.state.experiments_tab = state::ExperimentsTab::Dose;
+                self.start_dose();
+            }
             Command::FitDiscriminator(which) => self.start_discriminator(which),
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),

@@ -72,6 +72,30 @@ pub struct AppState {
     pub classify_text: String,
     /// A lesion protocol's hand-picked group, e.g. `L1N971, L9N448` (empty: none).
     pub lesion_units: String,
+    /// The Experiments window's part in view.
+    pub experiments_tab: ExperimentsTab,
+    /// The discriminator form's probe layer.
+    pub probe_layer: usize,
+}
+
+/// The parts of the Experiments window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExperimentsTab {
+    /// The protocol's result.
+    #[default]
+    Result,
+    Dose,
+    Discriminator,
+}
+
+impl ExperimentsTab {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExperimentsTab::Result => "Result",
+            ExperimentsTab::Dose => "Dose–response",
+            ExperimentsTab::Discriminator => "Discriminator",
+        }
+    }
 }
 
 /// What the Experiments window's dose–response form holds.
@@ -126,6 +150,8 @@ impl Default for AppState {
             dose: DoseForm::default(),
             classify_text: String::new(),
             lesion_units: String::new(),
+            experiments_tab: ExperimentsTab::Result,
+            probe_layer: 0,
         }
     }
 }

@@ -400,6 +400,17 @@ pub fn built_in(name: &str) -> Option<Result<Protocol, ProtocolError>> {
         .map(|(n, json)| Protocol::parse(&format!("built-in {n}"), json))
 }
 
+/// Every built-in protocol, parsed once (they are compiled in and valid: a test says so).
+pub fn built_ins() -> &'static [Protocol] {
+    static ALL: std::sync::OnceLock<Vec<Protocol>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        built_in_names()
+            .into_iter()
+            .filter_map(|n| built_in(n).and_then(Result::ok))
+            .collect()
+    })
+}
+
 /// A built-in protocol's name or a protocol file's path.
 pub fn resolve(name_or_path: &str) -> Result<Protocol, ProtocolError> {
     if let Some(p) = built_in(name_or_path) {

@@ -353,7 +353,7 @@ pub fn run(runner: &Runner, protocol: &Protocol, s: &Settings) -> Result<DoseRep
             strength,
             kl: analysis::kl_divergence(&clean_last, last),
             target_prob: prob(last),
-            top: model.tokenizer().token_text(top),
+            top: super::token_display(model, top),
             nll,
         });
     }
@@ -365,7 +365,7 @@ pub fn run(runner: &Runner, protocol: &Protocol, s: &Settings) -> Result<DoseRep
             b: protocol.label(Side::B).to_string(),
         },
         probe: s.probe.clone(),
-        target: model.tokenizer().token_text(target),
+        target: super::token_display(model, target),
         clean_target_prob: prob(&clean_last),
         units: s.units.iter().map(FeatureId::label).collect(),
         mode: s.mode,

@@ -216,6 +216,26 @@ pub fn special_prefix(model: &Model) -> Vec<u32> {
     model.tokenizer().encode_ids("").unwrap_or_default()
 }
 
+/// A token as text for a report: its UTF-8, or, for a token that holds part of a character, its
+/// bytes as `<E7><83>` (a lossy decode would print "�" for every such token alike).
+pub fn token_display(model: &Model, id: u32) -> String {
+    let bytes = model.tokenizer().token_bytes(id);
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => e
+            .into_bytes()
+            .iter()
+            .map(|b| {
+                if b.is_ascii() && !b.is_ascii_control() {
+                    (*b as char).to_string()
+                } else {
+                    format!("<{b:02X}>")
+                }
+            })
+            .collect(),
+    }
+}
+
 /// Any experiment's report, tagged by its kind (what `hubel experiment run --json` prints).
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(untagged)]

@@ -86,12 +86,30 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &
                 }
             });
             ui.menu_button("Stimuli", |ui| {
-                ui.label(
-                    egui::RichText::new(
-                        "Single probes. The stimulus sets of the experiments are under Experiments.",
-                    )
-                    .weak(),
-                );
+                // The experiments' stimulus sets: run one as a protocol, or load a stimulus.
+                ui.label(egui::RichText::new("Stimulus sets (experiments)").weak());
+                for p in corpus::protocol::built_ins() {
+                    ui.menu_button(format!("{} ({})", p.name, p.kind.name()), |ui| {
+                        if ui.button("Run as an experiment…").clicked() {
+                            out.push(Command::ChooseProtocol(p.name.clone()));
+                            ui.close();
+                        }
+                        for (side, set) in [("A", &p.sets.a), ("B", &p.sets.b)] {
+                            ui.separator();
+                            ui.label(egui::RichText::new(format!("{side}: {}", set.label)).weak());
+                            for raw in set.stimuli.iter().take(6) {
+                                let text = corpus::protocol::parse_marker(raw)
+                                    .map_or_else(|_| raw.clone(), |m| m.text);
+                                if ui.button(&text).clicked() {
+                                    out.push(Command::LoadStimulus(text));
+                                    ui.close();
+                                }
+                            }
+                        }
+                    });
+                }
+                ui.separator();
+                ui.label(egui::RichText::new("Single probes").weak());
                 for protocol in corpus::protocols() {
                     ui.menu_button(&protocol.name, |ui| {
                         ui.label(egui::RichText::new(&protocol.description).weak());

@@ -8,6 +8,7 @@ use egui_plot::{FilledArea, HLine, Legend, Line, LineStyle, Plot, PlotPoints, VL
 
 use super::super::experiments::Finished;
 use super::super::file_dialog::FileAction;
+use super::super::state::ExperimentsTab;
 use super::super::{colors, AppState, Command};
 use super::ViewCtx;
 use crate::corpus::protocol::{self, Protocol};
@@ -175,24 +176,40 @@ fn window_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Ve
     if let Some(e) = &ex.error {
         ui.colored_label(colors::ERROR, e);
     }
-    if let Some(done) = ex.result_shown() {
-        ui.separator();
-        result_ui(ui, done, out);
-        if let Report::Selectivity(r) = &done.report {
-            ui.separator();
-            discriminator_ui(ui, state, cx, r, out);
-        }
-    } else if let Some(other) = &ex.result {
-        ui.label(
-            RichText::new(format!(
-                "The last result is of `{}`; run this protocol to see its own.",
-                other.protocol.name
-            ))
-            .weak(),
-        );
-    }
     ui.separator();
-    dose_ui(ui, state, cx, out);
+    ui.horizontal(|ui| {
+        for tab in [
+            ExperimentsTab::Result,
+            ExperimentsTab::Dose,
+            ExperimentsTab::Discriminator,
+        ] {
+            ui.selectable_value(&mut state.experiments_tab, tab, tab.name());
+        }
+    });
+    ui.separator();
+    let selectivity = match ex.result_shown().map(|d| &d.report) {
+        Some(Report::Selectivity(r)) => Some(r),
+        _ => None,
+    };
+    match state.experiments_tab {
+        ExperimentsTab::Result => {
+            if let Some(done) = ex.result_shown() {
+                result_ui(ui, done, out);
+            } else if let Some(other) = &ex.result {
+                ui.label(
+                    RichText::new(format!(
+                        "The last result is of `{}`; run this protocol to see its own.",
+                        other.protocol.name
+                    ))
+                    .weak(),
+                );
+            } else {
+                ui.label(RichText::new("Run the protocol to see its result here.").weak());
+            }
+        }
+        ExperimentsTab::Dose => dose_ui(ui, state, cx, out),
+        ExperimentsTab::Discriminator => discriminator_ui(ui, state, cx, selectivity, out),
+    }
 }
 
 /// The dose–response form and its last result.
@@ -348,7 +365,7 @@ fn discriminator_ui(
     ui: &mut egui::Ui,
     state: &mut AppState,
     cx: &ViewCtx,
-    r: &SelectivityReport,
+    r: Option<&SelectivityReport>,
     out: &mut Vec<Command>,
 ) {
     use crate::experiments::discriminator::Which;
@@ -364,12 +381,17 @@ fn discriminator_ui(
     )
     .labelled_by(l.id);
     let idle = cx.runtime.model.is_some() && ex.fitting.is_none();
+    let layers = cx.runtime.layers();
     ui.horizontal_wrapped(|ui| {
-        if let Some(u) = r
-            .top_units
-            .first()
+        // The selectivity result's best unit and onset layer, when there is one; else the
+        // selected neuron and the form's layer.
+        let unit = r
+            .and_then(|r| r.top_units.first())
             .and_then(|u| FeatureId::parse(&u.feature).ok())
-        {
+            .or(state
+                .selection
+                .filter(|f| f.basis == crate::features::Basis::Neurons));
+        if let Some(u) = unit {
             if ui
                 .add_enabled(idle, egui::Button::new(format!("Fit {}", u.label())))
                 .clicked()
@@ -377,10 +399,23 @@ fn discriminator_ui(
                 out.push(Command::FitDiscriminator(Which::Unit(u)));
             }
         }
-        let layer = r.onset_layer.unwrap_or(r.peak_layer);
+        if let Some(onset) = r.and_then(|r| r.onset_layer) {
+            if ui
+                .add_enabled(
+                    idle,
+                    egui::Button::new(format!("Fit the onset layer's probe (L{onset})")),
+                )
+                .clicked()
+            {
+                out.push(Command::FitDiscriminator(Which::Probe(onset)));
+            }
+        }
+        ui.label("probe layer");
+        ui.add(egui::DragValue::new(&mut state.probe_layer).range(0..=layers.saturating_sub(1)));
+        let layer = state.probe_layer.min(layers.saturating_sub(1));
         if ui
             .add_enabled(
-                idle,
+                idle && layers > 0,
                 egui::Button::new(format!("Fit the layer-{layer} probe")),
             )
             .clicked()
