@@ -1,6 +1,7 @@
 //! Scripted runs of the real window: `hubel --screenshots DIR` walks through the app and saves
 //! what it shows (welcome, a probe, a feature card, an ablation diff, the fast path with its
-//! fidelity meter, Chinese text); `hubel --bench-ui` measures launch-to-first-heatmap, clicks
+//! fidelity meter, Chinese text, the Experiments window on each built-in protocol and a
+//! dose–response curve); `hubel --bench-ui` measures launch-to-first-heatmap, clicks
 //! that turn an ablation on (a recompute) and off (the cached baseline) on the exact path and then
 //! on the fast path, frame times and idle CPU, inside the app, and prints them as JSON. Both close
 //! the window when done.
@@ -586,7 +587,14 @@ impl eframe::App for Tour {
         match self.mode {
             Mode::Screenshots => {
                 self.screenshots_step(&ctx, now);
-                ctx.request_repaint();
+                let ex = &self.app.runtime.experiments;
+                if ex.is_running() || ex.dosing.is_some() {
+                    // A long job: poll four times a second instead of drawing every frame in
+                    // software, which took a core from it (the lesion ran 3× slower).
+                    ctx.request_repaint_after(std::time::Duration::from_millis(250));
+                } else {
+                    ctx.request_repaint();
+                }
             }
             Mode::BenchUi => {
                 self.bench_step(&ctx, now, frame_ms);
