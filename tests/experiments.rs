@@ -238,7 +238,14 @@ fn a_planted_neuron_is_found_at_its_layer_with_the_directly_computed_d_prime() {
     assert_eq!(r.peak_layer, PLANTED_LAYER);
     let planted = FeatureId::neuron(PLANTED_LAYER, PLANTED_NEURON).label();
     assert_eq!(row.best, planted);
-    assert_eq!(r.top_units[0].feature, planted);
+    // The first neuron of the ranking (heads are ranked with them: blocks 0 and 1's heads see
+    // the first byte too, though their outputs are discarded).
+    let top_neuron = r
+        .top_units
+        .iter()
+        .find(|u| u.feature.contains('N'))
+        .unwrap();
+    assert_eq!(top_neuron.feature, planted);
     assert!(row.probe_acc >= 0.9, "{row:?}");
     assert!(row.neuron_acc >= 0.8, "{row:?}");
     // No confound: the same token at the same mean position, the same lengths.
@@ -259,11 +266,11 @@ fn a_planted_neuron_is_found_at_its_layer_with_the_directly_computed_d_prime() {
     let d = dprime_direct(&a, &b);
     assert!(d > 1.0, "the planted neuron fires on A: d′ {d}");
     assert!(
-        (r.top_units[0].dprime - d).abs() <= 1e-6 * d,
+        (top_neuron.dprime - d).abs() <= 1e-6 * d,
         "{} vs {d}",
-        r.top_units[0].dprime
+        top_neuron.dprime
     );
-    assert!((r.top_units[0].auroc - auroc_direct(&a, &b)).abs() < 1e-12);
+    assert!((top_neuron.auroc - auroc_direct(&a, &b)).abs() < 1e-12);
 }
 
 /// Every listed unit's d′ and AUROC, on a model with random neurons everywhere, against single
@@ -280,14 +287,33 @@ fn reported_d_primes_equal_single_runs_and_the_formula() {
     };
     let r = selectivity::run(&runner, &p, &Settings::default()).unwrap();
     assert_eq!(r.top_units.len(), 20);
+    let mut kinds = [0, 0];
     for u in &r.top_units {
-        let j: usize = u.feature.split('N').nth(1).unwrap().parse().unwrap();
-        let point = HookPoint::block(u.layer, BlockSite::MlpPost);
+        // A neuron's activation, or a head's output norm ‖z_h‖ (8 values a head here).
+        let f = FeatureId::parse(&u.feature).unwrap();
+        let (site, neuron) = match f.basis {
+            hubel::features::Basis::Neurons => (BlockSite::MlpPost, true),
+            hubel::features::Basis::Heads => (BlockSite::Z, false),
+        };
+        kinds[usize::from(!neuron)] += 1;
+        let point = HookPoint::block(u.layer, site);
         let column = |side: Side| -> Vec<f64> {
             p.tokenize(&model, side)
                 .unwrap()
                 .iter()
-                .map(|t| f64::from(read_alone(&model, &t.ids(), t.read_at, point)[j]))
+                .map(|t| {
+                    let row = read_alone(&model, &t.ids(), t.read_at, point);
+                    if neuron {
+                        f64::from(row[f.index])
+                    } else {
+                        let d = model.config().d_head;
+                        row[f.index * d..(f.index + 1) * d]
+                            .iter()
+                            .map(|&v| f64::from(v) * f64::from(v))
+                            .sum::<f64>()
+                            .sqrt()
+                    }
+                })
                 .collect()
         };
         let (a, b) = (column(Side::A), column(Side::B));
@@ -305,13 +331,28 @@ fn reported_d_primes_equal_single_runs_and_the_formula() {
             u.feature
         );
     }
+    assert!(
+        kinds[0] > 0 && kinds[1] > 0,
+        "neurons and heads ranked together: {kinds:?}"
+    );
     // Each layer's max |d′| is its best unit's, and the list is sorted by |d′|.
     assert!(r
         .top_units
         .windows(2)
         .all(|w| w[0].dprime.abs() >= w[1].dprime.abs()));
-    let top = &r.top_units[0];
+    let top = r
+        .top_units
+        .iter()
+        .find(|u| u.feature.contains('N'))
+        .unwrap();
     assert_eq!(r.layers[top.layer].max_abs_dprime, top.dprime.abs());
+    let head = r
+        .top_units
+        .iter()
+        .find(|u| u.feature.contains('H'))
+        .unwrap();
+    assert_eq!(r.layers[head.layer].max_abs_dprime_heads, head.dprime.abs());
+    assert_eq!(r.layers[head.layer].best_head, head.feature);
 }
 
 #[test]

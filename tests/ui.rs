@@ -1394,7 +1394,14 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     h.run_steps(2);
     h.state_mut().state.classify_text = "Turn [[left]] here\nShe left early".into();
     h.run_steps(2);
-    h.get_by_label(&format!("Fit {first}")).click();
+    let first_neuron = r
+        .top_units
+        .iter()
+        .find(|u| u.feature.contains('N'))
+        .unwrap()
+        .feature
+        .clone();
+    h.get_by_label(&format!("Fit {first_neuron}")).click();
     wait_for(&mut h, "the discriminator", |a| {
         a.runtime.experiments.fitting.is_none() && a.runtime.experiments.classified.is_some()
     });

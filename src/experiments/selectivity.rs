@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::stats::{self, Matrix};
 use super::{Result, Runner};
 use crate::corpus::protocol::{Protocol, Side, Tokenized};
-use crate::features::FeatureId;
+use crate::features::{Basis, FeatureId};
 use crate::hooks::{BlockSite, Capture, HookPoint};
 use crate::model::Logits;
 
@@ -49,6 +49,9 @@ pub enum Reading {
 /// Every stimulus's row at each site: `neurons[l]` and `resid[l]` per block, `embed`.
 pub struct Readings {
     pub neurons: Vec<Matrix>,
+    /// Each head's output norm ‖z_h‖ (the scan's head feature), `[stimuli × heads]` per block;
+    /// empty matrices unless asked for (with the residual stream, at the reading position).
+    pub heads: Vec<Matrix>,
     pub resid: Vec<Matrix>,
     pub embed: Matrix,
     /// True for set A's rows (A's stimuli first, then B's).
@@ -65,10 +68,14 @@ pub fn collect(
     let model = runner.model;
     let layers = model.config().n_layers;
     let mut points = vec![HookPoint::block(0, BlockSite::ResidPre)];
+    let with_heads = with_resid && reading == Reading::Target;
     for l in 0..layers {
         points.push(HookPoint::block(l, BlockSite::MlpPost));
         if with_resid {
             points.push(HookPoint::block(l, BlockSite::ResidPost));
+        }
+        if with_heads {
+            points.push(HookPoint::block(l, BlockSite::Z));
         }
     }
     let capture = Capture::points(points);
@@ -79,6 +86,9 @@ pub fn collect(
     let mut resid =
         vec![Vec::with_capacity(if with_resid { all.len() * d_model } else { 0 }); layers];
     let mut embed = Vec::with_capacity(all.len() * d_model);
+    let n_heads = model.config().n_heads;
+    let mut heads =
+        vec![Vec::with_capacity(if with_heads { all.len() * n_heads } else { 0 }); layers];
     runner.batched(&seqs, &capture, &[], Logits::None, |i, out| {
         let row = |point: HookPoint, out_row: &mut Vec<f32>| {
             let Some(a) = out.record.get(point) else {
@@ -106,6 +116,16 @@ pub fn collect(
             if with_resid {
                 row(HookPoint::block(l, BlockSite::ResidPost), &mut resid[l]);
             }
+            if let Some(z) = out.record.get(HookPoint::block(l, BlockSite::Z)) {
+                let z = z.row(all[i].read_at);
+                let d_head = z.len() / n_heads.max(1);
+                heads[l].extend(z.chunks(d_head.max(1)).map(|h| {
+                    h.iter()
+                        .map(|&v| f64::from(v) * f64::from(v))
+                        .sum::<f64>()
+                        .sqrt() as f32
+                }));
+            }
         }
         Ok(())
     })?;
@@ -121,6 +141,10 @@ pub fn collect(
             .map(|d| Matrix::new(if with_resid { n } else { 0 }, d_model, d))
             .collect(),
         embed: Matrix::new(n, d_model, embed),
+        heads: heads
+            .into_iter()
+            .map(|d| Matrix::new(if with_heads { n } else { 0 }, n_heads, d))
+            .collect(),
         labels,
     })
 }
@@ -139,6 +163,9 @@ pub struct LayerRow {
     pub neuron_acc: f64,
     /// The neuron with the largest |d′|.
     pub best: String,
+    /// The largest |d′| of a head's output norm ‖z_h‖ in the block, and that head.
+    pub max_abs_dprime_heads: f64,
+    pub best_head: String,
 }
 
 /// The embedding's separation: the floor.
@@ -316,6 +343,13 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
             Some(x) if x.rows > 0 => stats::probe_accuracy(x, labels, settings.folds, seed),
             _ => f64::NAN,
         };
+        let dh = match r.heads.get(l) {
+            Some(h) if h.rows > 0 => stats::dprimes(h, labels),
+            _ => Vec::new(),
+        };
+        let best_head = (0..dh.len())
+            .max_by(|&x, &y| dh[x].abs().total_cmp(&dh[y].abs()).then(y.cmp(&x)))
+            .map_or(String::new(), |h| FeatureId::head(l, h).label());
         let row = LayerRow {
             layer: l,
             max_abs_dprime: stats::max_abs(&d),
@@ -323,33 +357,44 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
             probe_acc,
             neuron_acc: stats::best_unit_accuracy(m, labels, settings.folds, seed),
             best: FeatureId::neuron(l, best).label(),
+            max_abs_dprime_heads: stats::max_abs(&dh),
+            best_head,
         };
-        (row, d)
+        (row, d, dh)
     });
     runner.checkpoint()?;
     let mut layers = Vec::new();
-    let mut units = Vec::new();
-    for (row, d) in per_layer {
+    // (feature, |d′| ranking value): neurons and heads ranked together.
+    let mut units: Vec<(FeatureId, f64)> = Vec::new();
+    for (row, d, dh) in per_layer {
         let l = row.layer;
         layers.push(row);
-        units.extend(d.into_iter().enumerate().map(|(j, v)| (l, j, v)));
+        units.extend(
+            d.into_iter()
+                .enumerate()
+                .map(|(j, v)| (FeatureId::neuron(l, j), v)),
+        );
+        units.extend(
+            dh.into_iter()
+                .enumerate()
+                .map(|(h, v)| (FeatureId::head(l, h), v)),
+        );
     }
-    units.sort_by(|x, y| {
-        y.2.abs()
-            .total_cmp(&x.2.abs())
-            .then((x.0, x.1).cmp(&(y.0, y.1)))
-    });
+    units.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
     units.truncate(settings.top);
     let top_units = units
         .into_iter()
-        .map(|(l, j, dprime)| {
-            let col = r.neurons[l].column(j);
+        .map(|(f, dprime)| {
+            let col = match f.basis {
+                Basis::Neurons => r.neurons[f.layer].column(f.index),
+                Basis::Heads => r.heads[f.layer].column(f.index),
+            };
             let (va, vb): (Vec<f32>, Vec<f32>) = split(&col, labels);
             let mean =
                 |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
             Unit {
-                feature: FeatureId::neuron(l, j).label(),
-                layer: l,
+                feature: f.label(),
+                layer: f.layer,
                 dprime,
                 auroc: stats::auroc(&va, &vb),
                 mean_a: mean(&va),
@@ -421,7 +466,7 @@ impl SelectivityReport {
         let label = |k: &str| self.sets.get(k).map_or(String::new(), |x| x.label.clone());
         let _ = writeln!(
             s,
-            "Selectivity: {} (A = {}, B = {}; d′ of every MLP neuron at the reading position; null: 95th percentile of {} label shuffles; probes: {}-fold CV)",
+            "Selectivity: {} (A = {}, B = {}; d′ of every MLP neuron and head output norm at the reading position; null: 95th percentile of {} label shuffles; probes: {}-fold CV)",
             self.protocol,
             label("A"),
             label("B"),
@@ -433,8 +478,8 @@ impl SelectivityReport {
         }
         let _ = writeln!(
             s,
-            "{:>9}  {:>8}  {:>7}  {:>6}  {:>6}  best",
-            "layer", "max|d′|", "null95", "probe", "neuron"
+            "{:>9}  {:>8}  {:>7}  {:>6}  {:>6}  {:<9} {:>6}  best head",
+            "layer", "max|d′|", "null95", "probe", "neuron", "best", "heads"
         );
         let e = &self.embedding;
         let _ = writeln!(
@@ -454,13 +499,15 @@ impl SelectivityReport {
             };
             let _ = writeln!(
                 s,
-                "{:>9}  {:>7.2}{mark}  {:>7.2}  {:>5.0}%  {:>5.0}%  {}",
+                "{:>9}  {:>7.2}{mark}  {:>7.2}  {:>5.0}%  {:>5.0}%  {:<9} {:>6.2}  {}",
                 row.layer,
                 row.max_abs_dprime,
                 row.null95,
                 row.probe_acc * 100.0,
                 row.neuron_acc * 100.0,
-                row.best
+                row.best,
+                row.max_abs_dprime_heads,
+                row.best_head
             );
         }
         let _ = writeln!(

@@ -386,8 +386,12 @@ fn discriminator_ui(
         // The selectivity result's best unit and onset layer, when there is one; else the
         // selected neuron and the form's layer.
         let unit = r
-            .and_then(|r| r.top_units.first())
-            .and_then(|u| FeatureId::parse(&u.feature).ok())
+            .and_then(|r| {
+                r.top_units
+                    .iter()
+                    .filter_map(|u| FeatureId::parse(&u.feature).ok())
+                    .find(|f| f.basis == crate::features::Basis::Neurons)
+            })
             .or(state
                 .selection
                 .filter(|f| f.basis == crate::features::Basis::Neurons));
@@ -678,6 +682,8 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
                 "probe",
                 "best neuron",
                 "unit",
+                "heads: max |d′|",
+                "head",
             ] {
                 ui.label(RichText::new(h).weak());
             }
@@ -686,8 +692,9 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
             ui.label(format!("{:.2}", r.embedding.max_abs_dprime));
             ui.label(format!("{:.2}", r.embedding.null95));
             ui.label(format!("{:.0}%", r.embedding.probe_acc * 100.0));
-            ui.label("");
-            ui.label("");
+            for _ in 0..4 {
+                ui.label("");
+            }
             ui.end_row();
             for l in &r.layers {
                 let above = l.max_abs_dprime > l.null95;
@@ -705,6 +712,8 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
                 ui.label(format!("{:.0}%", l.probe_acc * 100.0));
                 ui.label(format!("{:.0}%", l.neuron_acc * 100.0));
                 feature_link(ui, &l.best, out);
+                ui.label(format!("{:.2}", l.max_abs_dprime_heads));
+                feature_link(ui, &l.best_head, out);
                 ui.end_row();
             }
         });
