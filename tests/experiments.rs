@@ -436,19 +436,7 @@ fn induction_report_equals_single_runs() {
     assert_eq!(r.heads.len(), cfg.n_layers * cfg.n_heads);
     assert!(r.heads.windows(2).all(|w| w[0].score >= w[1].score));
     let ids = |t: &str| -> Vec<u32> { model.tokenize(t).unwrap().iter().map(|t| t.id).collect() };
-    // The loss of token t of `seq` from the logits before it, with a log-sum-exp written here.
-    let nll = |out: &hubel::model::RunOutput, seq: &[u32], t: usize| -> f64 {
-        let v = out.vocab;
-        let row = &out.logits[(t - 1) * v..t * v];
-        let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        lse - row[seq[t] as usize] as f64
-    };
+    let nll = |out: &hubel::model::RunOutput, seq: &[u32], t: usize| nll_at(out, seq, t);
     // One head by hand: the mean over sequences of the mean attention from second-copy token j
     // to first-copy token j + 1; and every copy's loss.
     let (layer, head) = (1, 3);
@@ -538,21 +526,27 @@ fn pooled_nll(
         let out = model
             .run(&ids, &Capture::Nothing, &interventions(ids.len()))
             .unwrap();
-        let v = out.vocab;
         for t in 1..ids.len() {
-            let row = &out.logits[(t - 1) * v..t * v];
-            let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            sum += lse - row[ids[t] as usize] as f64;
+            sum += nll_at(&out, &ids, t);
             n += 1;
         }
     }
     (sum / n as f64, n)
+}
+
+/// The loss of token t of `seq` from the logits before it, with a log-sum-exp written here (not
+/// the crate's analysis functions).
+fn nll_at(out: &hubel::model::RunOutput, seq: &[u32], t: usize) -> f64 {
+    let v = out.vocab;
+    let row = &out.logits[(t - 1) * v..t * v];
+    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - row[seq[t] as usize] as f64
 }
 
 #[test]

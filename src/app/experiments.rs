@@ -174,6 +174,12 @@ impl Experiments {
             return;
         };
         let dir = report_dir(parent, &done.protocol.name);
+        self.write_report(done, dir);
+    }
+
+    /// Writes `done`'s report folder at `dir` on a thread of its own (rasterising the figure
+    /// takes a moment); the outcome arrives through `exporting`.
+    fn write_report(&mut self, done: Finished, dir: PathBuf) {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = crate::experiments::report::write_folder(
@@ -200,21 +206,7 @@ impl Experiments {
             return;
         };
         let dir = report_dir(parent, &format!("dose-{}", done.protocol.name));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let r = crate::experiments::report::write_folder(
-                &dir,
-                &done.report,
-                &done.protocol,
-                &done.model,
-                done.seconds,
-            )
-            .map(|_| dir)
-            .map_err(|e| e.to_string());
-            let _ = tx.send(r);
-        });
-        self.exporting = Some(Export { rx });
-        self.exported = None;
+        self.write_report(done, dir);
     }
 
     /// Saves the last fitted discriminator as JSON at `path`.

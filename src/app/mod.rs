@@ -779,8 +779,9 @@ impl HubelApp {
             }
         };
         if units.is_empty() {
-            ex.dose_error =
-                Some("choose a feature: click one (it becomes the selection) or type L10N123".into());
+            ex.dose_error = Some(
+                "choose a feature: click one (it becomes the selection) or type L10N123".into(),
+            );
             return;
         }
         let strengths = match crate::experiments::dose::parse_range(&format!(

@@ -349,7 +349,8 @@ impl Tour {
                     _ => "lesion-zh-en",
                 };
                 self.app.select(None);
-                self.app.apply(super::Command::ChooseProtocol(name.into()), now);
+                self.app
+                    .apply(super::Command::ChooseProtocol(name.into()), now);
                 self.app.apply(super::Command::RunExperiment, now);
                 true
             }

@@ -520,28 +520,42 @@ pub fn experiment_job(
         };
         let runner = crate::experiments::Runner::new(&model, Some(ctx));
         let selectivity = crate::experiments::selectivity::Settings::default();
-        match crate::experiments::run_with(&runner, &protocol, &selectivity, &lesion) {
-            Ok(report) => {
-                let seconds = started.elapsed().as_secs_f64();
-                let summary = format!("{} in {seconds:.1} s", protocol.name);
-                let _ = answer.send(Ok(super::experiments::Finished {
-                    protocol,
-                    report,
-                    seconds,
-                    model: model.info().name.clone(),
-                }));
-                Ok(summary)
-            }
-            Err(e) => {
-                let e: JobError = e.into();
-                let _ = answer.send(Err(match &e {
-                    JobError::Cancelled => "the experiment was cancelled".to_string(),
-                    other => other.to_string(),
-                }));
-                Err(e)
-            }
-        }
+        let result = crate::experiments::run_with(&runner, &protocol, &selectivity, &lesion);
+        finish_experiment(result, protocol, &model, started, "the experiment", answer)
     })
+}
+
+/// Hands a finished experiment (or dose–response curve) back on `answer` and says what the Jobs
+/// list shows: its time, or why it stopped.
+fn finish_experiment(
+    result: crate::experiments::Result<crate::experiments::Report>,
+    protocol: crate::corpus::protocol::Protocol,
+    model: &Model,
+    started: Instant,
+    what: &str,
+    answer: Sender<super::experiments::Answer>,
+) -> JobResult {
+    match result {
+        Ok(report) => {
+            let seconds = started.elapsed().as_secs_f64();
+            let summary = format!("{} in {seconds:.1} s", protocol.name);
+            let _ = answer.send(Ok(super::experiments::Finished {
+                protocol,
+                report,
+                seconds,
+                model: model.info().name.clone(),
+            }));
+            Ok(summary)
+        }
+        Err(e) => {
+            let e: JobError = e.into();
+            let _ = answer.send(Err(match &e {
+                JobError::Cancelled => format!("{what} was cancelled"),
+                other => other.to_string(),
+            }));
+            Err(e)
+        }
+    }
 }
 
 /// A model job that runs a dose–response curve on `protocol`'s sets and hands it back.
@@ -553,27 +567,16 @@ pub fn dose_job(
     Box::new(move |model, ctx| {
         let started = Instant::now();
         let runner = crate::experiments::Runner::new(&model, Some(ctx));
-        match crate::experiments::dose::run(&runner, &protocol, &settings) {
-            Ok(report) => {
-                let seconds = started.elapsed().as_secs_f64();
-                let summary = format!("{} strengths in {seconds:.1} s", report.points.len());
-                let _ = answer.send(Ok(super::experiments::Finished {
-                    protocol,
-                    report: crate::experiments::Report::Dose(report),
-                    seconds,
-                    model: model.info().name.clone(),
-                }));
-                Ok(summary)
-            }
-            Err(e) => {
-                let e: JobError = e.into();
-                let _ = answer.send(Err(match &e {
-                    JobError::Cancelled => "the dose–response run was cancelled".to_string(),
-                    other => other.to_string(),
-                }));
-                Err(e)
-            }
-        }
+        let result = crate::experiments::dose::run(&runner, &protocol, &settings)
+            .map(crate::experiments::Report::Dose);
+        finish_experiment(
+            result,
+            protocol,
+            &model,
+            started,
+            "the dose–response run",
+            answer,
+        )
     })
 }
 
@@ -586,14 +589,20 @@ pub fn discriminator_job(
 ) -> ModelJob {
     Box::new(move |model, ctx| {
         let runner = crate::experiments::Runner::new(&model, Some(ctx));
-        let result = crate::experiments::discriminator::fit(&runner, &protocol, which, 5, crate::experiments::SEED)
-            .and_then(|d| {
-                let results = d.classify(&model, &texts)?;
-                Ok(super::experiments::Classified {
-                    discriminator: d,
-                    results,
-                })
-            });
+        let result = crate::experiments::discriminator::fit(
+            &runner,
+            &protocol,
+            which,
+            5,
+            crate::experiments::SEED,
+        )
+        .and_then(|d| {
+            let results = d.classify(&model, &texts)?;
+            Ok(super::experiments::Classified {
+                discriminator: d,
+                results,
+            })
+        });
         match result {
             Ok(c) => {
                 let summary = c.discriminator.describe();
