@@ -1453,3 +1453,20 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     assert_eq!(picked.units, vec!["L1N5".to_string()]);
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// A short window: at the smallest the viewer allows (800×560) with the Jobs list showing three
+/// jobs, the centre was so short that the layer map's bounds crossed and `clamp` panicked (here
+/// 800×420 without jobs leaves the centre as short). It draws, with the Experiments window open.
+#[test]
+fn a_short_window_draws_without_a_panic() {
+    let state = AppState {
+        experiments_open: true,
+        ..probe_state("She left the party early.")
+    };
+    let h = harness_sized(state, test_config(), [800.0, 420.0]);
+    let mut h = load(h, tiny_llama(), true);
+    h.run_steps(5);
+    // The restored window shows the protocol it showed.
+    assert!(h.state().runtime.experiments.protocol().is_some());
+    h.get_by_label("▶ Run");
+}

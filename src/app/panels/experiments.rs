@@ -35,8 +35,10 @@ pub fn experiments_window_ui(
     egui::Window::new("Experiments")
         .open(&mut open)
         .resizable(true)
-        .default_size([(screen.x * 0.62).clamp(600.0, 980.0), screen.y * 0.8])
-        .default_pos([screen.x * 0.16, 40.0])
+        // Over the probe panel and the maps, leaving the feature card (right) in view: a unit
+        // clicked here opens there.
+        .default_size([(screen.x * 0.7).min(980.0).max(560.0), screen.y * 0.8])
+        .default_pos([screen.x * 0.01, 40.0])
         .max_size(screen * 0.96)
         .show(ctx, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| window_ui(ui, state, cx, out));
@@ -82,6 +84,8 @@ fn window_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Ve
             return;
         }
         None => {
+            // The window was restored open at start: show the protocol it showed.
+            out.push(Command::ChooseProtocol(state.experiment.clone()));
             ui.label("Choose a protocol.");
             return;
         }
@@ -326,7 +330,7 @@ fn dose_result_ui(ui: &mut egui::Ui, r: &crate::experiments::dose::DoseReport) {
             .include_y(0.0)
             .show(&mut cols[0], |plot| {
                 plot.line(
-                    Line::new("KL(clean ‖ dosed)", pts(&|p| p.kl))
+                    Line::new("KL(clean || dosed)", pts(&|p| p.kl))
                         .color(colors::INTERVENED)
                         .width(2.0),
                 );
@@ -337,7 +341,7 @@ fn dose_result_ui(ui: &mut egui::Ui, r: &crate::experiments::dose::DoseReport) {
                 );
                 plot.hline(
                     HLine::new("clean p(target)", r.clean_target_prob)
-                        .color(colors::BASELINE)
+                        .color(Color32::from_gray(150))
                         .style(LineStyle::dashed_loose()),
                 );
             });
@@ -584,7 +588,7 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
     )).weak());
     Plot::new("selectivity d'")
         .height(190.0)
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
         .allow_scroll(false)
         .custom_x_axes(vec![layer_axis()])
         .include_y(0.0)
@@ -625,7 +629,7 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
     )).weak());
     Plot::new("selectivity acc")
         .height(150.0)
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::RightBottom))
         .allow_scroll(false)
         .custom_x_axes(vec![layer_axis()])
         .include_y(0.4)

@@ -138,7 +138,10 @@ impl Views {
             ui.separator();
             let h = ui.available_height();
             // Room for every layer at 5-6 px a row plus the header, within half of the centre.
-            let map = (cx.runtime.layers() as f32 * 5.5 + 64.0).clamp(120.0, h * 0.5);
+            // (Not `clamp`: below a 240 px centre its bounds cross, and clamp panics.)
+            let map = (cx.runtime.layers() as f32 * 5.5 + 64.0)
+                .max(120.0)
+                .min((h * 0.5).max(60.0));
             egui::Panel::top("layer map panel")
                 .resizable(true)
                 .default_size(map)
