@@ -37,7 +37,7 @@ pub fn experiments_window_ui(
         .resizable(true)
         // Over the probe panel and the maps, leaving the feature card (right) in view: a unit
         // clicked here opens there.
-        .default_size([(screen.x * 0.7).min(980.0).max(560.0), screen.y * 0.8])
+        .default_size([(screen.x * 0.7).clamp(560.0, 980.0), screen.y * 0.8])
         .default_pos([screen.x * 0.01, 40.0])
         .max_size(screen * 0.96)
         .show(ctx, |ui| {
