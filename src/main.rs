@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use hubel::assets::{self, Clients};
-use hubel::jobs::{self, progress::run_reporting, JobError};
 use hubel::cli::open_model;
+use hubel::jobs::{self, progress::run_reporting, JobError};
 use hubel::probe::{self, ProbeRequest};
 
 const USAGE: &str = "\

@@ -638,11 +638,21 @@ fn experiments_on_the_default_model_find_what_the_model_does() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     };
-    let v = run(&["experiment", "run", "induction", "--json", "--model", &model]);
+    let v = run(&[
+        "experiment",
+        "run",
+        "induction",
+        "--json",
+        "--model",
+        &model,
+    ]);
     let heads = v["heads"].as_array().unwrap();
     assert_eq!(heads.len(), 30 * 9);
     assert_eq!(heads[0]["head"], "L18H6", "{:?}", &heads[..3]);
-    let (score, control) = (heads[0]["score"].as_f64().unwrap(), heads[0]["control"].as_f64().unwrap());
+    let (score, control) = (
+        heads[0]["score"].as_f64().unwrap(),
+        heads[0]["control"].as_f64().unwrap(),
+    );
     assert!(score > 0.6 && control < 0.1, "{score} {control}");
     let nll = |k: &str| v[k].as_f64().unwrap();
     assert!(nll("nll_second") < nll("nll_first") - 3.0, "{v}");
@@ -650,7 +660,14 @@ fn experiments_on_the_default_model_find_what_the_model_does() {
 
     let dir = std::env::temp_dir().join(format!("hubel-cli-exp-{}", std::process::id()));
     let v = run(&[
-        "experiment", "run", "sense-left", "--json", "--model", &model, "--out", dir.to_str().unwrap(),
+        "experiment",
+        "run",
+        "sense-left",
+        "--json",
+        "--model",
+        &model,
+        "--out",
+        dir.to_str().unwrap(),
     ]);
     assert_eq!(v["protocol"], "sense-left");
     let layers = v["layers"].as_array().unwrap();
@@ -660,20 +677,38 @@ fn experiments_on_the_default_model_find_what_the_model_does() {
             assert!(row[k].is_number(), "{k} in {row}");
         }
     }
-    assert_eq!(v["embedding"]["max_abs_dprime"], 0.0, "the same token at the embedding");
-    let onset = v["onset_layer"].as_u64().expect("the senses separate somewhere");
+    assert_eq!(
+        v["embedding"]["max_abs_dprime"], 0.0,
+        "the same token at the embedding"
+    );
+    let onset = v["onset_layer"]
+        .as_u64()
+        .expect("the senses separate somewhere");
     assert!(onset <= 3, "onset {onset}");
     assert!(layers[10]["probe_acc"].as_f64().unwrap() >= 0.9);
     let top = &v["top_units"][0];
     assert!(top["feature"].as_str().unwrap().starts_with('L') && top["auroc"].is_number());
-    for f in ["report.md", "report.json", "protocol.json", "selectivity.png"] {
+    for f in [
+        "report.md",
+        "report.json",
+        "protocol.json",
+        "selectivity.png",
+    ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 
     let v = run(&[
-        "lesion", "--units", "L1N971,L9N448", "--ablation", "mean", "--sets", "lesion-zh-en", "--json",
-        "--model", &model,
+        "lesion",
+        "--units",
+        "L1N971,L9N448",
+        "--ablation",
+        "mean",
+        "--sets",
+        "lesion-zh-en",
+        "--json",
+        "--model",
+        &model,
     ]);
     for k in ["baseline", "ablated"] {
         for s in ["A", "B"] {
@@ -689,23 +724,128 @@ fn experiment_commands_refuse_bad_input_with_a_message() {
     let m = tiny_gpt2();
     assert_fails_with(&["experiment"], "needs `list` or `run");
     assert_fails_with(&["experiment", "run", "--model", &m], "needs a protocol");
-    assert_fails_with(&["experiment", "run", "no-such", "--model", &m], "built in: sense-left");
-    assert_fails_with(&["experiment", "run", "sense-left", "--shuffles", "5", "--model", &m], "--shuffles takes 20");
-    assert_fails_with(&["experiment", "run", "sense-left", "--units", "L0N1", "--model", &m], "--units is for lesion");
-    assert_fails_with(&["lesion", "--units", "L0N1", "--model", &m], "needs --sets");
-    assert_fails_with(&["lesion", "--units", "L99N1", "--sets", "lesion-zh-en", "--model", &m], "L99N1");
-    assert_fails_with(&["lesion", "--units", "nonsense", "--sets", "lesion-zh-en", "--model", &m], "nonsense");
     assert_fails_with(
-        &["lesion", "--units", "L0N1", "--sets", "sense-left", "--ablation", "half", "--model", &m],
+        &["experiment", "run", "no-such", "--model", &m],
+        "built in: sense-left",
+    );
+    assert_fails_with(
+        &[
+            "experiment",
+            "run",
+            "sense-left",
+            "--shuffles",
+            "5",
+            "--model",
+            &m,
+        ],
+        "--shuffles takes 20",
+    );
+    assert_fails_with(
+        &[
+            "experiment",
+            "run",
+            "sense-left",
+            "--units",
+            "L0N1",
+            "--model",
+            &m,
+        ],
+        "--units is for lesion",
+    );
+    assert_fails_with(
+        &["lesion", "--units", "L0N1", "--model", &m],
+        "needs --sets",
+    );
+    assert_fails_with(
+        &[
+            "lesion",
+            "--units",
+            "L99N1",
+            "--sets",
+            "lesion-zh-en",
+            "--model",
+            &m,
+        ],
+        "L99N1",
+    );
+    assert_fails_with(
+        &[
+            "lesion",
+            "--units",
+            "nonsense",
+            "--sets",
+            "lesion-zh-en",
+            "--model",
+            &m,
+        ],
+        "nonsense",
+    );
+    assert_fails_with(
+        &[
+            "lesion",
+            "--units",
+            "L0N1",
+            "--sets",
+            "sense-left",
+            "--ablation",
+            "half",
+            "--model",
+            &m,
+        ],
         "not an ablation",
     );
-    assert_fails_with(&["lesion", "--units", "L0N1", "--sets", "sense-left", "--model", &m], "held-out");
     assert_fails_with(
-        &["experiment", "dose", "sense-left", "--units", "L0N1", "--probe", "x", "--range", "0:1:1000", "--model", &m],
+        &[
+            "lesion",
+            "--units",
+            "L0N1",
+            "--sets",
+            "sense-left",
+            "--model",
+            &m,
+        ],
+        "held-out",
+    );
+    assert_fails_with(
+        &[
+            "experiment",
+            "dose",
+            "sense-left",
+            "--units",
+            "L0N1",
+            "--probe",
+            "x",
+            "--range",
+            "0:1:1000",
+            "--model",
+            &m,
+        ],
         "between 2 and 201",
     );
-    assert_fails_with(&["experiment", "fit", "sense-left", "--out", "/tmp/x.json", "--model", &m], "one of --unit");
-    assert_fails_with(&["experiment", "classify", "/nonexistent.json", "--text", "a", "--model", &m], "nonexistent");
+    assert_fails_with(
+        &[
+            "experiment",
+            "fit",
+            "sense-left",
+            "--out",
+            "/tmp/x.json",
+            "--model",
+            &m,
+        ],
+        "one of --unit",
+    );
+    assert_fails_with(
+        &[
+            "experiment",
+            "classify",
+            "/nonexistent.json",
+            "--text",
+            "a",
+            "--model",
+            &m,
+        ],
+        "nonexistent",
+    );
     // A protocol file with a broken marker names the stimulus.
     let dir = std::env::temp_dir().join(format!("hubel-cli-proto-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -720,6 +860,9 @@ fn experiment_commands_refuse_bad_input_with_a_message() {
         "stimulus 1 of set A has an unclosed",
     );
     std::fs::write(&file, "{not json").unwrap();
-    assert_fails_with(&["experiment", "run", file.to_str().unwrap(), "--model", &m], "not a protocol");
+    assert_fails_with(
+        &["experiment", "run", file.to_str().unwrap(), "--model", &m],
+        "not a protocol",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

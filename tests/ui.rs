@@ -1335,9 +1335,13 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     // A stimulus of a set loads into the probe (its marker taken out).
     h.get_by_label("A: left = direction (40 stimuli)").click();
     h.run_steps(3);
-    h.get_by_label("Turn [[left]] at the corner and walk on.").click();
+    h.get_by_label("Turn [[left]] at the corner and walk on.")
+        .click();
     h.run_steps(3);
-    assert_eq!(h.state().state.probe, "Turn left at the corner and walk on.");
+    assert_eq!(
+        h.state().state.probe,
+        "Turn left at the corner and walk on."
+    );
     h.get_by_label("A: left = direction (40 stimuli)").click();
     h.run_steps(3);
     h.get_by_label("▶ Run").click();
@@ -1382,7 +1386,13 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
         h.state().runtime.experiments.exported.clone().unwrap(),
         Ok(dir.clone())
     );
-    for f in ["report.md", "report.json", "protocol.json", "selectivity.png", "selectivity.svg"] {
+    for f in [
+        "report.md",
+        "report.json",
+        "protocol.json",
+        "selectivity.png",
+        "selectivity.svg",
+    ] {
         assert!(dir.join(f).is_file(), "{f} written");
     }
     let json: serde_json::Value =
@@ -1428,8 +1438,10 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     h.get_by_label("Result").click();
     h.run_steps(2);
     // A lesion protocol: zero and mean side by side, with the caveat.
-    h.state_mut()
-        .apply(hubel::app::Command::ChooseProtocol("lesion-zh-en".into()), 0.0);
+    h.state_mut().apply(
+        hubel::app::Command::ChooseProtocol("lesion-zh-en".into()),
+        0.0,
+    );
     h.run_steps(2);
     // A hand-picked group: the selected neuron added with its button.
     h.state_mut().select(Some(FeatureId::neuron(1, 5)));
@@ -1439,8 +1451,7 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     assert_eq!(h.state().state.lesion_units, "L1N5");
     h.get_by_label("▶ Run").click();
     wait_for(&mut h, "the lesion experiment", |a| {
-        !a.runtime.experiments.is_running()
-            && a.runtime.experiments.result_shown().is_some()
+        !a.runtime.experiments.is_running() && a.runtime.experiments.result_shown().is_some()
     });
     h.get_by_label("zero: ΔA");
     h.get_by_label("mean: ΔA");
@@ -1449,7 +1460,11 @@ fn an_experiment_runs_from_the_menu_and_its_units_open_their_cards() {
     let Report::Lesion(r) = &done.report else {
         panic!("a lesion report");
     };
-    let picked = r.groups.iter().find(|g| g.name == "hand-picked").expect("the hand-picked group");
+    let picked = r
+        .groups
+        .iter()
+        .find(|g| g.name == "hand-picked")
+        .expect("the hand-picked group");
     assert_eq!(picked.units, vec!["L1N5".to_string()]);
     std::fs::remove_dir_all(out).unwrap();
 }
