@@ -1485,3 +1485,39 @@ fn a_short_window_draws_without_a_panic() {
     assert!(h.state().runtime.experiments.protocol().is_some());
     h.get_by_label("▶ Run");
 }
+
+/// The Experiments window at the smallest and a large supported size: it fits the window, and
+/// a run's result (top units) can be reached.
+#[test]
+fn the_experiments_window_fits_from_1000x700_to_1920x1080() {
+    for size in [[1000.0, 700.0], [1920.0, 1080.0]] {
+        let h = harness_sized(probe_state("Turn left here"), test_config(), size);
+        let mut h = load(h, tiny_llama(), true);
+        h.state_mut().apply(
+            hubel::app::Command::ChooseProtocol("sense-left".into()),
+            0.0,
+        );
+        h.run_steps(3);
+        h.get_by_label("▶ Run").click();
+        wait_for(&mut h, "the experiment", |a| {
+            !a.runtime.experiments.is_running() && a.runtime.experiments.result.is_some()
+        });
+        // Before any scrolling, the window's controls are on screen.
+        let run = h.get_by_label("▶ Run").rect();
+        assert!(
+            run.min.x >= 0.0 && run.max.x <= size[0] && run.min.y >= 0.0 && run.max.y <= size[1],
+            "{size:?}: {run:?}"
+        );
+        h.get_by_label("Top units (click one for its card)")
+            .scroll_to_me();
+        h.run_steps(3);
+        let rect = h.get_by_label("Top units (click one for its card)").rect();
+        assert!(
+            rect.min.x >= 0.0
+                && rect.max.x <= size[0]
+                && rect.min.y >= 0.0
+                && rect.max.y <= size[1],
+            "{size:?}: {rect:?}"
+        );
+    }
+}

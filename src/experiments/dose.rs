@@ -378,12 +378,10 @@ pub fn run(runner: &Runner, protocol: &Protocol, s: &Settings) -> Result<DoseRep
 }
 
 impl DoseReport {
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "Dose–response: {} ({}) on {:?}, target {:?} (clean p = {:.4}); attention {}; sets: {} ({} vs {}, {} + {} tokens)",
+    /// One line: what was dosed on what, the target, attention, the sets scored.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ({}) on {:?}, target {:?} (clean p = {:.4}); attention {}; sets: {} ({} vs {}, {} + {} tokens)",
             self.units.join(" "),
             self.mode.name(),
             self.probe,
@@ -395,7 +393,13 @@ impl DoseReport {
             self.labels.b,
             self.tokens.a,
             self.tokens.b
-        );
+        )
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "Dose–response: {}", self.summary());
         let _ = writeln!(
             s,
             "{:>9} {:>9} {:>9} {:>9} {:>9}  top",

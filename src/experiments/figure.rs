@@ -231,17 +231,20 @@ pub fn selectivity(r: &SelectivityReport) -> String {
     // Layer labels every 5 when there are many (layer 0 then unlabelled: it would touch "emb").
     let step = if n > 16 { 5 } else { 1 };
     let first = if step > 1 { step } else { 0 };
-    a.x_labels(
-        &mut s,
-        std::iter::once(-1.0).chain((first..n).step_by(step).map(|l| l as f64)),
-        |v| {
-            if v < 0.0 {
-                "emb".into()
-            } else {
-                format!("{v}")
-            }
-        },
-    );
+    let layer_labels = |axes: &Axes, s: &mut String| {
+        axes.x_labels(
+            s,
+            std::iter::once(-1.0).chain((first..n).step_by(step).map(|l| l as f64)),
+            |v| {
+                if v < 0.0 {
+                    "emb".into()
+                } else {
+                    format!("{v}")
+                }
+            },
+        )
+    };
+    layer_labels(&a, &mut s);
     if let Some(onset) = r.onset_layer {
         let xx = a.px(onset as f64);
         let _ = write!(
@@ -310,17 +313,7 @@ pub fn selectivity(r: &SelectivityReport) -> String {
         b.left,
         b.left + b.width
     );
-    b.x_labels(
-        &mut s,
-        std::iter::once(-1.0).chain((first..n).step_by(step).map(|l| l as f64)),
-        |v| {
-            if v < 0.0 {
-                "emb".into()
-            } else {
-                format!("{v}")
-            }
-        },
-    );
+    layer_labels(&b, &mut s);
     legend(
         &mut s,
         b.left + 8.0,
@@ -348,13 +341,8 @@ fn blue(v: f64) -> String {
 
 /// Induction scores as a layers × heads grid, beside the controls' on the same scale.
 pub fn induction(r: &InductionReport) -> String {
-    let layers = r.heads.iter().map(|h| h.layer + 1).max().unwrap_or(0);
-    let heads = r.heads.len() / layers.max(1);
-    let max = r
-        .heads
-        .iter()
-        .flat_map(|h| [h.score, h.control])
-        .fold(1e-9f64, f64::max);
+    let g = &r.grid;
+    let (layers, heads, max) = (g.layers, g.heads, g.max);
     let cell = (360.0 / layers.max(1) as f64).clamp(8.0, 24.0);
     let cw = 22.0;
     let mut s = String::new();
@@ -367,21 +355,15 @@ pub fn induction(r: &InductionReport) -> String {
             top - 12.0,
             esc(title)
         );
-        for h in &r.heads {
-            let idx: usize = h
-                .head
-                .rsplit('H')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let v = if panel == 0 { h.score } else { h.control };
+        for (i, &(score, control)) in g.cells.iter().enumerate() {
+            let (l, h) = (i / heads.max(1), i % heads.max(1));
+            let v = if panel == 0 { score } else { control };
             let _ = write!(
                 s,
-                r#"<rect x="{:.1}" y="{:.1}" width="{cw:.1}" height="{cell:.1}" fill="{}" stroke="white" stroke-width="0.5"><title>{} {:.3}</title></rect>"#,
-                left + idx as f64 * cw,
-                top + h.layer as f64 * cell,
+                r#"<rect x="{:.1}" y="{:.1}" width="{cw:.1}" height="{cell:.1}" fill="{}" stroke="white" stroke-width="0.5"><title>L{l}H{h} {:.3}</title></rect>"#,
+                left + h as f64 * cw,
+                top + l as f64 * cell,
                 blue(v / max),
-                h.head,
                 v
             );
         }

@@ -36,6 +36,19 @@ pub struct InductionReport {
     pub sequences: usize,
     /// Mean tokens of one copy.
     pub mean_copy_tokens: f64,
+    /// The same scores as a layers × heads grid, for the views and the figure (not in the JSON).
+    #[serde(skip)]
+    pub grid: HeadGrid,
+}
+
+/// Every head's score and control, `cells[layer * heads + head]`, with the largest of them all
+/// (the colour scale both share).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadGrid {
+    pub layers: usize,
+    pub heads: usize,
+    pub cells: Vec<(f64, f64)>,
+    pub max: f64,
 }
 
 /// A repeated sequence, its control, and where the first copy starts.
@@ -171,6 +184,15 @@ pub fn run(runner: &Runner, protocol: &Protocol) -> Result<InductionReport> {
         Ok(())
     })?;
     let n = pairs.len().max(1) as f64;
+    let cells: Vec<(f64, f64)> = (0..layers * heads)
+        .map(|i| (score[i] / n, control[i] / n))
+        .collect();
+    let grid = HeadGrid {
+        layers,
+        heads,
+        max: cells.iter().flat_map(|&(s, c)| [s, c]).fold(1e-9, f64::max),
+        cells,
+    };
     let mut list: Vec<HeadScore> = (0..layers * heads)
         .map(|i| HeadScore {
             head: FeatureId::head(i / heads, i % heads).label(),
@@ -190,6 +212,7 @@ pub fn run(runner: &Runner, protocol: &Protocol) -> Result<InductionReport> {
         nll_control: mean(ctrl),
         sequences: pairs.len(),
         mean_copy_tokens: pairs.iter().map(|p| p.len as f64).sum::<f64>() / n,
+        grid,
     })
 }
 

@@ -302,18 +302,7 @@ fn dose_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Vec<
 }
 
 fn dose_result_ui(ui: &mut egui::Ui, r: &crate::experiments::dose::DoseReport) {
-    ui.label(format!(
-        "{} ({}) on {:?} · target {:?} (clean p = {:.3}) · attention {} · sets: {} ({} + {} tokens)",
-        r.units.join(" "),
-        r.mode.name(),
-        r.probe,
-        r.target,
-        r.clean_target_prob,
-        if r.frozen_attention { "frozen" } else { "free" },
-        r.sets_scored,
-        r.tokens.a,
-        r.tokens.b
-    ));
+    ui.label(r.summary());
     let pts = |f: &dyn Fn(&crate::experiments::dose::DosePoint) -> f64| -> PlotPoints<'static> {
         PlotPoints::from(
             r.points
@@ -736,21 +725,9 @@ fn induction_ui(ui: &mut egui::Ui, r: &InductionReport, out: &mut Vec<Command>) 
         ui.colored_label(WARN, "⚠ the second copy is not predicted better than the first: no induction shows in the loss");
     }
     ui.label(RichText::new("Each head's mean attention from a token of the second copy to the token after its first occurrence; the control reads the same cells of a sequence whose second half differs. Click a cell for the head's card.").weak());
-    let layers = r.heads.iter().map(|h| h.layer + 1).max().unwrap_or(0);
-    let heads = r.heads.len() / layers.max(1);
-    let max = r
-        .heads
-        .iter()
-        .flat_map(|h| [h.score, h.control])
-        .fold(1e-9f64, f64::max);
-    let mut grid = vec![(0.0, 0.0); layers * heads];
-    for h in &r.heads {
-        if let Ok(f) = FeatureId::parse(&h.head) {
-            if f.layer < layers && f.index < heads {
-                grid[f.layer * heads + f.index] = (h.score, h.control);
-            }
-        }
-    }
+    let g = &r.grid;
+    let (layers, heads, max) = (g.layers, g.heads, g.max);
+    let grid = &g.cells;
     ui.horizontal(|ui| {
         for (panel, title) in ["score", "control"].into_iter().enumerate() {
             ui.vertical(|ui| {

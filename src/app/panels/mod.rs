@@ -154,13 +154,7 @@ impl Views {
                 });
             self.maps.heatmap_ui(ui, state, cx, out);
         });
-        experiments::experiments_window_ui(
-            &ui.ctx().clone(),
-            state,
-            cx,
-            out,
-            egui::vec2(width, height),
-        );
+        experiments::experiments_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
     }
 }
 
