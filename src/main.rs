@@ -31,6 +31,9 @@ USAGE:
   hubel search QUERY [--index FILE] [--n 20] [--basis neurons|heads] [--json]
   hubel experiment list | run NAME|FILE [--model PATH] [--json] [--out DIR] [--shuffles N] [--folds K]
   hubel lesion --units L1N971,L9N448 --ablation zero|mean|resample --sets NAME|FILE [--json]
+  hubel dict train --method fista|topk|itda --layers 6[,8] --atoms N [--k K] [--tokens N] --out D
+  hubel dict eval D [--tokens N] [--json] | info D | export D --saelens DIR | import DIR --out D
+  hubel decompose --word WORD --dict D [--context TEXT] [--layer L] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -189,6 +192,10 @@ fn run() -> anyhow::Result<ExitCode> {
         "effect" => effect_command(args),
         "scan" | "top" | "label" | "search" => {
             hubel::scan::cli::command(&command, std::mem::take(&mut args.0))
+                .map(|_| ExitCode::SUCCESS)
+        }
+        "dict" | "decompose" => {
+            hubel::features::dictionary::cli::command(&command, std::mem::take(&mut args.0))
                 .map(|_| ExitCode::SUCCESS)
         }
         "experiment" | "lesion" => {

@@ -167,6 +167,7 @@ pub fn describe(iv: &Intervention) -> String {
         Op::Set { value } => format!(" = {value}"),
         Op::Add { value } => format!(" += {value}"),
         Op::AddDirection { alpha, .. } => format!(" += {alpha}·direction"),
+        Op::AddScaled { label, .. } => format!(" {label}"),
         Op::Scale { factor } => format!(" *= {factor}"),
     };
     s + &op

@@ -1,6 +1,8 @@
 //! Feature bases: what a "feature" is when a user clicks one. MLP neurons and attention heads
 //! now; dictionary features (sparse codes of the residual stream) get their own basis later.
 
+pub mod dictionary;
+
 use crate::hooks::{BlockSite, HookPoint};
 
 #[derive(

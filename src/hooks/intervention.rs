@@ -23,6 +23,14 @@ pub enum Op {
     /// Add `alpha · direction` (steering); `direction` has one value per element of a
     /// position's slice.
     AddDirection { direction: Vec<f32>, alpha: f32 },
+    /// Add `alphas[p] · direction` at each absolute position `p` (nothing past the end of
+    /// `alphas`): a dictionary feature's edit, its atom times the change of its code at each
+    /// token (features/dictionary/edit.rs). `label` names the feature for a person.
+    AddScaled {
+        direction: Vec<f32>,
+        alphas: Vec<f32>,
+        label: String,
+    },
     /// Multiply by a factor.
     Scale { factor: f32 },
 }
@@ -192,7 +200,9 @@ impl Intervention {
         }
         let vector_len = match &self.op {
             Op::MeanOf { values } => Some(values.len()),
-            Op::AddDirection { direction, .. } => Some(direction.len()),
+            Op::AddDirection { direction, .. } | Op::AddScaled { direction, .. } => {
+                Some(direction.len())
+            }
             _ => None,
         };
         match vector_len {
@@ -276,6 +286,9 @@ impl Intervention {
                             Op::Set { value } => *value,
                             Op::Add { value } => *v + value,
                             Op::AddDirection { direction, alpha } => *v + alpha * direction[cell],
+                            Op::AddScaled {
+                                direction, alphas, ..
+                            } => *v + alphas.get(abs).copied().unwrap_or(0.0) * direction[cell],
                             Op::Scale { factor } => *v * factor,
                         };
                     }

@@ -23,7 +23,7 @@ fn mode_name(op: &Op) -> &'static str {
         Op::Zero => "zero",
         Op::Mean | Op::MeanOf { .. } => "mean",
         Op::Set { .. } => "set",
-        Op::Add { .. } | Op::AddDirection { .. } => "add",
+        Op::Add { .. } | Op::AddDirection { .. } | Op::AddScaled { .. } => "add",
         Op::Scale { .. } => "scale",
     }
 }
