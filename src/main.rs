@@ -31,6 +31,9 @@ USAGE:
   hubel search QUERY [--index FILE] [--n 20] [--basis neurons|heads] [--json]
   hubel experiment list | run NAME|FILE [--model PATH] [--json] [--out DIR] [--shuffles N] [--folds K]
   hubel lesion --units L1N971,L9N448 --ablation zero|mean|resample --sets NAME|FILE [--json]
+  hubel lens --text TEXT [--target TOKEN] [--ablate SPEC]... [--top K] [--json]
+  hubel dla --text TEXT --target TOKEN [--versus TOKEN] [--position P] [--neurons N] [--json]
+  hubel patch --clean TEXT --corrupt TEXT --target TOKEN [--versus TOKEN] [--site resid|attn|mlp] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -193,6 +196,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         "experiment" | "lesion" => {
             hubel::experiments::cli::command(&command, std::mem::take(&mut args.0))
+                .map(|_| ExitCode::SUCCESS)
+        }
+        "lens" | "dla" | "patch" => {
+            hubel::circuits::cli::command(&command, std::mem::take(&mut args.0))
                 .map(|_| ExitCode::SUCCESS)
         }
         "bench" => hubel::bench::command(
