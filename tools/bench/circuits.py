@@ -12,8 +12,9 @@ same trace written with PyTorch forward pre-hooks on the same GGUF weights, in t
 2. PyTorch + transformers (f32, eager attention): the clean run records each decoder layer's
    input (a forward pre-hook: blocks.L.hook_resid_pre); then per layer one batch of n copies of
    the corrupted prompt, copy p with position p of that layer's input replaced by the clean value
-   (a forward pre-hook returning the edited hidden states); the metric logit(target) -
-   logit(versus) at the last position; the same fraction restored.
+   (a forward pre-hook returning the edited hidden states), only the last position's logits
+   (`logits_to_keep=1`, as hubel computes); the metric logit(target) - logit(versus) at the last
+   position; the same fraction restored.
 3. The two grids compared (max |difference|; same weights, f32 both) and the time ratio.
 Needs torch, transformers, gguf, numpy (a scratch venv; never the app or CI).
 """
@@ -24,8 +25,9 @@ import subprocess
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLEAN = "The Eiffel Tower is in the city of"
-CORRUPT = "The Colosseum is in the city of"
+# 12 tokens each in SmolLM2 (the issue's benchmark: 30 layers x 12 positions).
+CLEAN = "The famous Eiffel Tower is located in the old city of"
+CORRUPT = "The famous Colosseum is located in the old city of"
 
 
 def run_hubel(binary, gguf, clean, corrupt, target, versus):
@@ -91,7 +93,7 @@ def torch_trace(gguf, clean, corrupt, target, versus):
                 kwargs = dict(kwargs, hidden_states=h)
                 return args, kwargs
             handle = layer.register_forward_pre_hook(patch, with_kwargs=True)
-            patched[l] = metric(model(batch).logits)
+            patched[l] = metric(model(batch, logits_to_keep=1).logits)
             handle.remove()
     seconds = time.perf_counter() - t0
     span = m_clean - m_corrupt
