@@ -127,7 +127,7 @@ fn the_circuits_window_runs_its_three_tools_and_links_to_cards() {
     let top = r.baseline.layers[1].positions.last().unwrap().top[0]
         .token
         .clone();
-    h.get_by_label_contains("layers down, positions across");
+    h.get_by_label_contains("the last layer on top, positions across");
     h.state_mut().state.circuits.target = top.clone();
     h.state_mut().state.circuits.versus.clear();
     // The attribution: its top component's name opens a card.

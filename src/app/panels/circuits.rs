@@ -267,10 +267,13 @@ fn lens_tab_ui(
         (Some(_), ViewMode::Difference) if r.target.is_none() => ViewMode::Intervened,
         (Some(_), m) => m,
     };
-    let mut caption = format!("{:?}: layers down, positions across. ", cut(&r.text, 60));
+    let mut caption = format!(
+        "{:?}: the last layer on top, positions across. ",
+        cut(&r.text, 60)
+    );
     caption += match (show, mode) {
         (_, ViewMode::Difference) => "Cells: p(target) with the edits minus without (red: raised).",
-        (LensShow::Top, _) => "Cells: the top token and its probability (bright: confident). Click a cell to make its token the target.",
+        (LensShow::Top, _) => "Cells: the top token (· is a space) and its probability (bright: confident). Click a cell to make its token the target.",
         (LensShow::TargetProb, _) => "Cells: the target's probability.",
         (LensShow::TargetRank, _) => "Cells: the target's rank (1: top).",
     };
@@ -322,8 +325,9 @@ fn lens_grid_ui(
     } else {
         1.0
     };
+    // The last layer on top (the output), layer 0 at the bottom, then the commitment row.
     for (l, layer) in grid.layers.iter().enumerate() {
-        let y = origin.y + l as f32 * cell.y;
+        let y = origin.y + (layers - 1 - l) as f32 * cell.y;
         if layers <= 16 || l % 2 == 0 {
             painter.text(
                 egui::pos2(rect.min.x + 48.0, y + cell.y * 0.5),
@@ -375,7 +379,7 @@ fn lens_grid_ui(
     if p < 0.0 || l < 0.0 || p as usize >= n || l as usize >= layers {
         return;
     }
-    let (p, l) = (p as usize, l as usize);
+    let (p, l) = (p as usize, layers - 1 - l as usize);
     let c = &grid.layers[l].positions[p];
     let mut tip = format!(
         "layer {l}, position {p} ({:?})\n",
@@ -419,11 +423,11 @@ fn lens_cell(
     match show {
         LensShow::Top => match c.top.first() {
             Some(t) => {
-                let chars = ((width - 22.0) / 6.0).max(2.0) as usize;
+                let chars = ((width - 30.0) / 6.0).max(2.0) as usize;
                 (
                     colors::sequential(t.prob, 1.0),
                     format!(
-                        "{} {:.0}",
+                        "{}  {:.0}%",
                         cut(&text::visible(&t.token), chars),
                         t.prob * 100.0
                     ),
