@@ -8,7 +8,8 @@
 //! - [`analysis`]: distributions, losses and divergences over plain `f32` slices;
 //! - [`assets`]: fetching the default model and corpus by package name, with checksums;
 //! - [`jobs`]: long work on a thread of its own (progress, pause, cancel, yielding to clicks);
-//! - [`probe`]: the `hubel probe` report; [`bench`]: the runtime benchmark.
+//! - [`probe`]: the `hubel probe` report; [`bench`]: the runtime benchmark;
+//! - [`circuits`]: the logit lens, direct logit attribution and activation patching.
 //!
 //! Failures: library modules return their own `thiserror` enums whose messages say what to do;
 //! the binary wraps them with `anyhow` context and prints the whole chain once. Nothing panics on
@@ -19,6 +20,7 @@ pub mod analysis;
 pub mod app;
 pub mod assets;
 pub mod bench;
+pub mod circuits;
 pub mod cli;
 pub mod corpus;
 pub mod effect;

@@ -34,6 +34,9 @@ USAGE:
   hubel dict train --method fista|topk|itda --layers 6[,8] --atoms N [--k K] [--tokens N] --out D
   hubel dict eval D [--tokens N] [--json] | info D | export D --saelens DIR | import DIR --out D
   hubel decompose --word WORD --dict D [--context TEXT] [--layer L] [--json]
+  hubel lens --text TEXT [--target TOKEN] [--ablate SPEC]... [--top K] [--json]
+  hubel dla --text TEXT --target TOKEN [--versus TOKEN] [--position P] [--neurons N] [--json]
+  hubel patch --clean TEXT --corrupt TEXT --target TOKEN [--versus TOKEN] [--site resid|attn|mlp] [--json]
 
 SPEC: HOOK[INDICES][@POSITIONS][=zero|=mean|=VALUE|+=VALUE|*=FACTOR], e.g.
   blocks.10.mlp.hook_post[123]   L10N123=mean   L5H3@4   blocks.6.hook_resid_post[17]+=8
@@ -200,6 +203,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         "experiment" | "lesion" => {
             hubel::experiments::cli::command(&command, std::mem::take(&mut args.0))
+                .map(|_| ExitCode::SUCCESS)
+        }
+        "lens" | "dla" | "patch" => {
+            hubel::circuits::cli::command(&command, std::mem::take(&mut args.0))
                 .map(|_| ExitCode::SUCCESS)
         }
         "bench" => hubel::bench::command(

@@ -11,6 +11,7 @@
 //! output below; in the centre the interventions bar, then the layer map and the chosen layer's
 //! heatmap, split by a draggable divider so both are always in view.
 
+pub mod circuits;
 pub mod colors;
 pub mod derived;
 pub mod experiments;
@@ -98,6 +99,20 @@ pub enum Command {
     RunDose,
     /// Fit a discriminator on the protocol shown and classify the form's text with it.
     FitDiscriminator(crate::experiments::discriminator::Which),
+    /// Show or hide the Circuits window.
+    ShowCircuits(bool),
+    /// Compute the logit lens of the probe (baseline, and with the edits) as a job.
+    RunLens,
+    /// Compute the direct logit attribution at the form's position as a job.
+    RunAttribution,
+    /// Run the causal trace (probe = clean, the form's corrupted prompt) as a job.
+    RunTrace,
+    /// Patch one cell of the last trace by hand: the probe becomes the corrupted prompt, with
+    /// the clean run's value at that layer and position as its one edit.
+    PatchCell {
+        layer: usize,
+        position: usize,
+    },
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -192,6 +207,8 @@ pub struct Runtime {
     pub receptive: receptive::Receptive,
     /// The Experiments window's protocol, job and results.
     pub experiments: experiments::Experiments,
+    /// The Circuits window's jobs and results.
+    pub circuits: circuits::Circuits,
     /// Occlusion deletes tokens rather than replacing them.
     pub occlusion_delete: bool,
     /// The occlusion map was asked for by a click (long probes).
@@ -225,6 +242,7 @@ impl Runtime {
             fidelity: None,
             receptive: receptive::Receptive::default(),
             experiments: experiments::Experiments::default(),
+            circuits: circuits::Circuits::default(),
             occlusion_delete: false,
             occlusion_asked: false,
             fidelity_serial: 0,
@@ -694,6 +712,7 @@ impl HubelApp {
         self.poll_fetch();
         self.runtime.receptive.poll();
         self.runtime.experiments.poll();
+        self.runtime.circuits.poll();
         if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
             self.start_labels();
         }
@@ -754,6 +773,88 @@ impl HubelApp {
         };
         let job = worker::experiment_job(protocol, hand_picked, tx);
         self.send(Request::ModelJob { name, job });
+    }
+
+    /// The logit lens of the probe as a job: the baseline, and the run with the edits.
+    fn start_lens(&mut self) {
+        let c = &mut self.runtime.circuits;
+        if c.lens.is_running() || self.runtime.model.is_none() {
+            return;
+        }
+        let target = Some(self.state.circuits.target.clone()).filter(|t| !t.is_empty());
+        let tx = c.lens.start(circuits::LENS_JOB);
+        let job = circuits::lens_job(
+            self.state.probe.clone(),
+            target,
+            self.state.interventions.clone(),
+            tx,
+        );
+        self.send(Request::ModelJob {
+            name: circuits::LENS_JOB.into(),
+            job,
+        });
+    }
+
+    /// The direct logit attribution at the form's position as a job.
+    fn start_attribution(&mut self) {
+        let c = &mut self.runtime.circuits;
+        if c.dla.is_running() || self.runtime.model.is_none() {
+            return;
+        }
+        let form = &self.state.circuits;
+        let req = crate::circuits::dla::DlaRequest {
+            text: self.state.probe.clone(),
+            target: form.target.clone(),
+            versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
+            position: form.position,
+            neurons: 40,
+        };
+        let tx = c.dla.start(circuits::DLA_JOB);
+        let job = circuits::dla_job(req, tx);
+        self.send(Request::ModelJob {
+            name: circuits::DLA_JOB.into(),
+            job,
+        });
+    }
+
+    /// The causal trace as a job: the probe is the clean prompt.
+    fn start_trace(&mut self) {
+        let c = &mut self.runtime.circuits;
+        if c.trace.is_running() || self.runtime.model.is_none() {
+            return;
+        }
+        let form = &self.state.circuits;
+        let req = crate::circuits::patch::PatchRequest {
+            clean: self.state.probe.clone(),
+            corrupt: form.corrupt.clone(),
+            target: form.target.clone(),
+            versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
+            site: form.site,
+        };
+        let name = circuits::trace_job_name(form.site);
+        let tx = c.trace.start(&name);
+        let job = circuits::trace_job(req, tx);
+        self.send(Request::ModelJob { name, job });
+    }
+
+    /// One cell of the last trace patched by hand: the corrupted prompt becomes the probe, with
+    /// the clean run's value at that cell as its only edit (the output panel shows what it
+    /// restores; Undo brings the edits back).
+    fn patch_cell(&mut self, layer: usize, position: usize, now: f64) {
+        let Some(t) = self.runtime.circuits.trace.result() else {
+            return;
+        };
+        match crate::circuits::patch::cell_intervention(&t.clean, t.report.site, layer, position) {
+            Ok(iv) => {
+                self.state.probe = t.report.corrupt_text.clone();
+                if self.state.interventions == [iv.clone()] {
+                    self.request_run(now);
+                } else {
+                    self.set_interventions(vec![iv], now);
+                }
+            }
+            Err(e) => self.fail(format!("patching layer {layer}, position {position}: {e}")),
+        }
     }
 
     /// Runs the dose–response form as a job: its features (else the selected feature) over its
@@ -1348,6 +1449,20 @@ impl HubelApp {
                 self.start_dose();
             }
             Command::FitDiscriminator(which) => self.start_discriminator(which),
+            Command::ShowCircuits(open) => self.state.circuits_open = open,
+            Command::RunLens => {
+                self.state.circuits.tab = state::CircuitsTab::Lens;
+                self.start_lens();
+            }
+            Command::RunAttribution => {
+                self.state.circuits.tab = state::CircuitsTab::Attribution;
+                self.start_attribution();
+            }
+            Command::RunTrace => {
+                self.state.circuits.tab = state::CircuitsTab::Trace;
+                self.start_trace();
+            }
+            Command::PatchCell { layer, position } => self.patch_cell(layer, position, now),
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
             Command::FileChosen(action, path) => match action {

@@ -76,6 +76,90 @@ pub struct AppState {
     pub experiments_tab: ExperimentsTab,
     /// The discriminator form's probe layer.
     pub probe_layer: usize,
+    /// The Circuits window is open.
+    pub circuits_open: bool,
+    /// The Circuits window's form and display choices.
+    pub circuits: CircuitsForm,
+}
+
+/// The parts of the Circuits window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CircuitsTab {
+    #[default]
+    Lens,
+    Attribution,
+    Trace,
+}
+
+impl CircuitsTab {
+    pub const ALL: [CircuitsTab; 3] = [
+        CircuitsTab::Lens,
+        CircuitsTab::Attribution,
+        CircuitsTab::Trace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CircuitsTab::Lens => "Logit lens",
+            CircuitsTab::Attribution => "Attribution",
+            CircuitsTab::Trace => "Causal trace",
+        }
+    }
+}
+
+/// What the logit lens's cells show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LensShow {
+    /// The top token and its probability.
+    #[default]
+    Top,
+    /// The target's probability.
+    TargetProb,
+    /// The target's rank.
+    TargetRank,
+}
+
+impl LensShow {
+    pub const ALL: [LensShow; 3] = [LensShow::Top, LensShow::TargetProb, LensShow::TargetRank];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LensShow::Top => "Top token",
+            LensShow::TargetProb => "p(target)",
+            LensShow::TargetRank => "Target rank",
+        }
+    }
+}
+
+/// The Circuits window's form: the clean prompt is the probe; the rest is here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitsForm {
+    pub tab: CircuitsTab,
+    /// One token, e.g. ` Paris` (empty: none; the lens then shows top tokens only).
+    pub target: String,
+    /// One token to subtract (empty: the target's logit alone).
+    pub versus: String,
+    /// The corrupted prompt of the causal trace (same token count as the probe).
+    pub corrupt: String,
+    pub site: crate::circuits::patch::Site,
+    pub lens_show: LensShow,
+    /// The attribution's position (`None`: the last token).
+    pub position: Option<usize>,
+}
+
+impl Default for CircuitsForm {
+    fn default() -> Self {
+        CircuitsForm {
+            tab: CircuitsTab::Lens,
+            target: " Paris".into(),
+            versus: " Rome".into(),
+            corrupt: "The Colosseum is in the city of".into(),
+            site: crate::circuits::patch::Site::Resid,
+            lens_show: LensShow::Top,
+            position: None,
+        }
+    }
 }
 
 /// The parts of the Experiments window.
@@ -152,6 +236,8 @@ impl Default for AppState {
             lesion_units: String::new(),
             experiments_tab: ExperimentsTab::Result,
             probe_layer: 0,
+            circuits_open: false,
+            circuits: CircuitsForm::default(),
         }
     }
 }

@@ -386,8 +386,66 @@ impl Tour {
                 self.shot(ctx, "experiment_dose");
                 true
             }
+            // The Circuits window on the README's example: the lens, the attribution, the trace,
+            // and the card of the strongest MLP's strongest neuron.
             24 => {
                 self.app.apply(super::Command::ShowExperiments(false), now);
+                self.app.state.probe = "The Eiffel Tower is in the city of".into();
+                self.app.state.interventions.clear();
+                self.app.request_run(now);
+                self.app.state.circuits = super::state::CircuitsForm::default();
+                self.app.apply(super::Command::ShowCircuits(true), now);
+                self.app.apply(super::Command::RunLens, now);
+                true
+            }
+            25 if self.ready(
+                self.app.runtime.circuits.lens.result().is_some()
+                    && !self.app.runtime.circuits.is_running(),
+            ) =>
+            {
+                self.shot(ctx, "circuits_lens");
+                true
+            }
+            26 => {
+                self.app.apply(super::Command::RunAttribution, now);
+                true
+            }
+            27 if self.ready(
+                self.app.runtime.circuits.dla.result().is_some()
+                    && !self.app.runtime.circuits.is_running(),
+            ) =>
+            {
+                self.shot(ctx, "circuits_attribution");
+                true
+            }
+            28 => {
+                self.app.apply(super::Command::RunTrace, now);
+                true
+            }
+            29 if self.ready(
+                self.app.runtime.circuits.trace.result().is_some()
+                    && !self.app.runtime.circuits.is_running(),
+            ) =>
+            {
+                self.shot(ctx, "circuits_trace");
+                true
+            }
+            30 => {
+                // The strongest MLP component's strongest neuron: its card.
+                let neuron = self.app.runtime.circuits.dla.result().and_then(|r| {
+                    let layer = r.components.iter().find(|c| c.head.is_none())?.layer?;
+                    r.layers.get(layer)?.strongest_neuron.clone()
+                });
+                self.feature = neuron.map(|n| FeatureId::neuron(n.layer, n.neuron));
+                self.app.apply(super::Command::Select(self.feature), now);
+                true
+            }
+            31 if self.ready(self.effect_ready() && self.receptive_ready()) => {
+                self.shot(ctx, "circuits_card");
+                true
+            }
+            32 => {
+                self.app.apply(super::Command::ShowCircuits(false), now);
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
                     super::Command::AskFile(super::file_dialog::FileAction::SaveSession),
@@ -395,11 +453,11 @@ impl Tour {
                 );
                 true
             }
-            25 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            33 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            26 => {
+            34 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }

@@ -7,6 +7,7 @@ mod effect;
 pub mod generate;
 mod hooks;
 pub mod kernels;
+mod lens;
 pub mod load;
 mod probe_ops;
 pub mod random;
@@ -23,6 +24,7 @@ pub use config::{Arch, Config};
 pub use effect::EffectScale;
 pub use generate::{Generate, Sampling};
 pub use hooks::Hooks;
+pub use lens::LENS_ROWS;
 pub use probe_ops::{FeatureRow, GluSigns, Occlude, Occlusion};
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
@@ -602,6 +604,80 @@ impl Model {
                 layers_computed: self.config().n_layers,
             });
             start += len;
+        }
+        Ok(outputs)
+    }
+
+    /// Many copies of a prepared probe, each with its own interventions, in one forward pass
+    /// that starts at the first block any of them touches, from the baseline's cached input of
+    /// that block ([`Model::rerun`] for a batch: the copies of a causal trace, each patched at
+    /// one cell). Each copy's output equals its [`Model::run`]'s (the blocks before the start are
+    /// the baseline's, bitwise); records hold only what the run computed (from the start block
+    /// on).
+    pub fn rerun_batch_each(
+        &self,
+        cache: &ProbeCache,
+        capture: &Capture,
+        interventions: &[&[Intervention]],
+        logits: Logits,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Vec<RunOutput>> {
+        let n_layers = self.config().n_layers;
+        let needs_embedding = interventions
+            .iter()
+            .flat_map(|ivs| ivs.iter())
+            .any(|iv| iv.hook.layer().is_none() && iv.hook != HookPoint::LnFinal);
+        let start = interventions
+            .iter()
+            .map(|ivs| first_touched_block(ivs, n_layers))
+            .min()
+            .unwrap_or(n_layers);
+        if needs_embedding || start == 0 || interventions.is_empty() {
+            let seqs: Vec<&[u32]> = vec![cache.tokens.as_slice(); interventions.len()];
+            return self.run_batch_each(&seqs, capture, interventions, logits, cancel);
+        }
+        let len = cache.tokens.len();
+        for ivs in interventions {
+            self.check_interventions(ivs, len)?;
+        }
+        let mut hooks: Vec<Hooks> = interventions
+            .iter()
+            .map(|ivs| {
+                let h = Hooks::new(capture, ivs);
+                match &cancel {
+                    Some(flag) => h.with_cancel(flag.clone()),
+                    None => h,
+                }
+            })
+            .collect();
+        let lens = vec![len; interventions.len()];
+        let x = Tensor::cat(
+            &vec![cache.resid_pre[start].clone(); interventions.len()],
+            0,
+        )?;
+        let mut packed = transformer::Seqs::new(&mut hooks, &lens, self.fast());
+        let last = self
+            .weights
+            .run_packed_from(start, x, &mut packed, None, None)?;
+        let vocab = self.config().vocab_size;
+        let mut outputs = Vec::with_capacity(interventions.len());
+        for (i, h) in hooks.into_iter().enumerate() {
+            let begin = i * len;
+            let rows = match logits {
+                Logits::None => None,
+                Logits::Last => Some(last.narrow(0, begin + len - 1, 1)?),
+                Logits::All => Some(last.narrow(0, begin, len)?),
+            };
+            let logits = match rows {
+                Some(rows) => self.weights.unembed_all(&rows, self.fast())?,
+                None => Vec::new(),
+            };
+            outputs.push(RunOutput {
+                logits,
+                vocab,
+                record: h.record,
+                layers_computed: n_layers - start,
+            });
         }
         Ok(outputs)
     }

@@ -143,7 +143,7 @@ pub(crate) enum Norm {
 
 impl Norm {
     /// `[pos, d] → [pos, d]`
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Norm::Rms { w, eps } => {
                 let shape = x.dims().to_vec();

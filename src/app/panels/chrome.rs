@@ -85,6 +85,24 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &
                     ui.close();
                 }
             });
+            ui.menu_button("Circuits", |ui| {
+                if ui.button("Open the Circuits window").clicked() {
+                    out.push(Command::ShowCircuits(true));
+                    ui.close();
+                }
+                ui.separator();
+                for (label, command) in [
+                    ("Logit lens of the probe", Command::RunLens),
+                    ("Attribute the target's logit", Command::RunAttribution),
+                    ("Causal trace against a corrupted prompt", Command::RunTrace),
+                ] {
+                    if ui.button(label).clicked() {
+                        out.push(Command::ShowCircuits(true));
+                        out.push(command);
+                        ui.close();
+                    }
+                }
+            });
             ui.menu_button("Stimuli", |ui| {
                 // The experiments' stimulus sets: run one as a protocol, or load a stimulus.
                 ui.label(egui::RichText::new("Stimulus sets (experiments)").weak());

@@ -5,6 +5,7 @@
 
 mod card;
 mod chrome;
+mod circuits;
 mod experiments;
 mod interventions;
 mod jobs;
@@ -155,6 +156,7 @@ impl Views {
             self.maps.heatmap_ui(ui, state, cx, out);
         });
         experiments::experiments_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
+        circuits::circuits_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
     }
 }
 

@@ -1,0 +1,210 @@
+//! The Circuits window's runtime (plain data, no egui): the logit lens, the direct logit
+//! attribution and the causal trace, each computed by a model job on the job runner (progress,
+//! pause and cancel in the Jobs list) and handed back here through a channel. The view
+//! (`panels/circuits.rs`) only draws what is here.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+
+use crate::circuits::dla::{self, DlaReport, DlaRequest};
+use crate::circuits::lens::{self, Grid};
+use crate::circuits::patch::{self, PatchReport, PatchRequest};
+use crate::circuits::{single_token, tokenize, TokenRef};
+use crate::hooks::{ActivationRecord, Intervention};
+
+use super::worker::ModelJob;
+
+/// The lens of the probe: the baseline, and the run with the edits when there are some.
+#[derive(Clone, Debug)]
+pub struct LensResult {
+    pub text: String,
+    pub tokens: Vec<String>,
+    pub target: Option<TokenRef>,
+    pub baseline: Grid,
+    pub intervened: Option<Grid>,
+    /// The edits of the intervened grid.
+    pub interventions: Vec<Intervention>,
+}
+
+/// A finished trace with the clean run's values of the patched site, for patches by hand.
+#[derive(Clone, Debug)]
+pub struct TraceResult {
+    pub report: PatchReport,
+    pub clean: ActivationRecord,
+}
+
+/// A job in flight: its name (to find it in the Jobs list) and its answer's channel.
+pub struct Pending<T> {
+    pub name: String,
+    pub rx: Receiver<Result<T, String>>,
+}
+
+/// One tool's state: the job in flight and the last answer (a result or why there is none).
+pub struct Slot<T> {
+    pub running: Option<Pending<T>>,
+    pub last: Option<Result<T, String>>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            running: None,
+            last: None,
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    pub fn result(&self) -> Option<&T> {
+        self.last.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        self.last
+            .as_ref()
+            .and_then(|r| r.as_ref().err().map(String::as_str))
+    }
+
+    /// Starts waiting for a job's answer (the job itself is sent by the caller).
+    pub fn start(&mut self, name: &str) -> Sender<Result<T, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.running = Some(Pending {
+            name: name.to_string(),
+            rx,
+        });
+        tx
+    }
+
+    /// Takes the answer if it came.
+    fn poll(&mut self, what: &str) {
+        let Some(p) = &self.running else {
+            return;
+        };
+        match p.rx.try_recv() {
+            Ok(answer) => {
+                self.last = Some(answer);
+                self.running = None;
+            }
+            Err(TryRecvError::Disconnected) => {
+                self.last = Some(Err(format!("{what} ended without an answer")));
+                self.running = None;
+            }
+            Err(TryRecvError::Empty) => {}
+        }
+    }
+}
+
+/// The Circuits window's results.
+#[derive(Default)]
+pub struct Circuits {
+    pub lens: Slot<LensResult>,
+    pub dla: Slot<DlaReport>,
+    pub trace: Slot<TraceResult>,
+}
+
+pub const LENS_JOB: &str = "Logit lens";
+pub const DLA_JOB: &str = "Direct logit attribution";
+
+/// The trace job's name in the Jobs list.
+pub fn trace_job_name(site: patch::Site) -> String {
+    format!("Causal trace ({})", site.title())
+}
+
+impl Circuits {
+    pub fn poll(&mut self) {
+        self.lens.poll("the logit lens");
+        self.dla.poll("the attribution");
+        self.trace.poll("the causal trace");
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.lens.is_running() || self.dla.is_running() || self.trace.is_running()
+    }
+}
+
+/// Sends `result` (errors as their message; a cancel says so).
+fn answer<T>(
+    tx: &Sender<Result<T, String>>,
+    result: crate::circuits::Result<T>,
+) -> crate::jobs::JobResult {
+    match result {
+        Ok(v) => {
+            let _ = tx.send(Ok(v));
+            Ok(String::new())
+        }
+        Err(crate::circuits::CircuitError::Cancelled) => {
+            let _ = tx.send(Err("cancelled".into()));
+            Err(crate::jobs::JobError::Cancelled)
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.to_string()));
+            Err(crate::jobs::JobError::Failed(e.to_string()))
+        }
+    }
+}
+
+/// A model job: the lens of `text` (baseline, and with `interventions` when there are some).
+pub fn lens_job(
+    text: String,
+    target: Option<String>,
+    interventions: Vec<Intervention>,
+    tx: Sender<Result<LensResult, String>>,
+) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let result = (|| {
+            let target = target
+                .as_deref()
+                .map(|t| single_token(&model, t, "target"))
+                .transpose()?;
+            let (ids, tokens) = tokenize(&model, &text)?;
+            model.check_interventions(&interventions, ids.len())?;
+            let runs = if interventions.is_empty() { 1 } else { 2 };
+            ctx.set_total(runs, "runs");
+            let t = target.as_ref().map(|t| t.id);
+            let cancel = Some(ctx.cancel_flag().clone());
+            ctx.checkpoint()?;
+            let baseline = lens::grid(&model, &ids, &[], t, 3, cancel.clone())?;
+            ctx.advance(1);
+            let intervened = if interventions.is_empty() {
+                None
+            } else {
+                ctx.checkpoint()?;
+                let g = lens::grid(&model, &ids, &interventions, t, 3, cancel)?;
+                ctx.advance(1);
+                Some(g)
+            };
+            Ok(LensResult {
+                text: text.clone(),
+                tokens,
+                target,
+                baseline,
+                intervened,
+                interventions: interventions.clone(),
+            })
+        })();
+        answer(&tx, result)
+    })
+}
+
+/// A model job: the attribution of `req`.
+pub fn dla_job(req: DlaRequest, tx: Sender<Result<DlaReport, String>>) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let result = ctx
+            .checkpoint()
+            .map_err(Into::into)
+            .and_then(|_| dla::run(&model, &req));
+        answer(&tx, result)
+    })
+}
+
+/// A model job: the causal trace of `req`, with the clean values for patches by hand.
+pub fn trace_job(req: PatchRequest, tx: Sender<Result<TraceResult, String>>) -> ModelJob {
+    Box::new(move |model, ctx| {
+        let result = patch::trace(&model, &req, Some(ctx))
+            .map(|(report, clean)| TraceResult { report, clean });
+        answer(&tx, result)
+    })
+}

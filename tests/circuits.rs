@@ -1,0 +1,667 @@
+//! Circuits (issue 11): the logit lens, direct logit attribution and activation patching, on tiny
+//! random models (one with a planted path) computed independently here, and `hubel lens|dla|patch`
+//! end to end on the default model.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use candle_core::Tensor;
+use hubel::circuits::dla::{self, DlaRequest};
+use hubel::circuits::lens::{self, LensRequest};
+use hubel::circuits::patch::{self, PatchRequest, Site};
+use hubel::circuits::{single_token, CircuitError};
+use hubel::hooks::{BlockSite, Capture, HookPoint, Intervention};
+use hubel::model::random::{random_model, random_model_edited, tiny_config};
+use hubel::model::{Arch, Logits, Model};
+
+fn ids(model: &Model, text: &str) -> Vec<u32> {
+    model.tokenize(text).unwrap().iter().map(|t| t.id).collect()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn finite(what: &str, v: f32) -> f32 {
+    assert!(v.is_finite(), "{what} is {v}");
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logit lens
+
+#[test]
+fn lens_at_the_last_layer_is_the_models_logits() {
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let (model, _) = random_model(&tiny_config(arch), 3).unwrap();
+        let tokens = ids(&model, "the lens reads");
+        let run = model.run(&tokens, &Capture::All, &[]).unwrap();
+        let last = model.config().n_layers - 1;
+        let resid = run
+            .record
+            .get(HookPoint::block(last, BlockSite::ResidPost))
+            .unwrap();
+        // The model's own final norm and unembedding: bitwise the run's logits.
+        assert_eq!(
+            model.unembed_resid(&resid.data).unwrap(),
+            run.logits,
+            "{arch:?}"
+        );
+        let target = single_token(&model, "s", "target").unwrap();
+        let grid = lens::grid(&model, &tokens, &[], Some(target.id), 5, None).unwrap();
+        assert_eq!(grid.layers.len(), model.config().n_layers);
+        assert_eq!(grid.positions(), tokens.len());
+        for (p, cell) in grid.layers[last].positions.iter().enumerate() {
+            let logits = run.logits_at(p);
+            let want = hubel::analysis::top_k(logits, 5);
+            let got_ids: Vec<u32> = cell.top.iter().map(|t| t.id).collect();
+            let want_ids: Vec<u32> = want.iter().map(|t| t.0).collect();
+            assert_eq!(got_ids, want_ids, "{arch:?} position {p}");
+            let got: Vec<f32> = cell.top.iter().map(|t| t.prob).collect();
+            let want_p: Vec<f32> = want.iter().map(|t| t.2).collect();
+            common::assert_max_abs("top probabilities", &got, &want_p, 1e-6);
+            // The target's probability and rank, computed here from the logits.
+            let lse = {
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                m + logits
+                    .iter()
+                    .map(|&l| (l as f64 - m).exp())
+                    .sum::<f64>()
+                    .ln()
+            };
+            let t = target.id as usize;
+            let p_t = ((logits[t] as f64) - lse).exp() as f32;
+            common::assert_max_abs("target prob", &[cell.target_prob.unwrap()], &[p_t], 1e-6);
+            let rank = 1 + logits.iter().filter(|&&l| l > logits[t]).count();
+            assert_eq!(cell.target_rank, Some(rank), "{arch:?} position {p}");
+        }
+        // Commitment: from commit_layer on, the top-1 is the last layer's; just before, not.
+        for (p, &c) in grid.commit_layer.iter().enumerate() {
+            let final_top = grid.layers[last].positions[p].top[0].id;
+            for l in c..=last {
+                assert_eq!(grid.layers[l].positions[p].top[0].id, final_top);
+            }
+            if c > 0 {
+                assert_ne!(grid.layers[c - 1].positions[p].top[0].id, final_top);
+            }
+        }
+    }
+}
+
+#[test]
+fn lens_of_an_earlier_layer_reads_that_layers_residual_stream() {
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 5).unwrap();
+    let tokens = ids(&model, "abc");
+    let grid = lens::grid(&model, &tokens, &[], None, 3, None).unwrap();
+    // Zero the residual stream after layer 0 from layer 1's input on: the lens of layer 0 must
+    // not change (it is read before the edit), the last layer's must.
+    let edit = Intervention {
+        hook: HookPoint::block(1, BlockSite::ResidPre),
+        positions: None,
+        indices: Some((0..16).collect()),
+        op: hubel::hooks::Op::Zero,
+    };
+    let edited = lens::grid(&model, &tokens, &[edit], None, 3, None).unwrap();
+    assert_eq!(grid.layers[0], edited.layers[0]);
+    assert_ne!(grid.layers[2], edited.layers[2]);
+    // Layer 1's lens by hand: its resid_post through the final norm and the unembedding.
+    let run = model.run(&tokens, &Capture::All, &[]).unwrap();
+    let r1 = run
+        .record
+        .get(HookPoint::block(1, BlockSite::ResidPost))
+        .unwrap();
+    let logits = model.unembed_resid(&r1.data).unwrap();
+    let vocab = model.config().vocab_size;
+    for p in 0..tokens.len() {
+        let want = hubel::analysis::top_k(&logits[p * vocab..(p + 1) * vocab], 3);
+        let got: Vec<u32> = grid.layers[1].positions[p]
+            .top
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(got, want.iter().map(|t| t.0).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn lens_report_has_a_baseline_only_with_interventions() {
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 6).unwrap();
+    let req = LensRequest {
+        text: "hello".into(),
+        target: Some("o".into()),
+        interventions: Vec::new(),
+        top: 2,
+    };
+    let r = lens::run(&model, &req).unwrap();
+    assert!(r.baseline.is_none());
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["layers"].as_array().unwrap().len(), 3);
+    let cell = &v["layers"][0]["positions"][0];
+    assert!(cell["top"][0]["token"].is_string() && cell["top"][0]["prob"].is_number());
+    assert!(cell["target_prob"].is_number() && cell["target_rank"].is_u64());
+    assert_eq!(v["commit_layer"].as_array().unwrap().len(), 5);
+    let with = LensRequest {
+        interventions: vec![hubel::hooks::spec::parse("L1N3").unwrap()],
+        ..req
+    };
+    let r = lens::run(&model, &with).unwrap();
+    assert!(r.baseline.is_some());
+    assert_ne!(r.baseline.as_ref().unwrap(), &r.grid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct logit attribution
+
+/// The DLA of a tiny Llama (RMSNorm, no biases) computed here from the model's tensors and the
+/// recorded embedding, attention and MLP outputs: each layer's attention (the sum of its heads),
+/// each MLP (the sum of its neurons), the embedding, and their sum equal to the logit.
+#[test]
+fn dla_components_sum_to_the_logit_with_the_norm_scale_frozen() {
+    let cfg = tiny_config(Arch::Llama);
+    let (model, tensors) = random_model(&cfg, 7).unwrap();
+    let text = "a probe of bytes";
+    let tokens = ids(&model, text);
+    let run = model.run(&tokens, &Capture::All, &[]).unwrap();
+    let gamma = values(&tensors["model.norm.weight"]);
+    let w_u = values(
+        tensors
+            .get("lm_head.weight")
+            .unwrap_or(&tensors["model.embed_tokens.weight"]),
+    );
+    let d = cfg.d_model;
+    let (t, v) = (
+        single_token(&model, "e", "target").unwrap(),
+        single_token(&model, "x", "versus").unwrap(),
+    );
+    for pos in [3, tokens.len() - 1] {
+        for versus in [None, Some(&v)] {
+            let report = dla::run(
+                &model,
+                &DlaRequest {
+                    text: text.into(),
+                    target: t.token.clone(),
+                    versus: versus.map(|v| v.token.clone()),
+                    position: Some(pos),
+                    neurons: cfg.n_layers * cfg.d_mlp,
+                },
+            )
+            .unwrap();
+            // By hand: the frozen scale, the direction, each recorded component along it.
+            let x = run
+                .record
+                .get(HookPoint::block(cfg.n_layers - 1, BlockSite::ResidPost))
+                .unwrap()
+                .row(pos);
+            let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+            let inv = 1.0 / (ms + cfg.norm_eps).sqrt();
+            let dir: Vec<f32> = (0..d)
+                .map(|i| {
+                    let u = w_u[t.id as usize * d + i]
+                        - versus.map_or(0.0, |v| w_u[v.id as usize * d + i]);
+                    gamma[i] * u
+                })
+                .collect();
+            let along = |point: HookPoint| -> f32 {
+                let act = run.record.get(point).unwrap();
+                (dot(act.row(pos), &dir) * inv) as f32
+            };
+            let logits = run.logits_at(pos);
+            let total = logits[t.id as usize] - versus.map_or(0.0, |v| logits[v.id as usize]);
+            common::assert_max_abs("total", &[report.total], &[total], 0.0);
+            let mut by_hand = vec![along(HookPoint::Embed)];
+            let mut ours = vec![
+                report
+                    .components
+                    .iter()
+                    .find(|c| c.name == "embed")
+                    .unwrap()
+                    .value,
+            ];
+            let mut sum = by_hand[0] as f64;
+            for l in 0..cfg.n_layers {
+                let bars = &report.layers[l];
+                let (attn, mlp) = (
+                    along(HookPoint::block(l, BlockSite::AttnOut)),
+                    along(HookPoint::block(l, BlockSite::MlpOut)),
+                );
+                sum += attn as f64 + mlp as f64;
+                // The layer's heads sum to its attention output, its MLP is its output, and its
+                // neurons sum to that too (no biases).
+                let neurons: f64 = report
+                    .neurons
+                    .iter()
+                    .filter(|n| n.layer == l)
+                    .map(|n| n.value as f64)
+                    .sum();
+                by_hand.extend([attn, mlp, mlp]);
+                ours.extend([bars.attn, bars.mlp, neurons as f32]);
+                // The heads listed as components are the bars' heads.
+                for (h, &value) in bars.heads.iter().enumerate() {
+                    let c = report
+                        .components
+                        .iter()
+                        .find(|c| c.name == format!("L{l}H{h}"))
+                        .unwrap();
+                    assert_eq!(c.value, value);
+                }
+            }
+            common::assert_close("components", &ours, &by_hand, 1e-5, 1e-4);
+            // RMSNorm without biases: the parts add up to the logit exactly (up to rounding).
+            common::assert_close(
+                "sum = logit",
+                &[report.sum, sum as f32],
+                &[total, total],
+                1e-5,
+                1e-4,
+            );
+            assert!(
+                report.residual.abs() <= 1e-4 * total.abs().max(1.0),
+                "{}",
+                report.residual
+            );
+            assert_eq!(
+                report.components.len(),
+                1 + cfg.n_layers * (cfg.n_heads + 1)
+            );
+            let sorted = report
+                .components
+                .windows(2)
+                .all(|w| w[0].value.abs() >= w[1].value.abs());
+            assert!(sorted, "components sorted by |value|");
+            assert!(finite("inv_scale", report.inv_scale) > 0.0);
+        }
+    }
+}
+
+#[test]
+fn dla_refuses_bad_tokens_and_positions() {
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 7).unwrap();
+    let req = |target: &str, versus: Option<&str>, position: Option<usize>| DlaRequest {
+        text: "abc".into(),
+        target: target.into(),
+        versus: versus.map(String::from),
+        position,
+        neurons: 5,
+    };
+    let err = |r: DlaRequest| dla::run(&model, &r).unwrap_err();
+    assert!(matches!(
+        err(req("", None, None)),
+        CircuitError::EmptyToken { .. }
+    ));
+    let e = err(req("ab", None, None));
+    assert!(matches!(e, CircuitError::NotOneToken { n: 2, .. }), "{e}");
+    assert!(e.to_string().contains("2 tokens"), "{e}");
+    assert!(matches!(
+        err(req("a", Some("a"), None)),
+        CircuitError::SameTokens(_)
+    ));
+    let e = err(req("a", None, Some(3)));
+    assert!(
+        matches!(e, CircuitError::PositionOutOfRange { pos: 3, len: 3 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("0..2"), "{e}");
+    let e = dla::run(
+        &model,
+        &DlaRequest {
+            text: String::new(),
+            ..req("a", None, None)
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation patching
+
+fn patch_req(clean: &str, corrupt: &str, site: Site) -> PatchRequest {
+    PatchRequest {
+        clean: clean.into(),
+        corrupt: corrupt.into(),
+        target: "e".into(),
+        versus: Some("o".into()),
+        site,
+    }
+}
+
+#[test]
+fn patching_identical_prompts_restores_nothing() {
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 8).unwrap();
+    for site in Site::ALL {
+        let r = patch::run(&model, &patch_req("same text", "same text", site), None).unwrap();
+        assert_eq!(r.clean, r.corrupt);
+        assert_eq!(r.grid.len(), 3);
+        for row in &r.grid {
+            assert_eq!(row.len(), 9);
+            for &v in row {
+                assert_eq!(finite("cell", v), 0.0, "{site:?}");
+            }
+        }
+        for row in &r.patched {
+            for &m in row {
+                assert_eq!(m, r.corrupt, "a no-op patch changes nothing ({site:?})");
+            }
+        }
+    }
+}
+
+#[test]
+fn patching_every_position_of_a_layers_residual_stream_gives_the_clean_logits() {
+    for arch in [Arch::Llama, Arch::Gpt2] {
+        let (model, _) = random_model(&tiny_config(arch), 9).unwrap();
+        let (clean, corrupt) = (ids(&model, "clean one"), ids(&model, "dirty two"));
+        let capture = Capture::sites([BlockSite::ResidPre]);
+        let clean_run = model.run(&clean, &capture, &[]).unwrap();
+        let corrupt_run = model.run(&corrupt, &Capture::Nothing, &[]).unwrap();
+        assert_ne!(clean_run.logits, corrupt_run.logits);
+        for layer in 0..model.config().n_layers {
+            let ivs: Vec<Intervention> = (0..clean.len())
+                .map(|p| {
+                    patch::cell_intervention(&clean_run.record, Site::Resid, layer, p).unwrap()
+                })
+                .collect();
+            let patched = model.run(&corrupt, &Capture::Nothing, &ivs).unwrap();
+            assert_eq!(patched.logits, clean_run.logits, "{arch:?} layer {layer}");
+            // Batched with other patched copies: the same bits.
+            let seqs: Vec<&[u32]> = vec![&corrupt, &corrupt];
+            let out = model
+                .run_batch_each(&seqs, &Capture::Nothing, &[&ivs, &[]], Logits::Last, None)
+                .unwrap();
+            assert_eq!(out[0].last_logits(), clean_run.last_logits());
+            assert_eq!(out[1].last_logits(), corrupt_run.last_logits());
+            // From the corrupted run's cached input of the layer (how a trace runs its copies).
+            let cache = model.prepare(&corrupt, &Capture::Nothing, None).unwrap();
+            let out = model
+                .rerun_batch_each(&cache, &Capture::Nothing, &[&[], &ivs], Logits::All, None)
+                .unwrap();
+            assert_eq!(out[0].logits, corrupt_run.logits, "{arch:?} layer {layer}");
+            assert_eq!(out[1].logits, clean_run.logits, "{arch:?} layer {layer}");
+        }
+    }
+}
+
+/// Layer 1's attention is the only path between positions (layers 0 and 2 write nothing from
+/// attention), and the prompts differ at position 1 only: the residual stream carries the
+/// difference at position 1 into layer 1, and at the last position after it. The trace must show
+/// exactly that: 1 at (0, 1), (1, 1) and (2, last), 0 everywhere else; and for attention outputs,
+/// 1 at (1, last) only.
+#[test]
+fn a_planted_path_is_found() {
+    let cfg = tiny_config(Arch::Llama);
+    let (model, _) = random_model_edited(&cfg, 21, &mut |name, _dims, values| {
+        for l in [0, 2] {
+            if name == format!("model.layers.{l}.self_attn.o_proj.weight") {
+                values.fill(0.0);
+            }
+        }
+    })
+    .unwrap();
+    let (clean, corrupt) = ("xqzzzy", "xrzzzy");
+    // Choose the pair of tokens whose metric differs most between the prompts.
+    let mut req = patch_req(clean, corrupt, Site::Resid);
+    let r = patch::run(&model, &req, None).unwrap();
+    let span = (r.clean - r.corrupt).abs();
+    assert!(
+        span > 1e-3,
+        "the planted path must move the metric ({span})"
+    );
+    let last = 5;
+    let mut want = vec![vec![0f32; 6]; 3];
+    want[0][1] = 1.0;
+    want[1][1] = 1.0;
+    want[2][last] = 1.0;
+    for (l, want) in want.iter().enumerate() {
+        common::assert_max_abs(&format!("resid row {l}"), &r.grid[l], want, 1e-4);
+    }
+    req.site = Site::Attn;
+    let r = patch::run(&model, &req, None).unwrap();
+    let mut want = vec![vec![0f32; 6]; 3];
+    want[1][last] = 1.0;
+    for (l, want) in want.iter().enumerate() {
+        common::assert_max_abs(&format!("attn row {l}"), &r.grid[l], want, 1e-4);
+    }
+    assert_eq!(r.strongest().map(|s| (s.0, s.1)), Some((1, last)));
+}
+
+#[test]
+fn patching_refuses_prompts_of_different_lengths_and_bad_tokens() {
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 8).unwrap();
+    let e = patch::run(&model, &patch_req("abc", "abcd", Site::Resid), None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CircuitError::LengthMismatch {
+                clean: 3,
+                corrupt: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("same number of tokens"), "{e}");
+    let mut req = patch_req("abc", "abd", Site::Mlp);
+    req.target = "ee".into();
+    let e = patch::run(&model, &req, None).unwrap_err();
+    assert!(matches!(e, CircuitError::NotOneToken { .. }), "{e}");
+    req.target = String::new();
+    assert!(matches!(
+        patch::run(&model, &req, None).unwrap_err(),
+        CircuitError::EmptyToken { .. }
+    ));
+    let e = patch::run(&model, &patch_req("", "", Site::Resid), None).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    assert_eq!(patch::fraction(1.0, 1.0, 1.0), 0.0, "0/0 is 0");
+    assert_eq!(patch::fraction(2.0, 3.0, 1.0), 0.5);
+}
+
+#[test]
+fn a_trace_as_a_job_reports_progress_and_can_be_cancelled() {
+    use hubel::jobs::{Interactive, JobRunner, JobState};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 8).unwrap();
+    let model = Arc::new(model);
+    let runner = JobRunner::new(Interactive::new(), || {});
+    let m = model.clone();
+    let id = runner.submit("trace", move |ctx| {
+        let r = patch::run(
+            &m,
+            &patch_req("abcdefgh", "abcdefgx", Site::Resid),
+            Some(ctx),
+        )?;
+        Ok(format!("{} runs", r.runs))
+    });
+    let s = runner.wait(id, Duration::from_secs(60)).unwrap();
+    assert!(
+        matches!(&s.state, JobState::Done(m) if m == "24 runs"),
+        "{:?}",
+        s.state
+    );
+    assert_eq!((s.done, s.total), (24, Some(24)));
+    // Cancelled before it starts: ends Cancelled, not Failed.
+    let gate = runner.interactive().begin();
+    let m = model.clone();
+    let id = runner.submit("trace", move |ctx| {
+        patch::run(
+            &m,
+            &patch_req("abcdefgh", "abcdefgx", Site::Resid),
+            Some(ctx),
+        )?;
+        Ok(String::new())
+    });
+    runner.cancel(id);
+    drop(gate);
+    let s = runner.wait(id, Duration::from_secs(60)).unwrap();
+    assert!(matches!(s.state, JobState::Cancelled), "{:?}", s.state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI on the default model
+
+fn hubel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hubel"))
+        .args(args)
+        .output()
+        .expect("hubel runs")
+}
+
+const CLEAN: &str = "The Eiffel Tower is in the city of";
+const CORRUPT: &str = "The Colosseum is in the city of";
+
+fn json_of(out: &Output) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cli_lens_dla_and_patch_on_the_default_model() {
+    let model = common::default_model_path().display().to_string();
+    let m = common::smollm2();
+    for word in [" Paris", " Rome"] {
+        single_token(m, word, "target").unwrap_or_else(|e| panic!("{e}"));
+    }
+    // The lens: the last layer's top-1 at the last position is the model's prediction.
+    let v = json_of(&hubel(&[
+        "lens", "--text", CLEAN, "--target", " Paris", "--json", "--model", &model,
+    ]));
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    let n = v["tokens"].as_array().unwrap().len();
+    assert_eq!(v["commit_layer"].as_array().unwrap().len(), n);
+    let last = &layers[29]["positions"][n - 1];
+    let run = m.run(&ids(m, CLEAN), &Capture::Nothing, &[]).unwrap();
+    let top = hubel::analysis::top_k(run.last_logits(), 1)[0];
+    assert_eq!(last["top"][0]["id"].as_u64(), Some(top.0 as u64));
+    let p = last["target_prob"].as_f64().unwrap() as f32;
+    assert!(p > 0.05 && p <= 1.0, "p(Paris) = {p}");
+    // DLA: the components' sum is the logit difference (RMSNorm, no biases).
+    let v = json_of(&hubel(&[
+        "dla", "--text", CLEAN, "--target", " Paris", "--versus", " Rome", "--json", "--model",
+        &model,
+    ]));
+    let total = v["total"].as_f64().unwrap();
+    let sum = v["sum"].as_f64().unwrap();
+    assert!(total > 0.0, "Paris over Rome: {total}");
+    assert!(
+        (total - sum).abs() < 1e-3 * total.abs().max(1.0),
+        "{total} vs {sum}"
+    );
+    let comps = v["components"].as_array().unwrap();
+    assert_eq!(comps.len(), 1 + 30 * 10);
+    assert!(comps[0]["name"].is_string() && comps[0]["value"].is_number());
+    assert!(v["neurons"][0]["feature"]
+        .as_str()
+        .unwrap()
+        .starts_with('L'));
+    // Patching: the residual stream at the subject's tokens early on restores most of it, and
+    // at the last token late.
+    let v = json_of(&hubel(&[
+        "patch",
+        "--clean",
+        CLEAN,
+        "--corrupt",
+        CORRUPT,
+        "--target",
+        " Paris",
+        "--versus",
+        " Rome",
+        "--json",
+        "--model",
+        &model,
+    ]));
+    let (clean, corrupt) = (v["clean"].as_f64().unwrap(), v["corrupt"].as_f64().unwrap());
+    assert!(clean > corrupt, "{clean} vs {corrupt}");
+    let grid = v["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 30);
+    let row = |l: usize| -> Vec<f64> {
+        grid[l]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(row(0).len(), n);
+    // Late layers carry it at the last token (not all of it: layer 29's attention still reads
+    // the corrupted subject).
+    let last_row = row(29);
+    assert!(last_row[n - 1] > 0.5, "{last_row:?}");
+    let first_row = row(0);
+    let best = first_row.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(best > 0.5, "layer 0 somewhere restores most: {first_row:?}");
+    assert!(
+        first_row[n - 1].abs() < 1e-6,
+        "the last token is the same in both prompts: {first_row:?}"
+    );
+}
+
+#[test]
+fn cli_circuits_refuse_bad_input_with_a_message() {
+    let model = common::default_model_path().display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["dla", "--text", CLEAN, "--target", " Paris France"],
+            "not one",
+        ),
+        (vec!["dla", "--text", CLEAN, "--target", ""], "empty"),
+        (
+            vec![
+                "dla",
+                "--text",
+                CLEAN,
+                "--target",
+                " Paris",
+                "--position",
+                "99",
+            ],
+            "out of range",
+        ),
+        (vec!["lens", "--text", "", "--target", " Paris"], "empty"),
+        (
+            vec![
+                "patch",
+                "--clean",
+                CLEAN,
+                "--corrupt",
+                "The Colosseum in Rome is in the city of",
+                "--target",
+                " Paris",
+            ],
+            "same number of tokens",
+        ),
+        (
+            vec![
+                "patch",
+                "--clean",
+                CLEAN,
+                "--corrupt",
+                CORRUPT,
+                "--target",
+                " Paris",
+                "--site",
+                "heads",
+            ],
+            "--site takes",
+        ),
+        (
+            vec!["lens", "--text", CLEAN, "--ablate", "L99N1"],
+            "layer 99",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut args = args.clone();
+        args.extend(["--model", &model]);
+        let out = hubel(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

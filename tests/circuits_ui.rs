@@ -1,0 +1,227 @@
+//! The Circuits window as a person uses it (kittest, driven by labels): the menu opens it, the
+//! lens runs as a job and a cell click pins its top token as the target, the attribution's names
+//! open cards, the trace's errors are shown and a cell click patches it by hand; the window fits
+//! from 1000×700 to 1920×1080.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use hubel::app::fonts::FontSource;
+use hubel::app::state::CircuitsForm;
+use hubel::app::{AppConfig, AppState, Command, HubelApp};
+use hubel::hooks::Op;
+
+const DROID: &str = "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf";
+
+fn tiny_llama() -> PathBuf {
+    common::fixtures().join("tiny_llama").join("model")
+}
+
+fn harness(size: [f32; 2], probe: &str) -> Harness<'static, HubelApp> {
+    let dir = std::env::temp_dir().join(format!("hubel-circuits-ui-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = AppConfig {
+        assets: dir,
+        native_dialogs: false,
+        ..AppConfig::default()
+    };
+    let state = AppState {
+        probe: probe.into(),
+        continuation: 0,
+        ..AppState::default()
+    };
+    Harness::builder()
+        .with_size(size)
+        .with_max_steps(100_000)
+        .build_eframe(move |cc| {
+            // The app's fonts, then a missing glyph fails the test (as in tests/ui.rs).
+            let source = if std::path::Path::new(DROID).is_file() {
+                FontSource::File(DROID.into())
+            } else {
+                FontSource::Auto
+            };
+            let cjk = hubel::app::fonts::install_with(&cc.egui_ctx, source);
+            cc.egui_ctx
+                .set_missing_glyph_policy(egui::MissingGlyphPolicy::Panic);
+            let mut app = HubelApp::with_config(&cc.egui_ctx, state, config);
+            app.cjk = cjk;
+            app
+        })
+}
+
+fn wait_for(h: &mut Harness<'static, HubelApp>, what: &str, cond: impl Fn(&HubelApp) -> bool) {
+    let start = Instant::now();
+    while !cond(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}; error: {:?}",
+            h.state().error
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        h.step();
+    }
+    h.run_steps(3);
+}
+
+fn loaded(size: [f32; 2], probe: &str) -> Harness<'static, HubelApp> {
+    let mut h = harness(size, probe);
+    h.state_mut().load_model(tiny_llama());
+    wait_for(&mut h, "the model and the first run", |a| {
+        a.runtime.model.is_some() && a.runtime.result.is_some() && !a.is_busy()
+    });
+    h
+}
+
+/// `text` with one letter changed so that it still has as many tokens in the tiny model.
+fn corrupted(text: &str) -> String {
+    let model = hubel::model::Model::open(tiny_llama()).unwrap();
+    let n = model.tokenize(text).unwrap().len();
+    for i in (0..text.len()).rev() {
+        for c in 'a'..='z' {
+            let mut t = text.to_string();
+            t.replace_range(i..i + 1, &c.to_string());
+            if t != text && model.tokenize(&t).unwrap().len() == n {
+                return t;
+            }
+        }
+    }
+    panic!("no corruption of {text:?} keeps its length");
+}
+
+fn inside(rect: egui::Rect, size: [f32; 2]) -> bool {
+    rect.min.x >= 0.0 && rect.max.x <= size[0] && rect.min.y >= 0.0 && rect.max.y <= size[1]
+}
+
+#[test]
+fn the_circuits_window_runs_its_three_tools_and_links_to_cards() {
+    let size = [1280.0, 800.0];
+    let mut h = loaded(size, "hello world");
+    h.get_by_label("Circuits").click();
+    h.run_steps(3);
+    h.get_by_label("Logit lens of the probe").click();
+    h.run_steps(2);
+    assert!(h.state().state.circuits_open);
+    wait_for(&mut h, "the lens", |a| {
+        !a.runtime.circuits.lens.is_running() && a.runtime.circuits.lens.last.is_some()
+    });
+    // The default target (" Paris") is several tokens in this tiny vocabulary: said, not hidden.
+    let err = h.state().runtime.circuits.lens.error().map(String::from);
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("not one")),
+        "{err:?}"
+    );
+    assert!(h.get_all_by_label_contains("not one").count() >= 1);
+    // Without a target, the lens shows top tokens; its last cell's top token becomes the target.
+    h.state_mut().state.circuits.target.clear();
+    h.get_by_label("▶ Logit lens").click();
+    wait_for(&mut h, "the lens", |a| {
+        a.runtime.circuits.lens.result().is_some()
+    });
+    let r = h.state().runtime.circuits.lens.result().unwrap().clone();
+    assert_eq!(r.baseline.layers.len(), 2);
+    assert_eq!(r.baseline.positions(), r.tokens.len());
+    let top = r.baseline.layers[1].positions.last().unwrap().top[0]
+        .token
+        .clone();
+    h.get_by_label_contains("the last layer on top, positions across");
+    h.state_mut().state.circuits.target = top.clone();
+    h.state_mut().state.circuits.versus.clear();
+    // The attribution: its top component's name opens a card.
+    h.state_mut().apply(Command::RunAttribution, 0.0);
+    wait_for(&mut h, "the attribution", |a| {
+        !a.runtime.circuits.dla.is_running() && a.runtime.circuits.dla.last.is_some()
+    });
+    let dla = h
+        .state()
+        .runtime
+        .circuits
+        .dla
+        .result()
+        .cloned()
+        .unwrap_or_else(|| panic!("{:?}", h.state().runtime.circuits.dla.error()));
+    assert!((dla.total - dla.sum).abs() <= 1e-3 * dla.total.abs().max(1.0));
+    let neuron = dla.neurons[0].feature.clone();
+    // (The main view may name the same neuron; the window is drawn last.)
+    h.get_all_by_label(&neuron).last().unwrap().scroll_to_me();
+    h.run_steps(30); // the scroll is animated: let it settle before clicking
+    h.get_all_by_label(&neuron).last().unwrap().click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().state.selection.map(|f| f.label()),
+        Some(neuron.clone())
+    );
+    // The trace: different lengths are a message; then a real trace, and a cell patched by hand.
+    h.state_mut().state.circuits.corrupt = "hello world and more".into();
+    h.state_mut().apply(Command::RunTrace, 0.0);
+    wait_for(&mut h, "the trace", |a| {
+        !a.runtime.circuits.trace.is_running() && a.runtime.circuits.trace.last.is_some()
+    });
+    assert!(h.get_all_by_label_contains("same number of tokens").count() >= 1);
+    h.state_mut().state.circuits.corrupt = corrupted("hello world");
+    h.state_mut().apply(Command::RunTrace, 0.0);
+    wait_for(&mut h, "the trace", |a| {
+        a.runtime.circuits.trace.result().is_some()
+    });
+    let t = h
+        .state()
+        .runtime
+        .circuits
+        .trace
+        .result()
+        .unwrap()
+        .report
+        .clone();
+    assert_eq!(t.grid.len(), 2);
+    h.get_by_label("Patch it by hand").click();
+    h.run_steps(2);
+    let (l, p, _) = t.strongest().unwrap();
+    assert_eq!(h.state().state.probe, corrupted("hello world"));
+    let ivs = &h.state().state.interventions;
+    assert_eq!(ivs.len(), 1);
+    assert_eq!(ivs[0].positions, Some(vec![p]));
+    assert_eq!(ivs[0].hook.layer(), Some(l));
+    assert!(matches!(ivs[0].op, Op::MeanOf { .. }));
+    wait_for(&mut h, "the patched run", |a| {
+        !a.is_busy() && a.runtime.result.is_some()
+    });
+    assert_eq!(h.state().error, None);
+}
+
+#[test]
+fn the_circuits_window_fits_from_1000x700_to_1920x1080() {
+    for size in [[1000.0, 700.0], [1920.0, 1080.0]] {
+        let mut h = loaded(size, "hello world");
+        h.state_mut().state.circuits = CircuitsForm {
+            target: "o".into(),
+            versus: String::new(),
+            corrupt: corrupted("hello world"),
+            ..CircuitsForm::default()
+        };
+        h.state_mut().apply(Command::ShowCircuits(true), 0.0);
+        h.state_mut().apply(Command::RunLens, 0.0);
+        wait_for(&mut h, "the lens", |a| {
+            a.runtime.circuits.lens.result().is_some()
+        });
+        let run = h.get_by_label("▶ Logit lens").rect();
+        assert!(inside(run, size), "{size:?}: {run:?}");
+        let tab = h.get_by_label("Causal trace").rect();
+        assert!(inside(tab, size), "{size:?}: {tab:?}");
+        h.get_by_label("Causal trace").click();
+        h.run_steps(2);
+        h.get_by_label("▶ Trace").click();
+        wait_for(&mut h, "the trace", |a| {
+            !a.runtime.circuits.trace.is_running() && a.runtime.circuits.trace.last.is_some()
+        });
+        assert!(
+            h.state().runtime.circuits.trace.result().is_some(),
+            "{:?}",
+            h.state().runtime.circuits.trace.error()
+        );
+        let strongest = h.get_by_label("Patch it by hand").rect();
+        assert!(inside(strongest, size), "{size:?}: {strongest:?}");
+    }
+}
