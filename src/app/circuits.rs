@@ -79,7 +79,7 @@ impl<T> Slot<T> {
     }
 
     /// Takes the answer if it came.
-    fn poll(&mut self, what: &str) {
+    pub fn poll(&mut self, what: &str) {
         let Some(p) = &self.running else {
             return;
         };

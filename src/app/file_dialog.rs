@@ -33,6 +33,12 @@ pub enum FileAction {
     ExportDose,
     /// Where a fitted discriminator is saved (JSON).
     SaveDiscriminator,
+    /// A dictionary (safetensors) to use.
+    OpenDictionary,
+    /// A SAELens folder (cfg.json + sae_weights.safetensors) to use.
+    ImportSaelens,
+    /// The folder the dictionary in use is written to in SAELens's format.
+    ExportSaelens,
 }
 
 impl FileAction {
@@ -51,6 +57,9 @@ impl FileAction {
             FileAction::ExportReport => "Export the report into a folder",
             FileAction::ExportDose => "Export the dose–response report into a folder",
             FileAction::SaveDiscriminator => "Save the discriminator",
+            FileAction::OpenDictionary => "Open a dictionary",
+            FileAction::ImportSaelens => "Open a SAELens SAE folder",
+            FileAction::ExportSaelens => "Export the dictionary as a SAELens folder",
         }
     }
 
@@ -72,6 +81,8 @@ impl FileAction {
                 | FileAction::ScanTextFolder
                 | FileAction::ExportReport
                 | FileAction::ExportDose
+                | FileAction::ImportSaelens
+                | FileAction::ExportSaelens
         )
     }
 
@@ -86,10 +97,13 @@ impl FileAction {
             FileAction::ScanTextFile => "corpus.txt",
             FileAction::OpenProtocol => "protocol.json",
             FileAction::SaveDiscriminator => "discriminator.json",
+            FileAction::OpenDictionary => "dictionary.safetensors",
             FileAction::OpenModelFolder
             | FileAction::ScanTextFolder
             | FileAction::ExportReport
-            | FileAction::ExportDose => "",
+            | FileAction::ExportDose
+            | FileAction::ImportSaelens
+            | FileAction::ExportSaelens => "",
         }
     }
 

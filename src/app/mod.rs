@@ -14,6 +14,7 @@
 pub mod circuits;
 pub mod colors;
 pub mod derived;
+pub mod dictionary;
 pub mod experiments;
 pub mod export;
 pub mod file_dialog;
@@ -113,6 +114,19 @@ pub enum Command {
         layer: usize,
         position: usize,
     },
+    /// Show or hide the Dictionary window.
+    ShowDictionary(bool),
+    /// Train a dictionary from the window's form, as a job.
+    TrainDictionary,
+    /// Decompose the form's word (in its context) with the dictionary in use, as a job.
+    DecomposeWord,
+    /// Edit one dictionary feature in the probe: its atom times its code change at every token
+    /// (computed from the probe's baseline residual at the dictionary's hook `hook`).
+    EditAtom {
+        hook: usize,
+        atom: usize,
+        edit: crate::features::dictionary::edit::Edit,
+    },
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -209,6 +223,8 @@ pub struct Runtime {
     pub experiments: experiments::Experiments,
     /// The Circuits window's jobs and results.
     pub circuits: circuits::Circuits,
+    /// The Dictionary window's dictionary, training and decompositions.
+    pub dictionaries: dictionary::Dictionaries,
     /// Occlusion deletes tokens rather than replacing them.
     pub occlusion_delete: bool,
     /// The occlusion map was asked for by a click (long probes).
@@ -243,6 +259,7 @@ impl Runtime {
             receptive: receptive::Receptive::default(),
             experiments: experiments::Experiments::default(),
             circuits: circuits::Circuits::default(),
+            dictionaries: dictionary::Dictionaries::default(),
             occlusion_delete: false,
             occlusion_asked: false,
             fidelity_serial: 0,
@@ -713,6 +730,8 @@ impl HubelApp {
         self.runtime.receptive.poll();
         self.runtime.experiments.poll();
         self.runtime.circuits.poll();
+        let layers = self.runtime.layers();
+        self.runtime.dictionaries.poll(layers);
         if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
             self.start_labels();
         }
@@ -773,6 +792,135 @@ impl HubelApp {
         };
         let job = worker::experiment_job(protocol, hand_picked, tx);
         self.send(Request::ModelJob { name, job });
+    }
+    /// Trains a dictionary from the window's form as a job (one at a time); its snapshots can
+    /// be browsed while it runs.
+    fn start_dictionary_training(&mut self) {
+        let layers = self.runtime.layers();
+        let d = &mut self.runtime.dictionaries;
+        if d.is_training() || layers == 0 {
+            return;
+        }
+        let form = &self.state.dictionary;
+        let hooks = match crate::features::dictionary::parse_layers(&form.layers, layers) {
+            Ok(h) => h,
+            Err(e) => {
+                d.message = Some(Err(e.to_string()));
+                return;
+            }
+        };
+        let mut opts = crate::features::dictionary::TrainOptions::new(form.method, form.atoms);
+        opts.k = form.k;
+        opts.lambda = form.lambda;
+        opts.epochs = form.epochs.max(1);
+        let spec = crate::features::dictionary::TrainSpec {
+            hooks,
+            tokens: form.tokens.max(1),
+            opts,
+        };
+        let out = dictionary::default_path(&self.config.assets, &spec);
+        let (tx, progress) = d.start_training();
+        d.message = None;
+        let job = dictionary::train_job(
+            self.config.assets.clone(),
+            self.config.clients.clone(),
+            form.examples_only,
+            spec,
+            out,
+            tx,
+            progress,
+        );
+        self.send(Request::ModelJob {
+            name: dictionary::TRAIN_JOB.into(),
+            job,
+        });
+    }
+
+    /// Decomposes the form's word at the embedding (when the dictionary reads it) and at the
+    /// form's layer, as a job.
+    fn start_decompose(&mut self) {
+        let loaded = self.runtime.model.is_some();
+        let d = &mut self.runtime.dictionaries;
+        if d.decompose.is_running() || !loaded {
+            return;
+        }
+        let Some(dict) = d.current.clone() else {
+            d.decompose.last = Some(Err("train or open a dictionary first".into()));
+            return;
+        };
+        let form = &self.state.dictionary;
+        let mut hooks = Vec::new();
+        if dict.config.hooks.contains(&crate::hooks::HookPoint::Embed) {
+            hooks.push(crate::hooks::HookPoint::Embed);
+        }
+        match crate::features::dictionary::decompose::hook_for(&dict, form.layer) {
+            Ok(h) if !hooks.contains(&h) => hooks.push(h),
+            Ok(_) => {}
+            Err(e) => {
+                d.decompose.last = Some(Err(e.to_string()));
+                return;
+            }
+        }
+        let context = Some(form.context.clone()).filter(|c| !c.trim().is_empty());
+        let tx = d.decompose.start(dictionary::DECOMPOSE_JOB);
+        let job = dictionary::decompose_job(dict, form.word.clone(), context, hooks, tx);
+        self.send(Request::ModelJob {
+            name: dictionary::DECOMPOSE_JOB.into(),
+            job,
+        });
+    }
+
+    /// Adds (or replaces) the edit of one dictionary feature in the probe's interventions.
+    fn edit_atom(
+        &mut self,
+        hook: usize,
+        atom: usize,
+        edit: crate::features::dictionary::edit::Edit,
+        now: f64,
+    ) {
+        let Some(dict) = self.runtime.dictionaries.current.clone() else {
+            return;
+        };
+        let Some(&point) = dict.config.hooks.get(hook) else {
+            return;
+        };
+        let x = self
+            .runtime
+            .result
+            .as_ref()
+            .and_then(|r| r.baseline.record.get(point))
+            .map(|a| a.data.clone());
+        let Some(x) = x else {
+            self.error = Some(format!(
+                "{point} is not recorded for this probe: run the probe first (the embedding is \
+                 not kept; edit a dictionary of a block's residual stream)"
+            ));
+            return;
+        };
+        match crate::features::dictionary::edit::intervention(&dict, hook, atom, &x, edit) {
+            Ok(Some(iv)) => {
+                let prefix = format!("D{atom} ");
+                let mut ivs: Vec<Intervention> = self
+                    .state
+                    .interventions
+                    .iter()
+                    .filter(|i| {
+                        !matches!(&i.op, Op::AddScaled { label, .. }
+                            if i.hook == point && label.starts_with(&prefix))
+                    })
+                    .cloned()
+                    .collect();
+                ivs.push(iv);
+                self.set_interventions(ivs, now);
+            }
+            Ok(None) => {
+                self.runtime.dictionaries.message = Some(Err(format!(
+                    "D{atom} is silent at every token of the probe (positions 1..): ablating or \
+                     scaling it changes nothing; steer it instead"
+                )));
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
     }
 
     /// The logit lens of the probe as a job: the baseline, and the run with the edits.
@@ -1463,6 +1611,10 @@ impl HubelApp {
                 self.start_trace();
             }
             Command::PatchCell { layer, position } => self.patch_cell(layer, position, now),
+            Command::ShowDictionary(open) => self.state.dictionary_open = open,
+            Command::TrainDictionary => self.start_dictionary_training(),
+            Command::DecomposeWord => self.start_decompose(),
+            Command::EditAtom { hook, atom, edit } => self.edit_atom(hook, atom, edit, now),
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
             Command::FileChosen(action, path) => match action {
@@ -1480,6 +1632,12 @@ impl HubelApp {
                 FileAction::ExportReport => self.runtime.experiments.export(&path),
                 FileAction::ExportDose => self.runtime.experiments.export_dose(&path),
                 FileAction::SaveDiscriminator => self.runtime.experiments.save_discriminator(&path),
+                FileAction::OpenDictionary | FileAction::ImportSaelens => {
+                    self.state.dictionary_open = true;
+                    let layers = self.runtime.layers();
+                    self.runtime.dictionaries.open(&path, layers);
+                }
+                FileAction::ExportSaelens => self.runtime.dictionaries.export_saelens(&path),
             },
             Command::DismissError => self.error = None,
         }

@@ -80,6 +80,70 @@ pub struct AppState {
     pub circuits_open: bool,
     /// The Circuits window's form and display choices.
     pub circuits: CircuitsForm,
+    /// The Dictionary window is open.
+    pub dictionary_open: bool,
+    /// The Dictionary window's forms.
+    pub dictionary: DictionaryForm,
+}
+
+/// The parts of the Dictionary window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DictionaryTab {
+    #[default]
+    Train,
+    Atlas,
+    Decompose,
+}
+
+impl DictionaryTab {
+    pub fn name(self) -> &'static str {
+        match self {
+            DictionaryTab::Train => "Train",
+            DictionaryTab::Atlas => "Factor atlas",
+            DictionaryTab::Decompose => "Meta-meanings",
+        }
+    }
+}
+
+/// The Dictionary window's training form and decomposition form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DictionaryForm {
+    pub tab: DictionaryTab,
+    pub method: crate::features::dictionary::Method,
+    /// `6`, `2,6,10` or `embed, 4`.
+    pub layers: String,
+    pub atoms: usize,
+    pub k: usize,
+    pub lambda: f32,
+    pub tokens: usize,
+    pub epochs: usize,
+    /// WordNet's example sentences only (else glosses and examples).
+    pub examples_only: bool,
+    /// The decomposition's word, context (empty: the word alone) and layer (`None`: the
+    /// dictionary's first).
+    pub word: String,
+    pub context: String,
+    pub layer: Option<usize>,
+}
+
+impl Default for DictionaryForm {
+    fn default() -> Self {
+        DictionaryForm {
+            tab: DictionaryTab::Train,
+            method: crate::features::dictionary::Method::Topk,
+            layers: "6".into(),
+            atoms: 1024,
+            k: 32,
+            lambda: 2.0,
+            tokens: 20_000,
+            epochs: 30,
+            examples_only: false,
+            word: "apple".into(),
+            context: "She ate an apple and a pear.".into(),
+            layer: None,
+        }
+    }
 }
 
 /// The parts of the Circuits window.
@@ -238,6 +302,8 @@ impl Default for AppState {
             probe_layer: 0,
             circuits_open: false,
             circuits: CircuitsForm::default(),
+            dictionary_open: false,
+            dictionary: DictionaryForm::default(),
         }
     }
 }

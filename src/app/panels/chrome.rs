@@ -103,6 +103,21 @@ pub fn menu_bar_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &
                     }
                 }
             });
+            ui.menu_button("Dictionary", |ui| {
+                if ui.button("Open the Dictionary window").clicked() {
+                    out.push(Command::ShowDictionary(true));
+                    ui.close();
+                }
+                ui.separator();
+                if ui.button("Open dictionary file…").clicked() {
+                    out.push(Command::AskFile(FileAction::OpenDictionary));
+                    ui.close();
+                }
+                if ui.button("Open SAELens folder…").clicked() {
+                    out.push(Command::AskFile(FileAction::ImportSaelens));
+                    ui.close();
+                }
+            });
             ui.menu_button("Stimuli", |ui| {
                 // The experiments' stimulus sets: run one as a protocol, or load a stimulus.
                 ui.label(egui::RichText::new("Stimulus sets (experiments)").weak());

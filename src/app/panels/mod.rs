@@ -6,6 +6,7 @@
 mod card;
 mod chrome;
 mod circuits;
+mod dictionary;
 mod experiments;
 mod interventions;
 mod jobs;
@@ -157,6 +158,7 @@ impl Views {
         });
         experiments::experiments_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
         circuits::circuits_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
+        dictionary::dictionary_window_ui(ui.ctx(), state, cx, out, egui::vec2(width, height));
     }
 }
 

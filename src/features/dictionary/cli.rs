@@ -11,7 +11,7 @@ use crate::scan::Corpus;
 
 pub const USAGE: &str = "\
   hubel dict train --method fista|topk|itda --layers 6[,8,…] --atoms N --out D.safetensors
-             [--k K] [--lambda L] [--tokens N] [--epochs E] [--lr R] [--batch B] [--seconds S]
+             [--k K] [--lambda L (fista, default 2)] [--tokens N] [--epochs E] [--lr R] [--batch B] [--seconds S]
              [--corpus wordnet|wordnet-examples|FILE]
              [--model PATH] [--json]
              learn a dictionary of residual streams (hook_resid_post of each layer; `embed` for

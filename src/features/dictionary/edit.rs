@@ -55,9 +55,10 @@ pub fn intervention(
             .find(|(j, _)| *j as usize == atom)
             .map_or(0.0, |c| c.1);
         alphas[i + 1] = match edit {
+            Edit::Add(v) => v,
+            _ if a == 0.0 => 0.0,
             Edit::Ablate => -a,
             Edit::Scale(f) => (f - 1.0) * a,
-            Edit::Add(v) => v,
         };
     }
     if alphas.iter().all(|&a| a == 0.0) {

@@ -21,6 +21,7 @@
 //! ce_recovered 0.872, against 0.118 and 0.908 with this scaling). Reconstructions are mapped
 //! back, and every figure (FVU, ce_recovered) is measured in the original space.
 
+pub mod atlas;
 pub mod cli;
 pub mod collect;
 pub mod decompose;
@@ -531,7 +532,7 @@ impl TrainOptions {
             method,
             atoms,
             k: 32,
-            lambda: 0.3,
+            lambda: 2.0,
             epochs: match method {
                 Method::Fista => 8,
                 _ => 30,
