@@ -216,6 +216,16 @@ impl Tour {
     }
 
     /// The experiment asked for has its result on screen.
+    fn dictionary_trained(&self) -> bool {
+        let d = &self.app.runtime.dictionaries;
+        !d.is_training() && d.train.result().is_some() && !d.snapshot
+    }
+
+    fn decomposed(&self) -> bool {
+        let d = &self.app.runtime.dictionaries;
+        !d.decompose.is_running() && d.decompose.last.is_some()
+    }
+
     fn experiment_done(&self) -> bool {
         let ex = &self.app.runtime.experiments;
         !ex.is_running() && ex.result_shown().is_some()
@@ -445,7 +455,89 @@ impl Tour {
                 true
             }
             32 => {
+                // The Dictionary window: a 1,024-atom top-k SAE of layer 6 trained on 20k
+                // WordNet tokens, shot while it trains and when it is done.
                 self.app.apply(super::Command::ShowCircuits(false), now);
+                self.app.select(None);
+                self.app.state.dictionary = super::state::DictionaryForm::default();
+                self.app.apply(super::Command::ShowDictionary(true), now);
+                self.app.apply(super::Command::TrainDictionary, now);
+                true
+            }
+            33 if self.ready(self.app.runtime.dictionaries.curve.len() >= 12) => {
+                self.shot(ctx, "dictionary_training");
+                true
+            }
+            34 if self.ready(self.dictionary_trained()) => {
+                self.shot(ctx, "dictionary_trained");
+                // "apple" in a sentence, at layer 6; the probe is the same sentence.
+                self.app.state.probe = self.app.state.dictionary.context.clone();
+                self.app.request_run(now);
+                self.app.state.dictionary.tab = super::state::DictionaryTab::Decompose;
+                self.app.apply(super::Command::DecomposeWord, now);
+                true
+            }
+            35 if self.ready(
+                self.decomposed() && self.app.runtime.result.is_some() && !self.app.is_busy(),
+            ) =>
+            {
+                self.shot(ctx, "dictionary_apple");
+                // Ablate its strongest atom in the probe.
+                let atom = self
+                    .app
+                    .runtime
+                    .dictionaries
+                    .decompose
+                    .result()
+                    .and_then(|d| d.first()?.parts.first().map(|p| p.atom));
+                if let Some(atom) = atom {
+                    self.app.apply(
+                        super::Command::EditAtom {
+                            hook: 0,
+                            atom,
+                            edit: crate::features::dictionary::edit::Edit::Ablate,
+                        },
+                        now,
+                    );
+                }
+                true
+            }
+            36 if self.ready(
+                self.app
+                    .runtime
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.intervened.is_some()),
+            ) =>
+            {
+                self.shot(ctx, "dictionary_ablate");
+                self.app.state.interventions.clear();
+                self.app.state.dictionary.word = "left".into();
+                self.app.state.dictionary.context = "Turn left at the corner.".into();
+                self.app.apply(super::Command::DecomposeWord, now);
+                true
+            }
+            37 if self.ready(self.decomposed()) => {
+                self.shot(ctx, "dictionary_left");
+                // A dictionary shared by seven layers (FISTA), for the depth profile.
+                self.app.state.dictionary = super::state::DictionaryForm {
+                    method: crate::features::dictionary::Method::Fista,
+                    layers: "2,6,10,14,18,22,26".into(),
+                    atoms: 256,
+                    tokens: 4000,
+                    epochs: 4,
+                    tab: super::state::DictionaryTab::Atlas,
+                    ..Default::default()
+                };
+                self.app.apply(super::Command::TrainDictionary, now);
+                true
+            }
+            38 if self.ready(self.dictionary_trained()) => {
+                self.shot(ctx, "dictionary_atlas");
+                true
+            }
+            39 => {
+                self.app.apply(super::Command::ShowDictionary(false), now);
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
                     super::Command::AskFile(super::file_dialog::FileAction::SaveSession),
@@ -453,11 +545,11 @@ impl Tour {
                 );
                 true
             }
-            33 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            40 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            34 => {
+            41 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }
