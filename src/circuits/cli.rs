@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 
 use super::dla::{self, DlaRequest};
 use super::lens::{self, LensRequest};
-use super::patch::{self, PatchRequest, Site};
+use super::patch::{self, Fit, PatchRequest, Site};
 use crate::cli::{flag, number, open_model, value};
 
 pub const USAGE: &str = "\
@@ -19,11 +19,13 @@ pub const USAGE: &str = "\
              every head, every MLP and every neuron writes along the target's logit direction
              (minus the versus token's), the final norm's scale frozen; sorted by |value|
   hubel patch --clean TEXT --corrupt TEXT --target TOKEN [--versus TOKEN]
-              [--site resid|attn|mlp] [--model PATH] [--json]
+              [--site resid|attn|mlp] [--fit pad|trim] [--model PATH] [--json]
              activation patching: the corrupted prompt with the clean run's value at one layer ×
              position (blocks.L.hook_resid_pre, hook_attn_out or hook_mlp_out), every cell; each
              cell is the fraction of logit(target) − logit(versus) at the last position that the
-             patch restores (0 where clean and corrupted agree: 0/0 is 0)
+             patch restores (0 where clean and corrupted agree: 0/0 is 0); prompts of different
+             token lengths are refused, or with --fit pad the shorter gets filler tokens (\" the\")
+             after its first token, with --fit trim the longer loses its extra tokens there
 TOKEN is text that is exactly one token, usually with its leading space: \" Paris\".";
 
 fn finish(args: &[String]) -> anyhow::Result<()> {
@@ -144,6 +146,9 @@ fn patch_command(mut args: Vec<String>) -> anyhow::Result<()> {
         Some(s) => Site::parse(&s).map_err(anyhow::Error::msg)?,
         None => Site::Resid,
     };
+    let fit = value(&mut args, "--fit")?
+        .map(|s| Fit::parse(&s).map_err(anyhow::Error::msg))
+        .transpose()?;
     let json = flag(&mut args, "--json");
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
@@ -154,6 +159,7 @@ fn patch_command(mut args: Vec<String>) -> anyhow::Result<()> {
         target,
         versus,
         site,
+        fit,
     };
     let report = crate::jobs::progress::run_reporting("Causal trace", move |ctx| {
         patch::run(&model, &req, Some(ctx)).map_err(Into::into)
