@@ -188,6 +188,7 @@ fn dla_components_sum_to_the_logit_with_the_norm_scale_frozen() {
                     versus: versus.map(|v| v.token.clone()),
                     position: Some(pos),
                     neurons: cfg.n_layers * cfg.d_mlp,
+                    interventions: Vec::new(),
                 },
             )
             .unwrap();
@@ -287,6 +288,7 @@ fn dla_refuses_bad_tokens_and_positions() {
         versus: versus.map(String::from),
         position,
         neurons: 5,
+        interventions: Vec::new(),
     };
     let err = |r: DlaRequest| dla::run(&model, &r).unwrap_err();
     assert!(matches!(
@@ -315,6 +317,51 @@ fn dla_refuses_bad_tokens_and_positions() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
+}
+
+#[test]
+fn dla_of_an_ablated_run_reads_the_intervened_run() {
+    let cfg = tiny_config(Arch::Llama);
+    let (model, _) = random_model(&cfg, 7).unwrap();
+    let req = |interventions: Vec<Intervention>| DlaRequest {
+        text: "a probe of bytes".into(),
+        target: "e".into(),
+        versus: Some("x".into()),
+        position: None,
+        neurons: cfg.n_layers * cfg.d_mlp,
+        interventions,
+    };
+    let base = dla::run(&model, &req(Vec::new())).unwrap();
+    assert!(base.interventions.is_empty());
+    // Ablate the baseline's strongest neuron: it writes nothing, and the parts still sum to
+    // the intervened run's logit difference.
+    let top = base.neurons[0].clone();
+    let spec = format!("L{}N{}", top.layer, top.neuron);
+    let iv = hubel::hooks::spec::parse(&spec).unwrap();
+    let r = dla::run(&model, &req(vec![iv.clone()])).unwrap();
+    assert_eq!(r.interventions.len(), 1);
+    let ablated = r.neurons.iter().find(|n| n.feature == top.feature).unwrap();
+    assert_eq!(ablated.value, 0.0);
+    assert_eq!(ablated.activation, 0.0);
+    let tokens = ids(&model, "a probe of bytes");
+    let run = model.run(&tokens, &Capture::Nothing, &[iv]).unwrap();
+    let (e, x) = (ids(&model, "e")[0] as usize, ids(&model, "x")[0] as usize);
+    let logits = run.last_logits();
+    assert_eq!(r.total, logits[e] - logits[x]);
+    assert_ne!(
+        r.total, base.total,
+        "the ablation moves the logit difference"
+    );
+    assert!(
+        (r.total - r.sum).abs() <= 1e-4 * r.total.abs().max(1.0),
+        "{} vs {}",
+        r.total,
+        r.sum
+    );
+    assert!(dla::render(&r, 5).contains(&format!("edits  {}", r.interventions[0])));
+    // An edit that does not fit the model is refused.
+    let bad = hubel::hooks::spec::parse("L9N1").unwrap();
+    assert!(dla::run(&model, &req(vec![bad])).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -814,6 +814,7 @@ impl HubelApp {
             versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
             position: form.position,
             neurons: 40,
+            interventions: Vec::new(),
         };
         let tx = c.dla.start(circuits::DLA_JOB);
         let job = circuits::dla_job(req, tx);

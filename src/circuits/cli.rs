@@ -6,6 +6,7 @@ use super::dla::{self, DlaRequest};
 use super::lens::{self, LensRequest};
 use super::patch::{self, Fit, PatchRequest, Site};
 use crate::cli::{flag, number, open_model, value};
+use crate::hooks::Intervention;
 
 pub const USAGE: &str = "\
   hubel lens --text TEXT [--target TOKEN] [--ablate SPEC]... [--top K] [--model PATH] [--json]
@@ -14,10 +15,11 @@ pub const USAGE: &str = "\
              target's probability and rank, and the layer from which each position's final
              top-1 token stays top-1; with --ablate, the baseline's grid too
   hubel dla --text TEXT --target TOKEN [--versus TOKEN] [--position P] [--neurons N]
-            [--model PATH] [--json]
+            [--ablate SPEC]... [--model PATH] [--json]
              direct logit attribution at position P (default: the last): what the embedding,
              every head, every MLP and every neuron writes along the target's logit direction
-             (minus the versus token's), the final norm's scale frozen; sorted by |value|
+             (minus the versus token's), the final norm's scale frozen; sorted by |value|;
+             with --ablate, of the run with those edits
   hubel patch --clean TEXT --corrupt TEXT --target TOKEN [--versus TOKEN]
               [--site resid|attn|mlp] [--fit pad|trim] [--model PATH] [--json]
              activation patching: the corrupted prompt with the clean run's value at one layer ×
@@ -48,10 +50,7 @@ pub fn command(command: &str, args: Vec<String>) -> anyhow::Result<()> {
 fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let text = value(&mut args, "--text")?.context("lens needs --text TEXT")?;
     let target = value(&mut args, "--target")?;
-    let mut ablate = Vec::new();
-    while let Some(spec) = value_once(&mut args, "--ablate")? {
-        ablate.push(spec);
-    }
+    let ablate = ablations(&mut args)?;
     let top = number(&mut args, "--top")?.unwrap_or(lens::DEFAULT_TOP);
     if !(1..=50).contains(&top) {
         bail!("--top takes 1 to 50 tokens a cell, got {top}");
@@ -60,15 +59,7 @@ fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
     let model = open_model(model_path)?;
-    let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());
-    let bounds = crate::hooks::spec::Bounds {
-        n_ctx: Some(model.config().n_ctx),
-        units: Some(&units),
-    };
-    let interventions = ablate
-        .iter()
-        .map(|s| crate::hooks::spec::parse_bounded(s, &bounds))
-        .collect::<Result<Vec<_>, _>>()?;
+    let interventions = edits(&model, &ablate)?;
     let report = lens::run(
         &model,
         &LensRequest {
@@ -84,6 +75,28 @@ fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
         print!("{}", lens::render(&report));
     }
     Ok(())
+}
+
+/// Every `--ablate SPEC` taken out of `args`.
+fn ablations(args: &mut Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut ablate = Vec::new();
+    while let Some(spec) = value_once(args, "--ablate")? {
+        ablate.push(spec);
+    }
+    Ok(ablate)
+}
+
+/// The `--ablate` specs as interventions, checked against the model.
+fn edits(model: &crate::model::Model, specs: &[String]) -> anyhow::Result<Vec<Intervention>> {
+    let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());
+    let bounds = crate::hooks::spec::Bounds {
+        n_ctx: Some(model.config().n_ctx),
+        units: Some(&units),
+    };
+    Ok(specs
+        .iter()
+        .map(|s| crate::hooks::spec::parse_bounded(s, &bounds))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The first `--name VALUE` taken out of `args` (repeatable flags: call until `None`).
@@ -114,10 +127,12 @@ fn dla_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let versus = value(&mut args, "--versus")?;
     let position = number(&mut args, "--position")?;
     let neurons = number(&mut args, "--neurons")?.unwrap_or(dla::DEFAULT_NEURONS);
+    let ablate = ablations(&mut args)?;
     let json = flag(&mut args, "--json");
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
     let model = open_model(model_path)?;
+    let interventions = edits(&model, &ablate)?;
     let report = dla::run(
         &model,
         &DlaRequest {
@@ -126,6 +141,7 @@ fn dla_command(mut args: Vec<String>) -> anyhow::Result<()> {
             versus,
             position,
             neurons,
+            interventions,
         },
     )?;
     if json {
