@@ -188,6 +188,7 @@ fn dla_components_sum_to_the_logit_with_the_norm_scale_frozen() {
                     versus: versus.map(|v| v.token.clone()),
                     position: Some(pos),
                     neurons: cfg.n_layers * cfg.d_mlp,
+                    interventions: Vec::new(),
                 },
             )
             .unwrap();
@@ -287,6 +288,7 @@ fn dla_refuses_bad_tokens_and_positions() {
         versus: versus.map(String::from),
         position,
         neurons: 5,
+        interventions: Vec::new(),
     };
     let err = |r: DlaRequest| dla::run(&model, &r).unwrap_err();
     assert!(matches!(
@@ -317,6 +319,51 @@ fn dla_refuses_bad_tokens_and_positions() {
     assert!(e.to_string().contains("empty"), "{e}");
 }
 
+#[test]
+fn dla_of_an_ablated_run_reads_the_intervened_run() {
+    let cfg = tiny_config(Arch::Llama);
+    let (model, _) = random_model(&cfg, 7).unwrap();
+    let req = |interventions: Vec<Intervention>| DlaRequest {
+        text: "a probe of bytes".into(),
+        target: "e".into(),
+        versus: Some("x".into()),
+        position: None,
+        neurons: cfg.n_layers * cfg.d_mlp,
+        interventions,
+    };
+    let base = dla::run(&model, &req(Vec::new())).unwrap();
+    assert!(base.interventions.is_empty());
+    // Ablate the baseline's strongest neuron: it writes nothing, and the parts still sum to
+    // the intervened run's logit difference.
+    let top = base.neurons[0].clone();
+    let spec = format!("L{}N{}", top.layer, top.neuron);
+    let iv = hubel::hooks::spec::parse(&spec).unwrap();
+    let r = dla::run(&model, &req(vec![iv.clone()])).unwrap();
+    assert_eq!(r.interventions.len(), 1);
+    let ablated = r.neurons.iter().find(|n| n.feature == top.feature).unwrap();
+    assert_eq!(ablated.value, 0.0);
+    assert_eq!(ablated.activation, 0.0);
+    let tokens = ids(&model, "a probe of bytes");
+    let run = model.run(&tokens, &Capture::Nothing, &[iv]).unwrap();
+    let (e, x) = (ids(&model, "e")[0] as usize, ids(&model, "x")[0] as usize);
+    let logits = run.last_logits();
+    assert_eq!(r.total, logits[e] - logits[x]);
+    assert_ne!(
+        r.total, base.total,
+        "the ablation moves the logit difference"
+    );
+    assert!(
+        (r.total - r.sum).abs() <= 1e-4 * r.total.abs().max(1.0),
+        "{} vs {}",
+        r.total,
+        r.sum
+    );
+    assert!(dla::render(&r, 5).contains(&format!("edits  {}", r.interventions[0])));
+    // An edit that does not fit the model is refused.
+    let bad = hubel::hooks::spec::parse("L9N1").unwrap();
+    assert!(dla::run(&model, &req(vec![bad])).is_err());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activation patching
 
@@ -327,6 +374,7 @@ fn patch_req(clean: &str, corrupt: &str, site: Site) -> PatchRequest {
         target: "e".into(),
         versus: Some("o".into()),
         site,
+        fit: None,
     }
 }
 
@@ -458,6 +506,115 @@ fn patching_refuses_prompts_of_different_lengths_and_bad_tokens() {
     assert!(e.to_string().contains("empty"), "{e}");
     assert_eq!(patch::fraction(1.0, 1.0, 1.0), 0.0, "0/0 is 0");
     assert_eq!(patch::fraction(2.0, 3.0, 1.0), 0.5);
+}
+
+#[test]
+fn fitting_pads_or_trims_after_the_first_token_and_keeps_the_last() {
+    use patch::{fit_ids, Fit, Side};
+    let (short, long) = (vec![1u32, 2, 3, 4], vec![5u32, 6, 7, 8, 9, 10]);
+    // Pad: the shorter gets the filler right after position 0; the other is untouched.
+    let f = fit_ids(&short, &long, Fit::Pad, 0, 1).unwrap();
+    assert_eq!(f.clean, vec![1, 0, 0, 2, 3, 4]);
+    assert_eq!(f.corrupt, long);
+    assert_eq!((f.changed, f.count), (Some(Side::Clean), 2));
+    let f = fit_ids(&long, &short, Fit::Pad, 0, 1).unwrap();
+    assert_eq!(f.corrupt, vec![1, 0, 0, 2, 3, 4]);
+    assert_eq!(f.changed, Some(Side::Corrupt));
+    // Trim: the longer loses its extra tokens right after position 0.
+    let f = fit_ids(&short, &long, Fit::Trim, 0, 1).unwrap();
+    assert_eq!(f.corrupt, vec![5, 8, 9, 10]);
+    assert_eq!(f.clean, short);
+    assert_eq!((f.changed, f.count), (Some(Side::Corrupt), 2));
+    // After a BOS (at = 2) the first word stays too.
+    let f = fit_ids(&short, &long, Fit::Pad, 0, 2).unwrap();
+    assert_eq!(f.clean, vec![1, 2, 0, 0, 3, 4]);
+    let f = fit_ids(&short, &long, Fit::Trim, 0, 2).unwrap();
+    assert_eq!(f.corrupt, vec![5, 6, 9, 10]);
+    // Every case: equal lengths, the same first and last tokens as before.
+    for fit in Fit::ALL {
+        for at in [1, 2, 3] {
+            for (a, b) in [(&short, &long), (&long, &short)] {
+                let f = fit_ids(a, b, fit, 0, at).unwrap();
+                assert_eq!(f.clean.len(), f.corrupt.len(), "{fit:?} at {at}");
+                assert_eq!(f.clean.last(), a.last());
+                assert_eq!(f.corrupt.last(), b.last());
+                assert_eq!(f.clean[..at], a[..at]);
+                assert_eq!(f.corrupt[..at], b[..at]);
+            }
+        }
+    }
+    // Equal lengths: nothing changes.
+    let f = fit_ids(&short, &[9, 9, 9, 9], Fit::Pad, 0, 1).unwrap();
+    assert_eq!((f.changed, f.count, &f.clean), (None, 0, &short));
+    assert_eq!(patch::describe_fit(Fit::Pad, &f, " the", 1), None);
+    // Bad cases say why.
+    let e = fit_ids(&[], &long, Fit::Pad, 0, 1).unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    let e = fit_ids(&[7], &long, Fit::Pad, 0, 1).unwrap_err();
+    assert!(e.contains("last token"), "{e}");
+    let e = fit_ids(&short, &long, Fit::Trim, 0, 4).unwrap_err();
+    assert!(e.contains("last token"), "{e}");
+    let f = fit_ids(&long, &short, Fit::Pad, 0, 1).unwrap();
+    assert_eq!(
+        patch::describe_fit(Fit::Pad, &f, " the", 1).as_deref(),
+        Some("the corrupted prompt padded with 2 × \" the\" after position 0")
+    );
+    assert_eq!(Fit::parse("trim"), Ok(Fit::Trim));
+    assert!(Fit::parse("sideways").unwrap_err().contains("pad or trim"));
+}
+
+#[test]
+fn a_trace_of_prompts_of_different_lengths_runs_padded_or_trimmed() {
+    use patch::Fit;
+    let (model, _) = random_model(&tiny_config(Arch::Llama), 8).unwrap();
+    let filler = model.neutral_token();
+    let mut req = patch_req("abc", "abcdef", Site::Resid);
+    assert!(matches!(
+        patch::run(&model, &req, None).unwrap_err(),
+        CircuitError::LengthMismatch { .. }
+    ));
+    // Pad: the clean prompt (the shorter) gets three fillers after position 0.
+    req.fit = Some(Fit::Pad);
+    let r = patch::run(&model, &req, None).unwrap();
+    let f = hubel::circuits::token_text(&model, filler);
+    assert_eq!(r.tokens, ["a", &f, &f, &f, "b", "c"]);
+    assert_eq!(r.corrupt_tokens, ["a", "b", "c", "d", "e", "f"]);
+    assert!(r
+        .fitted
+        .as_deref()
+        .unwrap()
+        .contains("clean prompt padded with 3"));
+    assert_eq!(r.corrupt_probe.as_deref(), Some("abcdef"));
+    assert_eq!((r.grid.len(), r.grid[0].len()), (3, 6));
+    // The trace ran on the padded ids: its clean metric is the padded prompt's.
+    let padded = [ids(&model, "a"), vec![filler; 3], ids(&model, "bc")].concat();
+    let run = model.run(&padded, &Capture::Nothing, &[]).unwrap();
+    let last = run.last_logits();
+    let (e, o) = (ids(&model, "e")[0] as usize, ids(&model, "o")[0] as usize);
+    assert_eq!(r.clean, last[e] - last[o]);
+    // Trim: the corrupted prompt (the longer) loses "bcd"; a patch by hand's probe is "aef".
+    req.fit = Some(Fit::Trim);
+    let r = patch::run(&model, &req, None).unwrap();
+    assert_eq!(r.tokens, ["a", "b", "c"]);
+    assert_eq!(r.corrupt_tokens, ["a", "e", "f"]);
+    assert_eq!(r.corrupt_probe.as_deref(), Some("aef"));
+    assert!(patch::render(&r).contains("trimmed"));
+    // A padded corrupted prompt: the probe for a patch by hand tokenizes to the padded ids.
+    let mut req = patch_req("abcdef", "abc", Site::Mlp);
+    req.fit = Some(Fit::Pad);
+    let r = patch::run(&model, &req, None).unwrap();
+    assert_eq!(r.corrupt_tokens.len(), 6);
+    let probe = r
+        .corrupt_probe
+        .clone()
+        .expect("byte-level fillers round-trip");
+    let back: Vec<String> = hubel::circuits::tokenize(&model, &probe).unwrap().1;
+    assert_eq!(back, r.corrupt_tokens);
+    // Too short to fit: a message, not a panic.
+    let mut req = patch_req("a", "abc", Site::Resid);
+    req.fit = Some(Fit::Pad);
+    let e = patch::run(&model, &req, None).unwrap_err();
+    assert!(matches!(e, CircuitError::CannotFit(_)), "{e}");
 }
 
 #[test]
@@ -649,6 +806,20 @@ fn cli_circuits_refuse_bad_input_with_a_message() {
                 "heads",
             ],
             "--site takes",
+        ),
+        (
+            vec![
+                "patch",
+                "--clean",
+                CLEAN,
+                "--corrupt",
+                CORRUPT,
+                "--target",
+                " Paris",
+                "--fit",
+                "sideways",
+            ],
+            "--fit takes pad or trim",
         ),
         (
             vec!["lens", "--text", CLEAN, "--ablate", "L99N1"],

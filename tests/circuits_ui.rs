@@ -225,3 +225,116 @@ fn the_circuits_window_fits_from_1000x700_to_1920x1080() {
         assert!(inside(strongest, size), "{size:?}: {strongest:?}");
     }
 }
+
+#[test]
+fn prompts_of_different_lengths_are_shown_and_padded_or_trimmed_in_the_app() {
+    use hubel::circuits::patch::Fit;
+    let size = [1280.0, 800.0];
+    let mut h = loaded(size, "hello world");
+    h.state_mut().state.circuits = CircuitsForm {
+        target: "o".into(),
+        versus: String::new(),
+        corrupt: "hello world and more".into(),
+        ..CircuitsForm::default()
+    };
+    h.state_mut().apply(Command::ShowCircuits(true), 0.0);
+    h.state_mut().apply(Command::RunTrace, 0.0);
+    let done = |a: &HubelApp| {
+        !a.runtime.circuits.trace.is_running() && a.runtime.circuits.trace.last.is_some()
+    };
+    wait_for(&mut h, "the trace", done);
+    // Both tokenizations are shown, with the offer.
+    assert!(h.get_all_by_label_contains("same number of tokens").count() >= 1);
+    let (n_clean, n_corrupt) = {
+        let m = match &h.state().runtime.circuits.trace.last {
+            Some(Err(f)) => f.mismatch.clone().expect("the mismatch's tokens"),
+            other => panic!("{:?}", other.as_ref().map(|_| "a result")),
+        };
+        (m.clean_tokens.len(), m.corrupt_tokens.len())
+    };
+    assert!(n_clean < n_corrupt);
+    h.get_by_label(&format!("clean ({n_clean} tokens)"));
+    h.get_by_label(&format!("corrupted ({n_corrupt} tokens)"));
+    // Pad: the clean prompt gets fillers after position 0 and the trace runs.
+    h.get_by_label("Pad the shorter one").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.circuits.fit, Some(Fit::Pad));
+    wait_for(&mut h, "the padded trace", done);
+    let r = h
+        .state()
+        .runtime
+        .circuits
+        .trace
+        .result()
+        .map(|t| t.report.clone())
+        .unwrap_or_else(|| panic!("{:?}", h.state().runtime.circuits.trace.error()));
+    assert_eq!(r.tokens.len(), n_corrupt);
+    assert_eq!(r.corrupt_tokens.len(), n_corrupt);
+    assert_eq!(r.grid[0].len(), n_corrupt);
+    assert!(r.fitted.as_deref().unwrap().contains("clean prompt padded"));
+    h.get_by_label_contains("Lengths made equal");
+    h.get_by_label(&format!("clean ({n_corrupt} tokens)"));
+    assert!(h.query_by_label("Pad the shorter one").is_none());
+    // Back to refusing, then trim: the corrupted prompt loses its extra tokens.
+    h.get_by_label("Refuse different lengths").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.circuits.fit, None);
+    h.state_mut().apply(Command::RunTrace, 0.0);
+    wait_for(&mut h, "the trace", done);
+    h.get_by_label("Trim the longer one").click();
+    wait_for(&mut h, "the trimmed trace", |a| {
+        a.runtime.circuits.trace.result().is_some()
+    });
+    let r = h
+        .state()
+        .runtime
+        .circuits
+        .trace
+        .result()
+        .unwrap()
+        .report
+        .clone();
+    assert_eq!(r.tokens.len(), n_clean);
+    assert_eq!(r.corrupt_tokens.len(), n_clean);
+    assert!(r
+        .fitted
+        .as_deref()
+        .unwrap()
+        .contains("corrupted prompt trimmed"));
+    // A patch by hand runs the trimmed corrupted prompt.
+    let probe = r.corrupt_probe.clone().expect("the trimmed tokens as text");
+    h.get_by_label("Patch it by hand").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.probe, probe);
+    wait_for(&mut h, "the patched run", |a| {
+        !a.is_busy() && a.runtime.result.is_some()
+    });
+    assert_eq!(h.state().error, None);
+    assert_eq!(
+        h.state().runtime.result.as_ref().unwrap().tokens.len(),
+        n_clean
+    );
+}
+
+#[test]
+fn clicking_a_next_token_in_the_output_panel_pins_the_circuits_target() {
+    let mut h = loaded([1280.0, 800.0], "hello world");
+    h.state_mut().state.circuits.target = " Paris".into();
+    assert!(!h.state().state.circuits_open);
+    let (text, p) = h.state().derived.next.baseline[1].clone();
+    h.get_by_label(&format!("{p:.4} {text}")).click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.circuits.target, text);
+    assert!(
+        h.state().state.circuits_open,
+        "the window opens, so the pin is seen"
+    );
+    // The lens runs on the pinned target.
+    h.state_mut().apply(Command::RunLens, 0.0);
+    wait_for(&mut h, "the lens", |a| {
+        !a.runtime.circuits.lens.is_running() && a.runtime.circuits.lens.last.is_some()
+    });
+    let lens = h.state().runtime.circuits.lens.result().cloned();
+    let lens = lens.unwrap_or_else(|| panic!("{:?}", h.state().runtime.circuits.lens.error()));
+    assert_eq!(lens.target.map(|t| t.token), Some(text));
+}

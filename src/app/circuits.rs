@@ -32,19 +32,49 @@ pub struct TraceResult {
     pub clean: ActivationRecord,
 }
 
+/// Why a trace has no result, and when the prompts' lengths differ, both tokenizations (the
+/// view shows them and offers to pad or trim).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceFailure {
+    pub message: String,
+    pub mismatch: Option<Mismatch>,
+}
+
+/// The clean and corrupted prompts' tokens, of different lengths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    pub clean_tokens: Vec<String>,
+    pub corrupt_tokens: Vec<String>,
+}
+
+impl AsRef<str> for TraceFailure {
+    fn as_ref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for TraceFailure {
+    fn from(message: String) -> Self {
+        TraceFailure {
+            message,
+            mismatch: None,
+        }
+    }
+}
+
 /// A job in flight: its name (to find it in the Jobs list) and its answer's channel.
-pub struct Pending<T> {
+pub struct Pending<T, E = String> {
     pub name: String,
-    pub rx: Receiver<Result<T, String>>,
+    pub rx: Receiver<Result<T, E>>,
 }
 
 /// One tool's state: the job in flight and the last answer (a result or why there is none).
-pub struct Slot<T> {
-    pub running: Option<Pending<T>>,
-    pub last: Option<Result<T, String>>,
+pub struct Slot<T, E = String> {
+    pub running: Option<Pending<T, E>>,
+    pub last: Option<Result<T, E>>,
 }
 
-impl<T> Default for Slot<T> {
+impl<T, E> Default for Slot<T, E> {
     fn default() -> Self {
         Slot {
             running: None,
@@ -53,7 +83,7 @@ impl<T> Default for Slot<T> {
     }
 }
 
-impl<T> Slot<T> {
+impl<T, E: AsRef<str> + From<String>> Slot<T, E> {
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }
@@ -65,11 +95,11 @@ impl<T> Slot<T> {
     pub fn error(&self) -> Option<&str> {
         self.last
             .as_ref()
-            .and_then(|r| r.as_ref().err().map(String::as_str))
+            .and_then(|r| r.as_ref().err().map(AsRef::as_ref))
     }
 
     /// Starts waiting for a job's answer (the job itself is sent by the caller).
-    pub fn start(&mut self, name: &str) -> Sender<Result<T, String>> {
+    pub fn start(&mut self, name: &str) -> Sender<Result<T, E>> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.running = Some(Pending {
             name: name.to_string(),
@@ -89,7 +119,7 @@ impl<T> Slot<T> {
                 self.running = None;
             }
             Err(TryRecvError::Disconnected) => {
-                self.last = Some(Err(format!("{what} ended without an answer")));
+                self.last = Some(Err(E::from(format!("{what} ended without an answer"))));
                 self.running = None;
             }
             Err(TryRecvError::Empty) => {}
@@ -102,7 +132,7 @@ impl<T> Slot<T> {
 pub struct Circuits {
     pub lens: Slot<LensResult>,
     pub dla: Slot<DlaReport>,
-    pub trace: Slot<TraceResult>,
+    pub trace: Slot<TraceResult, TraceFailure>,
 }
 
 pub const LENS_JOB: &str = "Logit lens";
@@ -126,9 +156,18 @@ impl Circuits {
 }
 
 /// Sends `result` (errors as their message; a cancel says so).
-fn answer<T>(
-    tx: &Sender<Result<T, String>>,
+fn answer<T, E: From<String>>(
+    tx: &Sender<Result<T, E>>,
     result: crate::circuits::Result<T>,
+) -> crate::jobs::JobResult {
+    answer_with(tx, result, |e| E::from(e.to_string()))
+}
+
+/// [`answer`] with the error made by `error`.
+fn answer_with<T, E: From<String>>(
+    tx: &Sender<Result<T, E>>,
+    result: crate::circuits::Result<T>,
+    error: impl FnOnce(&crate::circuits::CircuitError) -> E,
 ) -> crate::jobs::JobResult {
     match result {
         Ok(v) => {
@@ -136,11 +175,11 @@ fn answer<T>(
             Ok(String::new())
         }
         Err(crate::circuits::CircuitError::Cancelled) => {
-            let _ = tx.send(Err("cancelled".into()));
+            let _ = tx.send(Err(E::from("cancelled".into())));
             Err(crate::jobs::JobError::Cancelled)
         }
         Err(e) => {
-            let _ = tx.send(Err(e.to_string()));
+            let _ = tx.send(Err(error(&e)));
             Err(crate::jobs::JobError::Failed(e.to_string()))
         }
     }
@@ -200,11 +239,26 @@ pub fn dla_job(req: DlaRequest, tx: Sender<Result<DlaReport, String>>) -> ModelJ
     })
 }
 
-/// A model job: the causal trace of `req`, with the clean values for patches by hand.
-pub fn trace_job(req: PatchRequest, tx: Sender<Result<TraceResult, String>>) -> ModelJob {
+/// A model job: the causal trace of `req`, with the clean values for patches by hand; prompts
+/// of different lengths fail with both tokenizations.
+pub fn trace_job(req: PatchRequest, tx: Sender<Result<TraceResult, TraceFailure>>) -> ModelJob {
     Box::new(move |model, ctx| {
         let result = patch::trace(&model, &req, Some(ctx))
             .map(|(report, clean)| TraceResult { report, clean });
-        answer(&tx, result)
+        answer_with(&tx, result, |e| TraceFailure {
+            message: e.to_string(),
+            mismatch: match e {
+                crate::circuits::CircuitError::LengthMismatch { .. } => {
+                    match (tokenize(&model, &req.clean), tokenize(&model, &req.corrupt)) {
+                        (Ok((_, clean_tokens)), Ok((_, corrupt_tokens))) => Some(Mismatch {
+                            clean_tokens,
+                            corrupt_tokens,
+                        }),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+        })
     })
 }

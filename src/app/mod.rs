@@ -127,6 +127,12 @@ pub enum Command {
         atom: usize,
         edit: crate::features::dictionary::edit::Edit,
     },
+    /// Trace again with prompts of different lengths made equal (pad the shorter or trim the
+    /// longer, after the first token); the form keeps the choice for later traces.
+    FitTrace(crate::circuits::patch::Fit),
+    /// Make this token the Circuits target (a click in the output panel's next-token lists);
+    /// opens the Circuits window, so the pin is seen.
+    PinTarget(String),
     Undo,
     /// Show a file dialog for an action; its answer comes back as [`Command::FileChosen`].
     AskFile(FileAction),
@@ -956,6 +962,7 @@ impl HubelApp {
             versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
             position: form.position,
             neurons: 40,
+            interventions: Vec::new(),
         };
         let tx = c.dla.start(circuits::DLA_JOB);
         let job = circuits::dla_job(req, tx);
@@ -978,6 +985,7 @@ impl HubelApp {
             target: form.target.clone(),
             versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
             site: form.site,
+            fit: form.fit,
         };
         let name = circuits::trace_job_name(form.site);
         let tx = c.trace.start(&name);
@@ -992,9 +1000,16 @@ impl HubelApp {
         let Some(t) = self.runtime.circuits.trace.result() else {
             return;
         };
+        let Some(probe) = t.report.corrupt_probe.clone() else {
+            let why = "no text tokenizes to the fitted corrupted tokens (the filler would merge \
+                       with the next word): trim instead of pad, or give prompts of the same length";
+            return self.fail(format!(
+                "patching layer {layer}, position {position} by hand: {why}"
+            ));
+        };
         match crate::circuits::patch::cell_intervention(&t.clean, t.report.site, layer, position) {
             Ok(iv) => {
-                self.state.probe = t.report.corrupt_text.clone();
+                self.state.probe = probe;
                 if self.state.interventions == [iv.clone()] {
                     self.request_run(now);
                 } else {
@@ -1615,6 +1630,15 @@ impl HubelApp {
             Command::TrainDictionary => self.start_dictionary_training(),
             Command::DecomposeWord => self.start_decompose(),
             Command::EditAtom { hook, atom, edit } => self.edit_atom(hook, atom, edit, now),
+            Command::FitTrace(fit) => {
+                self.state.circuits.fit = Some(fit);
+                self.state.circuits.tab = state::CircuitsTab::Trace;
+                self.start_trace();
+            }
+            Command::PinTarget(token) => {
+                self.state.circuits.target = token;
+                self.state.circuits_open = true;
+            }
             Command::Undo => self.undo(now),
             Command::AskFile(action) => self.dialogs.ask(action, self.state.builtin_file_dialog),
             Command::FileChosen(action, path) => match action {

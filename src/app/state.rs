@@ -207,6 +207,8 @@ pub struct CircuitsForm {
     /// The corrupted prompt of the causal trace (same token count as the probe).
     pub corrupt: String,
     pub site: crate::circuits::patch::Site,
+    /// When the probe and the corrupted prompt differ in length: pad or trim (`None`: refuse).
+    pub fit: Option<crate::circuits::patch::Fit>,
     pub lens_show: LensShow,
     /// The attribution's position (`None`: the last token).
     pub position: Option<usize>,
@@ -220,6 +222,7 @@ impl Default for CircuitsForm {
             versus: " Rome".into(),
             corrupt: "The Colosseum is in the city of".into(),
             site: crate::circuits::patch::Site::Resid,
+            fit: None,
             lens_show: LensShow::Top,
             position: None,
         }

@@ -4,8 +4,9 @@ use anyhow::{bail, Context};
 
 use super::dla::{self, DlaRequest};
 use super::lens::{self, LensRequest};
-use super::patch::{self, PatchRequest, Site};
+use super::patch::{self, Fit, PatchRequest, Site};
 use crate::cli::{flag, number, open_model, value};
+use crate::hooks::Intervention;
 
 pub const USAGE: &str = "\
   hubel lens --text TEXT [--target TOKEN] [--ablate SPEC]... [--top K] [--model PATH] [--json]
@@ -14,16 +15,19 @@ pub const USAGE: &str = "\
              target's probability and rank, and the layer from which each position's final
              top-1 token stays top-1; with --ablate, the baseline's grid too
   hubel dla --text TEXT --target TOKEN [--versus TOKEN] [--position P] [--neurons N]
-            [--model PATH] [--json]
+            [--ablate SPEC]... [--model PATH] [--json]
              direct logit attribution at position P (default: the last): what the embedding,
              every head, every MLP and every neuron writes along the target's logit direction
-             (minus the versus token's), the final norm's scale frozen; sorted by |value|
+             (minus the versus token's), the final norm's scale frozen; sorted by |value|;
+             with --ablate, of the run with those edits
   hubel patch --clean TEXT --corrupt TEXT --target TOKEN [--versus TOKEN]
-              [--site resid|attn|mlp] [--model PATH] [--json]
+              [--site resid|attn|mlp] [--fit pad|trim] [--model PATH] [--json]
              activation patching: the corrupted prompt with the clean run's value at one layer ×
              position (blocks.L.hook_resid_pre, hook_attn_out or hook_mlp_out), every cell; each
              cell is the fraction of logit(target) − logit(versus) at the last position that the
-             patch restores (0 where clean and corrupted agree: 0/0 is 0)
+             patch restores (0 where clean and corrupted agree: 0/0 is 0); prompts of different
+             token lengths are refused, or with --fit pad the shorter gets filler tokens (\" the\")
+             after its first token, with --fit trim the longer loses its extra tokens there
 TOKEN is text that is exactly one token, usually with its leading space: \" Paris\".";
 
 fn finish(args: &[String]) -> anyhow::Result<()> {
@@ -46,10 +50,7 @@ pub fn command(command: &str, args: Vec<String>) -> anyhow::Result<()> {
 fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let text = value(&mut args, "--text")?.context("lens needs --text TEXT")?;
     let target = value(&mut args, "--target")?;
-    let mut ablate = Vec::new();
-    while let Some(spec) = value_once(&mut args, "--ablate")? {
-        ablate.push(spec);
-    }
+    let ablate = ablations(&mut args)?;
     let top = number(&mut args, "--top")?.unwrap_or(lens::DEFAULT_TOP);
     if !(1..=50).contains(&top) {
         bail!("--top takes 1 to 50 tokens a cell, got {top}");
@@ -58,15 +59,7 @@ fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
     let model = open_model(model_path)?;
-    let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());
-    let bounds = crate::hooks::spec::Bounds {
-        n_ctx: Some(model.config().n_ctx),
-        units: Some(&units),
-    };
-    let interventions = ablate
-        .iter()
-        .map(|s| crate::hooks::spec::parse_bounded(s, &bounds))
-        .collect::<Result<Vec<_>, _>>()?;
+    let interventions = edits(&model, &ablate)?;
     let report = lens::run(
         &model,
         &LensRequest {
@@ -82,6 +75,28 @@ fn lens_command(mut args: Vec<String>) -> anyhow::Result<()> {
         print!("{}", lens::render(&report));
     }
     Ok(())
+}
+
+/// Every `--ablate SPEC` taken out of `args`.
+fn ablations(args: &mut Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut ablate = Vec::new();
+    while let Some(spec) = value_once(args, "--ablate")? {
+        ablate.push(spec);
+    }
+    Ok(ablate)
+}
+
+/// The `--ablate` specs as interventions, checked against the model.
+fn edits(model: &crate::model::Model, specs: &[String]) -> anyhow::Result<Vec<Intervention>> {
+    let units = |hook| model.hook_units(hook).map_err(|e| e.to_string());
+    let bounds = crate::hooks::spec::Bounds {
+        n_ctx: Some(model.config().n_ctx),
+        units: Some(&units),
+    };
+    Ok(specs
+        .iter()
+        .map(|s| crate::hooks::spec::parse_bounded(s, &bounds))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The first `--name VALUE` taken out of `args` (repeatable flags: call until `None`).
@@ -112,10 +127,12 @@ fn dla_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let versus = value(&mut args, "--versus")?;
     let position = number(&mut args, "--position")?;
     let neurons = number(&mut args, "--neurons")?.unwrap_or(dla::DEFAULT_NEURONS);
+    let ablate = ablations(&mut args)?;
     let json = flag(&mut args, "--json");
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
     let model = open_model(model_path)?;
+    let interventions = edits(&model, &ablate)?;
     let report = dla::run(
         &model,
         &DlaRequest {
@@ -124,6 +141,7 @@ fn dla_command(mut args: Vec<String>) -> anyhow::Result<()> {
             versus,
             position,
             neurons,
+            interventions,
         },
     )?;
     if json {
@@ -144,6 +162,9 @@ fn patch_command(mut args: Vec<String>) -> anyhow::Result<()> {
         Some(s) => Site::parse(&s).map_err(anyhow::Error::msg)?,
         None => Site::Resid,
     };
+    let fit = value(&mut args, "--fit")?
+        .map(|s| Fit::parse(&s).map_err(anyhow::Error::msg))
+        .transpose()?;
     let json = flag(&mut args, "--json");
     let model_path = value(&mut args, "--model")?;
     finish(&args)?;
@@ -154,6 +175,7 @@ fn patch_command(mut args: Vec<String>) -> anyhow::Result<()> {
         target,
         versus,
         site,
+        fit,
     };
     let report = crate::jobs::progress::run_reporting("Causal trace", move |ctx| {
         patch::run(&model, &req, Some(ctx)).map_err(Into::into)

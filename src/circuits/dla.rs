@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 use super::{single_token, tokenize, CircuitError, Result, TokenRef};
-use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint};
+use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Intervention};
 use crate::model::{Model, ModelError};
 
 /// Neurons listed by default.
@@ -88,6 +88,8 @@ pub struct DlaReport {
     pub neurons: Vec<NeuronValue>,
     /// Per layer, in order: heads and MLP for the bar chart.
     pub layers: Vec<LayerBars>,
+    /// The edits of the run attributed, as specs (empty: the plain run).
+    pub interventions: Vec<String>,
 }
 
 /// What `hubel dla` asks for.
@@ -100,6 +102,10 @@ pub struct DlaRequest {
     pub position: Option<usize>,
     /// How many neurons to list.
     pub neurons: usize,
+    /// Edits of the run attributed (`--ablate`): every component is read from the intervened
+    /// run, so the parts sum to the intervened logit (an edit at a point the attribution does
+    /// not read lands in the residual only through what it changes downstream).
+    pub interventions: Vec<Intervention>,
 }
 
 /// The hook points a DLA reads from a run.
@@ -269,7 +275,8 @@ pub fn run(model: &Model, req: &DlaRequest) -> Result<DlaReport> {
             len: ids.len(),
         });
     }
-    let out = model.run(&ids, &capture(model), &[])?;
+    model.check_interventions(&req.interventions, ids.len())?;
+    let out = model.run(&ids, &capture(model), &req.interventions)?;
     let logits = out.logits_at(pos);
     let total = logits[target.id as usize] - versus.as_ref().map_or(0.0, |v| logits[v.id as usize]);
     let a = attribute(
@@ -295,6 +302,11 @@ pub fn run(model: &Model, req: &DlaRequest) -> Result<DlaReport> {
         components: a.components,
         neurons: a.neurons,
         layers: a.layers,
+        interventions: req
+            .interventions
+            .iter()
+            .map(crate::probe::describe)
+            .collect(),
     })
 }
 
@@ -316,6 +328,9 @@ pub fn render(r: &DlaReport, rows: usize) -> String {
         "text   {:?}, position {} = {:?}",
         r.text, r.position, r.tokens[r.position]
     );
+    if !r.interventions.is_empty() {
+        let _ = writeln!(s, "edits  {}", r.interventions.join("; "));
+    }
     let _ = writeln!(
         s,
         "{} = {:.4}; components sum to {:.4} (final-norm scale frozen at 1/{:.4}); residual {:+.4} (norm bias, attention biases, rounding)",

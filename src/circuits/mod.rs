@@ -53,6 +53,9 @@ pub enum CircuitError {
         clean_tokens: String,
         corrupt_tokens: String,
     },
+    /// Why two prompts cannot be padded or trimmed to the same length.
+    #[error("{0}")]
+    CannotFit(String),
     #[error("the run was cancelled")]
     Cancelled,
     #[error(transparent)]

@@ -83,13 +83,164 @@ impl Site {
 }
 
 /// What `hubel patch` asks for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct PatchRequest {
     pub clean: String,
     pub corrupt: String,
     pub target: String,
     pub versus: Option<String>,
     pub site: Site,
+    /// When the prompts' token counts differ: pad the shorter or trim the longer ([`fit_ids`]);
+    /// `None`: different lengths are an error.
+    pub fit: Option<Fit>,
+}
+
+/// How two prompts of different token lengths are made the same length. Both change only the
+/// start of a prompt, right after its first token (position 0, or position 1 after a BOS):
+/// the first position, the attention sink, stays first, and the prompts stay aligned at their
+/// ends, so the last position, where the metric is read, is each prompt's own last token and
+/// the tokens before it (" is in the city of") line up position by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    /// Insert filler tokens (the model's neutral token, `" the"` where it is one token: what
+    /// occlusion replaces tokens with) into the shorter prompt. No content is lost; the filler
+    /// adds a little content of its own.
+    Pad,
+    /// Drop the longer prompt's extra tokens. No filler is added; the dropped tokens' content
+    /// (usually the start of the sentence) is lost.
+    Trim,
+}
+
+impl Fit {
+    pub const ALL: [Fit; 2] = [Fit::Pad, Fit::Trim];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fit::Pad => "pad",
+            Fit::Trim => "trim",
+        }
+    }
+
+    pub fn parse(s: &str) -> std::result::Result<Fit, String> {
+        Fit::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("--fit takes pad or trim, not `{s}`"))
+    }
+}
+
+/// Which prompt a fit changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Clean,
+    Corrupt,
+}
+
+impl Side {
+    pub fn title(self) -> &'static str {
+        match self {
+            Side::Clean => "clean",
+            Side::Corrupt => "corrupted",
+        }
+    }
+}
+
+/// Two prompts' ids of the same length, and what was done to get there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitIds {
+    pub clean: Vec<u32>,
+    pub corrupt: Vec<u32>,
+    /// The prompt that changed (`None`: the lengths were already equal).
+    pub changed: Option<Side>,
+    /// Tokens inserted (pad) or removed (trim), at `at`.
+    pub count: usize,
+}
+
+/// `clean` and `corrupt` made the same length by `fit` at index `at` (1: right after position
+/// 0): [`Fit::Pad`] inserts `count` copies of `filler` into the shorter one before index `at`,
+/// [`Fit::Trim`] removes the `count` tokens from index `at` of the longer one. The last token
+/// of each stays its last token, and the first `at` tokens stay. Equal lengths are returned
+/// unchanged. Refused (with a message) when a prompt is empty or the shorter one has no token
+/// after the first `at` (the change would reach its last token).
+pub fn fit_ids(
+    clean: &[u32],
+    corrupt: &[u32],
+    fit: Fit,
+    filler: u32,
+    at: usize,
+) -> std::result::Result<FitIds, String> {
+    if clean.is_empty() || corrupt.is_empty() {
+        return Err("a prompt is empty: there is nothing to pad or trim".into());
+    }
+    let at = at.max(1);
+    let (short, long) = (
+        clean.len().min(corrupt.len()),
+        clean.len().max(corrupt.len()),
+    );
+    let count = long - short;
+    if count == 0 {
+        return Ok(FitIds {
+            clean: clean.to_vec(),
+            corrupt: corrupt.to_vec(),
+            changed: None,
+            count: 0,
+        });
+    }
+    if short <= at {
+        return Err(format!(
+            "the shorter prompt is {short} token{}: padding or trimming after its first {at} \
+             would change its last token; give both prompts a few more tokens",
+            if short == 1 { "" } else { "s" }
+        ));
+    }
+    let clean_short = clean.len() < corrupt.len();
+    let changed = match (fit, clean_short) {
+        (Fit::Pad, true) | (Fit::Trim, false) => Side::Clean,
+        _ => Side::Corrupt,
+    };
+    let edit = |ids: &[u32]| -> Vec<u32> {
+        let mut out = ids[..at].to_vec();
+        match fit {
+            Fit::Pad => {
+                out.extend(std::iter::repeat_n(filler, count));
+                out.extend_from_slice(&ids[at..]);
+            }
+            Fit::Trim => out.extend_from_slice(&ids[at + count..]),
+        }
+        out
+    };
+    let (clean, corrupt) = match changed {
+        Side::Clean => (edit(clean), corrupt.to_vec()),
+        Side::Corrupt => (clean.to_vec(), edit(corrupt)),
+    };
+    Ok(FitIds {
+        clean,
+        corrupt,
+        changed: Some(changed),
+        count,
+    })
+}
+
+/// What a fit did, for a person: "the corrupted prompt padded with 2 × \" the\" after
+/// position 0".
+pub fn describe_fit(fit: Fit, f: &FitIds, filler: &str, at: usize) -> Option<String> {
+    let side = f.changed?;
+    let after = format!("after position {}", at.max(1) - 1);
+    Some(match fit {
+        Fit::Pad => format!(
+            "the {} prompt padded with {} × {filler:?} {after}",
+            side.title(),
+            f.count
+        ),
+        Fit::Trim => format!(
+            "the {} prompt trimmed: its {} token{} {after} dropped",
+            side.title(),
+            f.count,
+            if f.count == 1 { "" } else { "s" }
+        ),
+    })
 }
 
 /// `hubel patch --json`.
@@ -117,6 +268,13 @@ pub struct PatchReport {
     pub corrupt_tokens: Vec<String>,
     pub clean_text: String,
     pub corrupt_text: String,
+    /// How the prompts were made the same length, when they were not ("the corrupted prompt
+    /// padded with 2 × \" the\" after position 0").
+    pub fitted: Option<String>,
+    /// A text that tokenizes to exactly the corrupted tokens run (a patch by hand makes it the
+    /// probe): the corrupted text itself, or the fitted tokens' text when it tokenizes back to
+    /// them; `None` when no text does (a filler after a BOS merges with the first word).
+    pub corrupt_probe: Option<String>,
     /// Forwards run (layers × positions).
     pub runs: usize,
     pub seconds: f64,
@@ -186,12 +344,42 @@ pub struct Prompts {
     pub corrupt: Vec<u32>,
     pub clean_tokens: Vec<String>,
     pub corrupt_tokens: Vec<String>,
+    /// What a fit did ([`describe_fit`]); `None` when nothing was changed.
+    pub fitted: Option<String>,
+    /// See [`PatchReport::corrupt_probe`].
+    pub corrupt_probe: Option<String>,
 }
 
-/// Tokenizes both prompts; different lengths are an error that shows both tokenizations.
-pub fn prompts(model: &Model, clean: &str, corrupt: &str) -> Result<Prompts> {
+/// Where a fit pads or trims: right after the first token of the text (after position 0, or
+/// after position 1 when the tokenizer puts a BOS first), so the sink and the first word stay.
+pub fn fit_at(model: &Model) -> usize {
+    crate::experiments::special_prefix(model).len() + 1
+}
+
+/// Tokenizes both prompts; different lengths are an error that shows both tokenizations, or
+/// with `fit`, are made equal by [`fit_ids`] (filler: [`Model::neutral_token`]).
+pub fn prompts(model: &Model, clean: &str, corrupt: &str, fit: Option<Fit>) -> Result<Prompts> {
     let (c_ids, c_texts) = tokenize(model, clean)?;
     let (x_ids, x_texts) = tokenize(model, corrupt)?;
+    if let (Some(fit), true) = (fit, c_ids.len() != x_ids.len()) {
+        let (filler, at) = (model.neutral_token(), fit_at(model));
+        let f = fit_ids(&c_ids, &x_ids, fit, filler, at).map_err(CircuitError::CannotFit)?;
+        let texts = |ids: &[u32]| ids.iter().map(|&id| super::token_text(model, id)).collect();
+        let fitted = describe_fit(fit, &f, &super::token_text(model, filler), at);
+        let corrupt_probe = if f.changed == Some(Side::Corrupt) {
+            text_of(model, &f.corrupt)
+        } else {
+            Some(corrupt.to_string())
+        };
+        return Ok(Prompts {
+            clean_tokens: texts(&f.clean),
+            corrupt_tokens: texts(&f.corrupt),
+            clean: f.clean,
+            corrupt: f.corrupt,
+            fitted,
+            corrupt_probe,
+        });
+    }
     if c_ids.len() != x_ids.len() {
         let show = |t: &[String]| {
             t.iter()
@@ -211,7 +399,19 @@ pub fn prompts(model: &Model, clean: &str, corrupt: &str) -> Result<Prompts> {
         corrupt: x_ids,
         clean_tokens: c_texts,
         corrupt_tokens: x_texts,
+        fitted: None,
+        corrupt_probe: Some(corrupt.to_string()),
     })
+}
+
+/// The text that tokenizes to exactly `ids` (the tokenizer's prefix left out of the decode),
+/// or `None` when the decoded text tokenizes otherwise.
+pub fn text_of(model: &Model, ids: &[u32]) -> Option<String> {
+    let prefix = crate::experiments::special_prefix(model);
+    let body = ids.strip_prefix(prefix.as_slice())?;
+    let text = model.tokenizer().decode(body).ok()?;
+    let back = model.tokenizer().encode_ids(&text).ok()?;
+    (back == ids).then_some(text)
 }
 
 /// The trace. With a job's `ctx`: progress in runs, and its checkpoint (cancel, pause, the
@@ -237,7 +437,7 @@ pub fn trace(
     if versus.as_ref().is_some_and(|v| v.id == target.id) {
         return Err(CircuitError::SameTokens(target.token));
     }
-    let p = prompts(model, &req.clean, &req.corrupt)?;
+    let p = prompts(model, &req.clean, &req.corrupt, req.fit)?;
     let (t, v) = (target.id, versus.as_ref().map(|v| v.id));
     let (n_layers, len) = (model.config().n_layers, p.clean.len());
     let cancel = ctx.map(|c| c.cancel_flag().clone());
@@ -314,6 +514,8 @@ pub fn trace(
         corrupt_tokens: p.corrupt_tokens,
         clean_text: req.clean.clone(),
         corrupt_text: req.corrupt.clone(),
+        fitted: p.fitted,
+        corrupt_probe: p.corrupt_probe,
         runs: cells.len(),
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -327,6 +529,11 @@ pub fn render(r: &PatchReport) -> String {
     let _ = writeln!(s, "model   {}", r.model);
     let _ = writeln!(s, "clean   {:?}: {:.4}", r.clean_text, r.clean);
     let _ = writeln!(s, "corrupt {:?}: {:.4}", r.corrupt_text, r.corrupt);
+    if let Some(f) = &r.fitted {
+        let _ = writeln!(s, "fitted  {f}");
+        let _ = writeln!(s, "        clean   {:?}", r.tokens);
+        let _ = writeln!(s, "        corrupt {:?}", r.corrupt_tokens);
+    }
     let _ = writeln!(
         s,
         "metric  {}; cells: fraction restored by patching {} at layer × position ({} runs, {:.1} s)",

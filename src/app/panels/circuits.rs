@@ -8,13 +8,13 @@
 use egui::{Color32, RichText};
 use egui_plot::{Bar, BarChart, Legend, Plot};
 
-use super::super::circuits::{Circuits, LensResult, Slot, TraceResult};
+use super::super::circuits::{Circuits, LensResult, Slot, TraceFailure, TraceResult};
 use super::super::state::{CircuitsTab, LensShow};
 use super::super::{colors, text, AppState, Command, ViewMode};
 use super::ViewCtx;
 use crate::circuits::dla::DlaReport;
 use crate::circuits::lens::{Cell, Grid};
-use crate::circuits::patch::Site;
+use crate::circuits::patch::{Fit, Site};
 use crate::features::FeatureId;
 
 pub fn circuits_window_ui(
@@ -98,10 +98,10 @@ fn window_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Ve
 }
 
 /// The run button, and while its job runs: progress, phase and Cancel.
-fn run_row_ui<T>(
+fn run_row_ui<T, E: AsRef<str> + From<String>>(
     ui: &mut egui::Ui,
     cx: &ViewCtx,
-    slot: &Slot<T>,
+    slot: &Slot<T, E>,
     label: &str,
     hover: &str,
     command: Command,
@@ -682,6 +682,21 @@ fn trace_tab_ui(
             .response
             .labelled_by(l.id);
     });
+    if let Some(fit) = state.circuits.fit {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(match fit {
+                Fit::Pad => "Different lengths: the shorter prompt is padded with filler tokens after its first token.",
+                Fit::Trim => "Different lengths: the longer prompt's extra tokens after its first token are dropped.",
+            }).weak());
+            if ui
+                .small_button("Refuse different lengths")
+                .on_hover_text("Trace only prompts of the same token length, as typed")
+                .clicked()
+            {
+                state.circuits.fit = None;
+            }
+        });
+    }
     run_row_ui(
         ui,
         cx,
@@ -691,6 +706,30 @@ fn trace_tab_ui(
         Command::RunTrace,
         out,
     );
+    if let Some(Err(TraceFailure {
+        mismatch: Some(m), ..
+    })) = &c.trace.last
+    {
+        if !c.trace.is_running() {
+            token_rows_ui(ui, "trace mismatch", &m.clean_tokens, &m.corrupt_tokens);
+            ui.horizontal_wrapped(|ui| {
+                if ui
+                    .button("Pad the shorter one")
+                    .on_hover_text("Insert filler tokens (the model's neutral token, \" the\" where it is one token) into the shorter prompt right after its first token, then trace. The prompts end aligned: the last position is each one's own last token, and \" is in the city of\" lines up")
+                    .clicked()
+                {
+                    out.push(Command::FitTrace(Fit::Pad));
+                }
+                if ui
+                    .button("Trim the longer one")
+                    .on_hover_text("Drop the longer prompt's extra tokens right after its first token, then trace. No filler, but the dropped tokens' content is lost")
+                    .clicked()
+                {
+                    out.push(Command::FitTrace(Fit::Trim));
+                }
+            });
+        }
+    }
     let Some(t) = c.trace.result() else {
         ui.label(RichText::new("Which layer and position carry what makes the clean prompt's answer? Type a corrupted prompt of the same length and trace.").weak());
         return;
@@ -698,8 +737,34 @@ fn trace_tab_ui(
     trace_result_ui(ui, t, out);
 }
 
+/// The two prompts' tokens, one row each (· for a space).
+fn token_rows_ui(ui: &mut egui::Ui, id: &str, clean: &[String], corrupt: &[String]) {
+    egui::Grid::new(id).spacing([4.0, 2.0]).show(ui, |ui| {
+        for (name, tokens) in [("clean", clean), ("corrupted", corrupt)] {
+            ui.label(format!("{name} ({} tokens)", tokens.len()));
+            ui.horizontal_wrapped(|ui| {
+                ui.spacing_mut().item_spacing.x = 2.0;
+                for (p, t) in tokens.iter().enumerate() {
+                    let differs = clean.get(p) != corrupt.get(p);
+                    let text = RichText::new(text::visible(t)).monospace();
+                    ui.label(if differs {
+                        text.color(colors::INTERVENED)
+                    } else {
+                        text
+                    });
+                }
+            });
+            ui.end_row();
+        }
+    });
+}
+
 fn trace_result_ui(ui: &mut egui::Ui, t: &TraceResult, out: &mut Vec<Command>) {
     let r = &t.report;
+    if let Some(f) = &r.fitted {
+        ui.label(RichText::new(format!("Lengths made equal: {f}.")).strong());
+        token_rows_ui(ui, "trace fitted", &r.tokens, &r.corrupt_tokens);
+    }
     ui.label(
         RichText::new(format!(
             "{}: clean {:.3}, corrupted {:.3} · {} patched at layer × position ({} runs, {:.1} s)",

@@ -10,7 +10,14 @@ use super::super::{
 use super::{token_label, ViewCtx};
 use crate::model::{Precision, Token};
 
-fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::Color32) {
+/// A next-token list; a click on a token pins it as the Circuits target.
+fn bars_ui(
+    ui: &mut egui::Ui,
+    title: &str,
+    top: &[(String, f32)],
+    color: egui::Color32,
+    out: &mut Vec<Command>,
+) {
     ui.vertical(|ui| {
         ui.label(egui::RichText::new(title).strong());
         for (text, p) in top {
@@ -21,11 +28,19 @@ fn bars_ui(ui: &mut egui::Ui, title: &str, top: &[(String, f32)], color: egui::C
                     0.0,
                     color,
                 );
-                ui.label(
+                let label = egui::Label::new(
                     egui::RichText::new(format!("{p:.4} {text}"))
                         .monospace()
                         .small(),
-                );
+                )
+                .sense(Sense::click());
+                if ui
+                    .add(label)
+                    .on_hover_text(format!("Click to pin {text:?} as the Circuits target"))
+                    .clicked()
+                {
+                    out.push(Command::PinTarget(text.clone()));
+                }
             });
         }
     });
@@ -191,9 +206,15 @@ pub fn output_panel_ui(
                         fidelity_ui(ui, cx.runtime.fidelity.as_ref(), inter.is_some());
                     }
                     ui.horizontal_top(|ui| {
-                        bars_ui(ui, "Next token: baseline", &next.baseline, colors::BASELINE);
+                        bars_ui(
+                            ui,
+                            "Next token: baseline",
+                            &next.baseline,
+                            colors::BASELINE,
+                            out,
+                        );
                         if let Some(i) = &next.intervened {
-                            bars_ui(ui, "Next token: intervened", i, colors::INTERVENED);
+                            bars_ui(ui, "Next token: intervened", i, colors::INTERVENED, out);
                         }
                         ui.vertical(|ui| {
                             ui.label(
