@@ -6,15 +6,13 @@
 //! A code is found with the Gram matrix G = W Wᵀ: the gradient aG − xWᵀ needs only the rows of G
 //! where a is non-zero, so an iteration costs O(nnz · atoms), not O(atoms · d).
 
-use std::time::Instant;
-
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::linalg::{self, axpy, Code};
 use super::{
     normalise_rows, project_out_radial, random_atoms, Adam, DictConfig, DictError, Dictionary,
-    Normaliser, OnPoint, TrainOptions, TrainPoint,
+    Normaliser, OnPoint, Reporter, TrainOptions,
 };
 
 /// The largest eigenvalue of the symmetric `[m, m]` matrix `g` (power iteration): FISTA's
@@ -115,7 +113,6 @@ pub fn train(
     opts: &TrainOptions,
     on_point: &mut OnPoint<'_>,
 ) -> Result<Dictionary, DictError> {
-    let started = Instant::now();
     let m = opts.atoms;
     if opts.lambda.is_nan() || opts.lambda < 0.0 {
         return Err(DictError::Invalid(format!(
@@ -129,17 +126,7 @@ pub fn train(
         let (h, r) = (i / per, i % per);
         &xn[h][r * d..(r + 1) * d]
     };
-    let mut dict = Dictionary {
-        w_dec: random_atoms(m, d, opts.seed),
-        b_dec: vec![0.0; d],
-        w_enc: Vec::new(),
-        b_enc: Vec::new(),
-        threshold: Vec::new(),
-        info: Vec::new(),
-        sources: Vec::new(),
-        config,
-        norms,
-    };
+    let mut dict = Dictionary::decoder_only(config, norms, random_atoms(m, d, opts.seed));
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     // Start from real rows: random directions in 576 dimensions explain nothing, and FISTA would
     // leave every code at zero.
@@ -160,8 +147,7 @@ pub fn train(
     let mut order: Vec<usize> = (0..n).collect();
     let batch = opts.batch.max(1).min(n) * 4;
     let batches = n.div_ceil(batch);
-    let mut last_report = Instant::now();
-    let (mut run_err, mut run_rows, mut run_active) = (0f64, 0usize, 0usize);
+    let mut report = Reporter::new(tot);
     let mut used = vec![false; m];
     'epochs: for epoch in 0..opts.epochs.max(1) {
         order.shuffle(&mut rng);
@@ -181,37 +167,20 @@ pub fn train(
                     axpy(-v, dict.atom(j as usize), &mut r);
                     used[j as usize] = true;
                 }
-                run_err += f64::from(linalg::norm2(&r));
-                run_active += code.len();
+                report.add(f64::from(linalg::norm2(&r)), 1, code.len());
                 // ∂/∂W_j of ½‖r‖² / B
                 for &(j, v) in code {
                     let j = j as usize;
                     axpy(-v / b as f32, &r, &mut grad[j * d..(j + 1) * d]);
                 }
             }
-            run_rows += b;
             project_out_radial(&dict.w_dec, &mut grad, d);
             adam.step(&mut dict.w_dec, &grad);
             normalise_rows(&mut dict.w_dec, d);
-            let over = opts
-                .max_seconds
-                .is_some_and(|s| started.elapsed().as_secs_f32() >= s);
+            let over = report.over(opts);
             let last = (epoch + 1 == opts.epochs.max(1) && bi + 1 == batches) || over;
-            if last || last_report.elapsed().as_secs_f32() >= 0.5 {
-                let point = TrainPoint {
-                    epoch: epoch as f32 + (bi + 1) as f32 / batches as f32,
-                    loss: (run_err / run_rows as f64) as f32,
-                    fvu: (run_err / run_rows as f64 / tot) as f32,
-                    l0: run_active as f32 / run_rows as f32,
-                    dead_frac: used.iter().filter(|&&u| !u).count() as f32 / m as f32,
-                    seconds: started.elapsed().as_secs_f32(),
-                };
-                dict.config.trained = Some(point);
-                dict.config.seconds = point.seconds;
-                on_point(&point, &dict)?;
-                (run_err, run_rows, run_active) = (0.0, 0, 0);
-                last_report = Instant::now();
-            }
+            let dead = || used.iter().filter(|&&u| !u).count() as f32 / m as f32;
+            report.step((epoch, bi, batches), last, dead, &mut dict, on_point)?;
             if over {
                 break 'epochs;
             }

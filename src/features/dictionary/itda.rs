@@ -85,19 +85,16 @@ pub fn train(
     let (mut run_err, mut run_tot, mut run_active, mut run_rows) = (0f64, 0f64, 0usize, 0usize);
     let passes = 8;
     let dict = |w: &Vec<f32>, sources: &Vec<u32>, config: &DictConfig| Dictionary {
-        w_dec: w.clone(),
-        b_dec: vec![0.0; d],
-        w_enc: Vec::new(),
-        b_enc: Vec::new(),
-        threshold: Vec::new(),
-        info: Vec::new(),
         sources: sources.clone(),
-        config: DictConfig {
-            atoms: w.len() / d,
-            k,
-            ..config.clone()
-        },
-        norms: norms.clone(),
+        ..Dictionary::decoder_only(
+            DictConfig {
+                atoms: w.len() / d,
+                k,
+                ..config.clone()
+            },
+            norms.clone(),
+            w.clone(),
+        )
     };
     'passes: for pass in 0..passes {
         for (bi, rows) in order.chunks(BATCH).enumerate() {

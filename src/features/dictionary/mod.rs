@@ -303,6 +303,22 @@ pub struct Dictionary {
 pub const FISTA_ITERS: usize = 60;
 
 impl Dictionary {
+    /// A dictionary of these atoms with no encoder (codes found by a solver), b_dec zero.
+    pub fn decoder_only(config: DictConfig, norms: Vec<Normaliser>, w_dec: Vec<f32>) -> Self {
+        let d = config.d_in;
+        Dictionary {
+            config,
+            norms,
+            w_dec,
+            b_dec: vec![0.0; d],
+            w_enc: Vec::new(),
+            b_enc: Vec::new(),
+            threshold: Vec::new(),
+            info: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+
     pub fn d(&self) -> usize {
         self.config.d_in
     }
@@ -505,6 +521,76 @@ pub fn project_out_radial(w: &[f32], g: &mut [f32], d: usize) {
 pub fn normalise_rows(w: &mut [f32], d: usize) {
     for row in w.chunks_exact_mut(d) {
         linalg::normalise(row);
+    }
+}
+
+/// The running figures of an optimisation loop between two reported points, reported at most
+/// every half second and after the last step (or once the time limit is reached).
+pub(crate) struct Reporter {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    /// Mean ‖x‖² of the (centred) rows: FVU's denominator.
+    tot: f64,
+    err: f64,
+    rows: usize,
+    active: usize,
+}
+
+impl Reporter {
+    pub(crate) fn new(tot: f64) -> Self {
+        let now = std::time::Instant::now();
+        Reporter {
+            started: now,
+            last: now,
+            tot,
+            err: 0.0,
+            rows: 0,
+            active: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, err: f64, rows: usize, active: usize) {
+        self.err += err;
+        self.rows += rows;
+        self.active += active;
+    }
+
+    pub(crate) fn seconds(&self) -> f32 {
+        self.started.elapsed().as_secs_f32()
+    }
+
+    /// Whether `opts`' time limit is reached.
+    pub(crate) fn over(&self, opts: &TrainOptions) -> bool {
+        opts.max_seconds.is_some_and(|s| self.seconds() >= s)
+    }
+
+    /// After batch `bi` of `batches` in `epoch`: reports a point (to `dict`'s config and
+    /// `on_point`) when one is due; `dead` gives the dead fraction then.
+    pub(crate) fn step(
+        &mut self,
+        (epoch, bi, batches): (usize, usize, usize),
+        last: bool,
+        dead: impl FnOnce() -> f32,
+        dict: &mut Dictionary,
+        on_point: &mut OnPoint<'_>,
+    ) -> Result<(), DictError> {
+        if !last && self.last.elapsed().as_secs_f32() < 0.5 {
+            return Ok(());
+        }
+        let rows = self.rows.max(1) as f64;
+        let point = TrainPoint {
+            epoch: epoch as f32 + (bi + 1) as f32 / batches as f32,
+            loss: (self.err / rows) as f32,
+            fvu: (self.err / rows / self.tot.max(1e-30)) as f32,
+            l0: (self.active as f64 / rows) as f32,
+            dead_frac: dead(),
+            seconds: self.seconds(),
+        };
+        dict.config.trained = Some(point);
+        dict.config.seconds = point.seconds;
+        (self.err, self.rows, self.active) = (0.0, 0, 0);
+        self.last = std::time::Instant::now();
+        on_point(&point, dict)
     }
 }
 

@@ -5,15 +5,13 @@
 //! weighted 1/32. Gradients are written out by hand: the code is sparse, so everything but the
 //! encoder's dense product costs O(k · d) per row.
 
-use std::time::Instant;
-
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::linalg::{self, axpy, dot, top_k_positive, Code};
 use super::{
     normalise_rows, project_out_radial, random_atoms, Adam, DictConfig, DictError, Dictionary,
-    Normaliser, OnPoint, TrainOptions, TrainPoint,
+    Normaliser, OnPoint, Reporter, TrainOptions,
 };
 
 const AUX_WEIGHT: f32 = 1.0 / 32.0;
@@ -38,7 +36,6 @@ pub fn train(
     opts: &TrainOptions,
     on_point: &mut OnPoint<'_>,
 ) -> Result<Dictionary, DictError> {
-    let started = Instant::now();
     let n = x.len() / d;
     let (m, k) = (opts.atoms, opts.k.min(opts.atoms));
     let k_aux = (d / 2).min(m);
@@ -46,13 +43,7 @@ pub fn train(
     let mut dict = Dictionary {
         w_enc: w_dec.clone(),
         b_enc: vec![0.0; m],
-        w_dec,
-        b_dec: vec![0.0; d],
-        threshold: Vec::new(),
-        info: Vec::new(),
-        sources: Vec::new(),
-        config: DictConfig { k, ..config },
-        norms,
+        ..Dictionary::decoder_only(DictConfig { k, ..config }, norms, w_dec)
     };
     // Larger dictionaries take smaller steps (Gao et al. scale the rate by 1/√(m/16k)).
     let lr = opts.lr * (1024.0 / m as f32).sqrt().min(1.0);
@@ -69,8 +60,7 @@ pub fn train(
     let mut order: Vec<usize> = (0..n).collect();
     let batch = opts.batch.clamp(1, n);
     let batches = n.div_ceil(batch);
-    let (mut run_err, mut run_rows, mut run_active) = (0f64, 0usize, 0usize);
-    let mut last_report = Instant::now();
+    let mut report = Reporter::new(tot);
     let mut xb = Vec::with_capacity(batch * d);
     let steps = (opts.epochs.max(1) * batches) as f32;
     let mut step = 0f32;
@@ -190,32 +180,17 @@ pub fn train(
             adam_benc.step(&mut dict.b_enc, &g.b_enc);
             adam_bdec.step(&mut dict.b_dec, &g.b_dec);
             normalise_rows(&mut dict.w_dec, d);
-            run_err += g.err;
-            run_rows += b;
-            run_active += g.active;
-            let over = opts
-                .max_seconds
-                .is_some_and(|s| started.elapsed().as_secs_f32() >= s);
+            report.add(g.err, b, g.active);
+            let over = report.over(opts);
             let last = (epoch + 1 == opts.epochs.max(1) && bi + 1 == batches) || over;
-            if last || last_report.elapsed().as_secs_f32() >= 0.5 {
-                let point = TrainPoint {
-                    epoch: epoch as f32 + (bi + 1) as f32 / batches as f32,
-                    loss: (run_err / run_rows as f64) as f32,
-                    fvu: (run_err / run_rows as f64 / tot) as f32,
-                    l0: run_active as f32 / run_rows as f32,
-                    dead_frac: last_fired
-                        .iter()
-                        .filter(|&&t| seen.saturating_sub(t) > window)
-                        .count() as f32
-                        / m as f32,
-                    seconds: started.elapsed().as_secs_f32(),
-                };
-                dict.config.trained = Some(point);
-                dict.config.seconds = point.seconds;
-                on_point(&point, &dict)?;
-                (run_err, run_rows, run_active) = (0.0, 0, 0);
-                last_report = Instant::now();
-            }
+            let dead = || {
+                last_fired
+                    .iter()
+                    .filter(|&&t| seen.saturating_sub(t) > window)
+                    .count() as f32
+                    / m as f32
+            };
+            report.step((epoch, bi, batches), last, dead, &mut dict, on_point)?;
             if over {
                 break 'epochs;
             }
