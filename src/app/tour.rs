@@ -470,6 +470,9 @@ impl Tour {
             }
             34 if self.ready(self.dictionary_trained()) => {
                 self.shot(ctx, "dictionary_trained");
+                true
+            }
+            35 => {
                 // "apple" in a sentence, at layer 6; the probe is the same sentence.
                 self.app.state.probe = self.app.state.dictionary.context.clone();
                 self.app.request_run(now);
@@ -477,11 +480,11 @@ impl Tour {
                 self.app.apply(super::Command::DecomposeWord, now);
                 true
             }
-            35 if self.ready(
-                self.decomposed() && self.app.runtime.result.is_some() && !self.app.is_busy(),
-            ) =>
-            {
+            36 if self.ready(self.decomposed() && self.app.runtime.result.is_some()) => {
                 self.shot(ctx, "dictionary_apple");
+                true
+            }
+            37 => {
                 // Ablate its strongest atom in the probe.
                 let atom = self
                     .app
@@ -502,7 +505,7 @@ impl Tour {
                 }
                 true
             }
-            36 if self.ready(
+            38 if self.ready(
                 self.app
                     .runtime
                     .result
@@ -510,15 +513,27 @@ impl Tour {
                     .is_some_and(|r| r.intervened.is_some()),
             ) =>
             {
+                // The main view: the edit's chip, the output with and without it.
+                self.app.apply(super::Command::ShowDictionary(false), now);
+                true
+            }
+            39 if self.ready(true) => {
                 self.shot(ctx, "dictionary_ablate");
-                self.app.state.interventions.clear();
+                true
+            }
+            40 => {
+                self.app.apply(super::Command::ShowDictionary(true), now);
+                self.app.apply(super::Command::SetInterventions(Vec::new()), now);
                 self.app.state.dictionary.word = "left".into();
                 self.app.state.dictionary.context = "Turn left at the corner.".into();
                 self.app.apply(super::Command::DecomposeWord, now);
                 true
             }
-            37 if self.ready(self.decomposed()) => {
+            41 if self.ready(self.decomposed()) => {
                 self.shot(ctx, "dictionary_left");
+                true
+            }
+            42 => {
                 // A dictionary shared by seven layers (FISTA), for the depth profile.
                 self.app.state.dictionary = super::state::DictionaryForm {
                     method: crate::features::dictionary::Method::Fista,
@@ -532,11 +547,11 @@ impl Tour {
                 self.app.apply(super::Command::TrainDictionary, now);
                 true
             }
-            38 if self.ready(self.dictionary_trained()) => {
+            43 if self.ready(self.dictionary_trained()) => {
                 self.shot(ctx, "dictionary_atlas");
                 true
             }
-            39 => {
+            44 => {
                 self.app.apply(super::Command::ShowDictionary(false), now);
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
@@ -545,11 +560,11 @@ impl Tour {
                 );
                 true
             }
-            40 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            45 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            41 => {
+            46 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }
