@@ -412,6 +412,23 @@ fn ablating_an_atom_changes_the_residual_by_its_code_times_its_atom() {
     }
     // Position 0 and positions where the atom is silent are untouched.
     assert_eq!(&y[..d], &x[..d]);
+    let codes = dict.encode(0, &x[d..]);
+    let mut silent = 0;
+    for (i, c) in codes.iter().enumerate() {
+        if !c.iter().any(|e| e.0 == atom) {
+            let p = i + 1;
+            assert_eq!(
+                &y[p * d..(p + 1) * d],
+                &x[p * d..(p + 1) * d],
+                "position {p}"
+            );
+            silent += 1;
+        }
+    }
+    assert!(
+        silent > 0,
+        "the test needs a position where the atom is silent"
+    );
     // The atom's coefficient is gone; the others keep theirs.
     let after = &dict.encode(0, &y[last * d..(last + 1) * d])[0];
     let get = |c: &linalg::Code, j: u32| c.iter().find(|e| e.0 == j).map_or(0.0, |e| e.1);

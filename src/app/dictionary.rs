@@ -66,6 +66,10 @@ impl Dictionaries {
 
     /// Uses `dict` from now on (the atlas is made for it here, not in the view).
     pub fn set_current(&mut self, dict: Arc<Dictionary>, path: Option<PathBuf>, layers: usize) {
+        // A decomposition names atoms of the dictionary it was made with.
+        if !self.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &dict)) {
+            self.decompose.last = None;
+        }
         self.atlas = atlas::atlas(&dict, layers);
         self.snapshot = path.is_none();
         self.current = Some(dict);

@@ -523,7 +523,8 @@ impl Tour {
             }
             40 => {
                 self.app.apply(super::Command::ShowDictionary(true), now);
-                self.app.apply(super::Command::SetInterventions(Vec::new()), now);
+                self.app
+                    .apply(super::Command::SetInterventions(Vec::new()), now);
                 self.app.state.dictionary.word = "left".into();
                 self.app.state.dictionary.context = "Turn left at the corner.".into();
                 self.app.apply(super::Command::DecomposeWord, now);

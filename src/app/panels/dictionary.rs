@@ -357,7 +357,10 @@ fn profile_plot(ui: &mut egui::Ui, dict: &Dictionary, d: &Dictionaries) {
                 let n = dict.config.hooks.len();
                 let pts: PlotPoints = (0..n)
                     .map(|h| {
-                        let mean = rows.iter().map(|r| f64::from(r.profile[h])).sum::<f64>()
+                        let mean = rows
+                            .iter()
+                            .map(|r| f64::from(r.profile.get(h).copied().unwrap_or(0.0)))
+                            .sum::<f64>()
                             / rows.len() as f64;
                         [layer_of(h), mean]
                     })

@@ -209,6 +209,21 @@ fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
     let model = Arc::new(open_model(model)?);
     check_model(&dict, &model)?;
     let corpus = open_corpus(corpus)?;
+    if !dict.config.corpus.is_empty() && dict.config.corpus != corpus.name {
+        bail!(
+            "this dictionary was trained on {}, not {}: its held-out text must come from the same \
+             corpus (pass --corpus {})",
+            dict.config.corpus,
+            corpus.name,
+            if dict.config.corpus.ends_with("-examples") {
+                "wordnet-examples"
+            } else if dict.config.corpus.starts_with("wordnet") {
+                "wordnet"
+            } else {
+                "FILE"
+            }
+        );
+    }
     let windows = eval::heldout_windows(&model, &corpus, tokens, dict.config.stimuli)?;
     let (m, d) = (model.clone(), dict.clone());
     let report = crate::jobs::progress::run_reporting("Evaluate", move |ctx| {

@@ -73,6 +73,14 @@ pub fn collect(
     if tokens == 0 {
         return Err(DictError::Invalid("--tokens must be at least 1".into()));
     }
+    if tokens.saturating_mul(hooks.len()) > super::MAX_ROWS {
+        return Err(DictError::Invalid(format!(
+            "{tokens} tokens at {} layers is more than {} rows, which would not fit in memory: \
+             ask for fewer tokens or layers",
+            hooks.len(),
+            super::MAX_ROWS
+        )));
+    }
     let d = model.info().d_model;
     for &h in hooks {
         let units = model

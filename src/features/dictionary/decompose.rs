@@ -243,6 +243,13 @@ pub fn decompose(
         .get(hook)
         .ok_or_else(|| DictError::Invalid(format!("{hook} was not recorded")))?;
     let x = act.row(position).to_vec();
+    if x.len() != dict.d() {
+        return Err(DictError::Invalid(format!(
+            "{hook} has {} values per token here; the dictionary reads {}",
+            x.len(),
+            dict.d()
+        )));
+    }
     let code = dict.encode(h, &x).remove(0);
     let xhat = dict.decode(h, &code);
     let err: f32 = x.iter().zip(&xhat).map(|(a, b)| (a - b).powi(2)).sum();

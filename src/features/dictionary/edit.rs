@@ -42,6 +42,13 @@ pub fn intervention(
         )));
     }
     let d = dict.d();
+    if d == 0 || x.len() % d != 0 {
+        return Err(DictError::Invalid(format!(
+            "{} has {} values here, not a multiple of the dictionary's {d} dimensions",
+            dict.config.hooks[h],
+            x.len()
+        )));
+    }
     let len = x.len() / d;
     let codes = if len > 1 {
         dict.encode(h, &x[d..len * d])

@@ -5,7 +5,8 @@
 //! - L0 = mean active atoms per token; dead_frac = atoms active on no held-out token;
 //! - ce_recovered = (NLL_mean-ablated − NLL_spliced) / (NLL_mean-ablated − NLL_clean): x̂ spliced
 //!   into the forward pass at the dictionary's hook at every position ≥ 1, against the hook
-//!   replaced by the training mean there. NLL is the mean loss of the tokens predicted from
+//!   replaced by the training mean there (for an imported SAE, which has none, by the mean of
+//!   the batch's held-out rows). NLL is the mean loss of the tokens predicted from
 //!   positions ≥ 1 (the predictions from position 0 are the same in all three runs).
 
 use crate::hooks::{Capture, Intervention, Op};
@@ -28,8 +29,8 @@ pub struct EvalReport {
     pub nll_spliced: f64,
     pub nll_mean_ablated: f64,
     pub hook: String,
-    /// Every hook's own figures, for a dictionary shared by several (the top level is then their
-    /// pooled FVU and L0 and the mean of the rest).
+    /// Every hook's own figures, for a dictionary shared by several (the top level is then the
+    /// mean of theirs, and dead_frac the atoms active at no hook).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_hook: Vec<EvalReport>,
 }
@@ -132,6 +133,13 @@ pub fn evaluate(
             let clean = model
                 .run_batch(&batch, &capture, &[], Logits::All, cancel.clone())
                 .map_err(cancelled)?;
+            // The training mean; a dictionary without one (imported: its normaliser is the
+            // identity) is ablated to this batch's mean of held-out rows instead of to zero.
+            let mean = if dict.norms[h].shift.iter().all(|&v| v == 0.0) {
+                batch_mean(&batch, &clean, hook, d)?
+            } else {
+                dict.norms[h].shift.clone()
+            };
             let mut spliced: Vec<Vec<Intervention>> = Vec::new();
             let mut ablated: Vec<Vec<Intervention>> = Vec::new();
             for (w, out) in batch.iter().zip(&clean) {
@@ -167,7 +175,7 @@ pub fn evaluate(
                     positions: Some((1..w.len()).collect()),
                     indices: None,
                     op: Op::MeanOf {
-                        values: dict.norms[h].shift.clone(),
+                        values: mean.clone(),
                     },
                 }]);
             }
@@ -230,6 +238,29 @@ pub fn evaluate(
         hook: dict.hooks_text(),
         per_hook: reports,
     })
+}
+
+/// The mean of `hook`'s rows at positions ≥ 1 over a batch's clean runs.
+fn batch_mean(
+    batch: &[&[u32]],
+    runs: &[crate::model::RunOutput],
+    hook: crate::hooks::HookPoint,
+    d: usize,
+) -> Result<Vec<f32>, DictError> {
+    let mut sum = vec![0f64; d];
+    let mut n = 0usize;
+    for (w, run) in batch.iter().zip(runs) {
+        let act = run.record.get(hook).ok_or_else(|| {
+            DictError::Invalid(format!("{hook} was not recorded (an internal error)"))
+        })?;
+        for r in act.data[d..w.len() * d].chunks_exact(d) {
+            for (s, &v) in sum.iter_mut().zip(r) {
+                *s += f64::from(v);
+            }
+            n += 1;
+        }
+    }
+    Ok(sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect())
 }
 
 /// (ablated − spliced) / (ablated − clean); 0 when the mean ablation costs nothing.

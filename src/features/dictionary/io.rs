@@ -206,6 +206,15 @@ pub fn load(path: &Path) -> Result<Dictionary, DictError> {
             })
         })
         .collect::<Result<Vec<_>, DictError>>()?;
+    if let Some(bad) = info
+        .iter()
+        .position(|i| !i.importance.is_empty() && i.importance.len() != config.hooks.len())
+    {
+        return Err(format_err(
+            path,
+            format!("atom {bad}'s importance does not have one value per hook"),
+        ));
+    }
     if !info.is_empty() && info.len() != m {
         return Err(format_err(
             path,
@@ -342,6 +351,9 @@ pub fn import_saelens(dir: &Path) -> Result<Dictionary, DictError> {
             .ok_or_else(|| format_err(&cfg_path, format!("it has no whole number `{name}`")))
     };
     let (d, m) = (usize_field("d_in")?, usize_field("d_sae")?);
+    if d == 0 || m == 0 {
+        return Err(format_err(&cfg_path, "d_in and d_sae must be at least 1"));
+    }
     let hook_name = field("hook_name")
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| format_err(&cfg_path, "it has no `hook_name`"))?;

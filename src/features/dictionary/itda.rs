@@ -20,7 +20,7 @@ use super::{DictConfig, DictError, Dictionary, Normaliser, OnPoint, TrainOptions
 /// Matching pursuit for one row: `rho` holds ⟨x, w_j⟩ on entry (overwritten); `g(j)` is row j of
 /// the Gram matrix.
 fn pursue_row<'g>(rho: &mut [f32], k: usize, g: impl Fn(usize) -> &'g [f32]) -> Code {
-    let mut code: Code = Vec::with_capacity(k);
+    let mut code: Code = Vec::with_capacity(k.min(rho.len()));
     for _ in 0..k {
         let (j, &best) = match rho.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
             Some(x) => x,

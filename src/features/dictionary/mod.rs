@@ -299,6 +299,13 @@ pub struct Dictionary {
     pub sources: Vec<u32>,
 }
 
+/// The most atoms of a FISTA or ITDA dictionary (their Gram matrix is atoms² floats: 256 MB).
+pub const MAX_GRAM_ATOMS: usize = 8192;
+
+/// The most rows collected (tokens × hooks): each row is d_model floats, kept twice (original and
+/// normalised) while training; 1M rows of SmolLM2 are 4.6 GB.
+pub const MAX_ROWS: usize = 1_000_000;
+
 /// FISTA iterations per code.
 pub const FISTA_ITERS: usize = 60;
 
@@ -651,6 +658,13 @@ pub fn train(
         return Err(DictError::Invalid(format!(
             "a {} dictionary reads one layer; a dictionary shared by several layers is learnt \
              with --method fista",
+            opts.method.name()
+        )));
+    }
+    if matches!(opts.method, Method::Fista | Method::Itda) && opts.atoms > MAX_GRAM_ATOMS {
+        return Err(DictError::Invalid(format!(
+            "a {} dictionary keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms \
+             (a top-k SAE takes more)",
             opts.method.name()
         )));
     }

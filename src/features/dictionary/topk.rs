@@ -45,7 +45,8 @@ pub fn train(
         b_enc: vec![0.0; m],
         ..Dictionary::decoder_only(DictConfig { k, ..config }, norms, w_dec)
     };
-    // Larger dictionaries take smaller steps (Gao et al. scale the rate by 1/√(m/16k)).
+    // Larger dictionaries take smaller steps (as Gao et al. scale the rate by 1/√m; here
+    // relative to 1,024 atoms).
     let lr = opts.lr * (1024.0 / m as f32).sqrt().min(1.0);
     let mut adam_enc = Adam::new(m * d, lr);
     let mut adam_dec = Adam::new(m * d, lr);
@@ -152,8 +153,9 @@ pub fn train(
                                 let row = j * d..(j + 1) * d;
                                 axpy(a, &h, &mut g.dec[row.clone()]);
                                 let da = dot(&h, dict_ref.atom(j));
-                                axpy(da, xci, &mut g.enc[row]);
+                                axpy(da, xci, &mut g.enc[row.clone()]);
                                 g.b_enc[j] += da;
+                                axpy(-da, &dict_ref.w_enc[row], &mut g.b_dec);
                             }
                         }
                     }
