@@ -42,7 +42,7 @@ pub fn intervention(
         )));
     }
     let d = dict.d();
-    if d == 0 || x.len() % d != 0 {
+    if d == 0 || !x.len().is_multiple_of(d) {
         return Err(DictError::Invalid(format!(
             "{} has {} values here, not a multiple of the dictionary's {d} dimensions",
             dict.config.hooks[h],
