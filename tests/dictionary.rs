@@ -3,7 +3,7 @@
 
 use hubel::features::dictionary::{
     self, collect, decompose, edit, eval, fista, io, linalg, Activations, DictConfig, Dictionary,
-    Method, Normaliser, Split, TrainOptions, TrainPoint,
+    Method, Normaliser, TrainOptions, TrainPoint,
 };
 use hubel::hooks::{BlockSite, Capture, HookPoint, Intervention, Op};
 use hubel::model::config::Arch;
@@ -54,7 +54,7 @@ fn finite(v: f64, what: &str) -> f64 {
 }
 
 fn collect_rows(model: &Model, tokens: usize) -> Activations {
-    collect(model, &corpus(), &[HOOK], tokens, Split::Train, 0, None).unwrap()
+    collect(model, &corpus(), &[HOOK], tokens, None).unwrap()
 }
 
 #[test]
@@ -353,16 +353,7 @@ fn save_load_and_saelens_round_trips() {
     }
     // And back into our format, through the CLI's import path (labels from the corpus).
     let mut re = io::import_saelens(&sae).unwrap();
-    let acts2 = collect(
-        &model,
-        &corpus(),
-        &re.config.hooks,
-        300,
-        Split::Train,
-        0,
-        None,
-    )
-    .unwrap();
+    let acts2 = collect(&model, &corpus(), &re.config.hooks, 300, None).unwrap();
     decompose::describe(&mut re, &acts2, &model);
     io::save(&re, &dir.join("re.safetensors")).unwrap();
     assert_eq!(
@@ -525,8 +516,6 @@ fn bad_requests_get_messages() {
         &corpus(),
         &[HookPoint::block(1, BlockSite::MlpPost)],
         10,
-        Split::Train,
-        0,
         None,
     )
     .unwrap_err();

@@ -338,15 +338,7 @@ fn import(mut args: Vec<String>) -> anyhow::Result<()> {
     let model = open_model(model)?;
     check_model(&dict, &model)?;
     let corpus = open_corpus(corpus)?;
-    let acts = super::collect(
-        &model,
-        &corpus,
-        &dict.config.hooks,
-        tokens,
-        super::Split::Train,
-        0,
-        None,
-    )?;
+    let acts = super::collect(&model, &corpus, &dict.config.hooks, tokens, None)?;
     decompose::describe(&mut dict, &acts, &model);
     dict.config.model_sha256 = model.info().sha256.clone();
     dict.config.corpus = corpus.name.clone();

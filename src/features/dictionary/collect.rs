@@ -9,14 +9,6 @@ use crate::scan::Corpus;
 
 use super::DictError;
 
-/// Which stimuli of a corpus: training takes them from the start, held-out text from the end
-/// (so the two never share a stimulus while the corpus holds both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    Train,
-    Heldout,
-}
-
 /// Rows of residual streams: for each hook, `[rows, d]`; row `i` is window `rows[i].0` at
 /// position `rows[i].1` (≥ 1).
 #[derive(Clone, Debug)]
@@ -55,7 +47,8 @@ pub const WINDOW: usize = 128;
 /// Tokens per batched forward.
 pub const BATCH_TOKENS: usize = 2048;
 
-/// Runs stimuli of `corpus` (from its start or its end) through `model` until `tokens` rows
+/// Runs stimuli of `corpus` from its start (held-out text is read from its end:
+/// [`super::eval::heldout_windows`]) through `model` until `tokens` rows
 /// (positions ≥ 1) are collected at every hook in `hooks`; the forward stops after the last
 /// block they need. Reports tokens as progress on `ctx` and stops at its checkpoint.
 pub fn collect(
@@ -63,8 +56,6 @@ pub fn collect(
     corpus: &Corpus,
     hooks: &[HookPoint],
     tokens: usize,
-    split: Split,
-    avoid: usize,
     ctx: Option<&JobCtx>,
 ) -> Result<Activations, DictError> {
     if hooks.is_empty() {
@@ -95,28 +86,17 @@ pub fn collect(
     }
     let last = hooks.iter().filter_map(|h| h.layer()).max().unwrap_or(0);
     let len = WINDOW.min(model.config().n_ctx).max(2);
-    // Windows, in corpus order (or reversed), until the budget of rows is met.
-    let order: Box<dyn Iterator<Item = usize>> = match split {
-        Split::Train => Box::new(0..corpus.stimuli.len()),
-        Split::Heldout => Box::new((0..corpus.stimuli.len()).rev()),
-    };
+    // Windows, in corpus order, until the budget of rows is met.
     let mut windows: Vec<Vec<u32>> = Vec::new();
     let mut stimulus: Vec<u32> = Vec::new();
     let mut planned = 0usize;
-    for i in order {
+    for (i, stim) in corpus.stimuli.iter().enumerate() {
         if planned >= tokens {
             break;
         }
-        if split == Split::Heldout && i < avoid {
-            return Err(DictError::Invalid(format!(
-                "the corpus {} is too small for {tokens} held-out tokens beside the {avoid} \
-                 stimuli the dictionary was trained on: ask for fewer --tokens",
-                corpus.name
-            )));
-        }
         let ids = model
             .tokenizer()
-            .encode_ids(&corpus.stimuli[i].text)
+            .encode_ids(&stim.text)
             .map_err(|e| DictError::Invalid(e.to_string()))?;
         for chunk in ids.chunks(len) {
             if chunk.len() < 2 || planned >= tokens {

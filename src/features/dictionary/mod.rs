@@ -36,7 +36,7 @@ pub mod topk;
 use crate::hooks::HookPoint;
 use crate::model::ModelError;
 
-pub use collect::{collect, Activations, Split};
+pub use collect::{collect, Activations};
 use linalg::{axpy, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -783,15 +783,7 @@ pub fn train_job(
     on_point: &mut OnPoint<'_>,
 ) -> Result<Dictionary, DictError> {
     let started = std::time::Instant::now();
-    let acts = collect(
-        model,
-        corpus,
-        &spec.hooks,
-        spec.tokens,
-        Split::Train,
-        0,
-        ctx,
-    )?;
+    let acts = collect(model, corpus, &spec.hooks, spec.tokens, ctx)?;
     let collected = started.elapsed().as_secs_f32();
     if let Some(ctx) = ctx {
         ctx.set_phase(&format!(
