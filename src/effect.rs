@@ -111,6 +111,11 @@ pub fn direction(
     feature: FeatureId,
     at: Option<(&ActivationRecord, usize)>,
 ) -> Result<Direction, EffectError> {
+    if feature.basis == Basis::Dictionary {
+        return Err(EffectError::Model(ModelError::Format(format!(
+            "{feature} is a dictionary feature: its direction is the dictionary's (open it first)"
+        ))));
+    }
     // An unknown layer or index gets the same message as an edit of it would.
     model.check_interventions(
         &[Intervention::zero(feature.hook(), vec![feature.index])],
@@ -148,6 +153,7 @@ pub fn direction(
             acts[feature.index],
             "one unit of the neuron's activation".to_string(),
         ),
+        Basis::Dictionary => unreachable!("handled above"),
         Basis::Heads => {
             let d_head = model.config().d_head;
             let z = &acts[feature.index * d_head..(feature.index + 1) * d_head];
@@ -163,6 +169,54 @@ pub fn direction(
         vector,
         scale: EffectScale::Frozen { inv_scale },
         activation: Some(activation),
+        unit,
+    })
+}
+
+/// A dictionary feature's output direction: its atom in the residual's original space
+/// (`atom`, what one unit of its code adds), per unit of code (`at = None`) or at a position of
+/// a run whose record holds the last block's `hook_resid_post` and the feature's codes: then
+/// the final norm's scale is frozen at its value there and the activation is its code.
+pub fn atom_direction(
+    model: &Model,
+    feature: FeatureId,
+    atom: Vec<f32>,
+    at: Option<(&ActivationRecord, usize)>,
+) -> Result<Direction, EffectError> {
+    let d_model = model.config().d_model;
+    if atom.len() != d_model {
+        return Err(EffectError::Model(ModelError::Format(format!(
+            "{feature}'s atom has {} dimensions; this model's residual stream has {d_model}",
+            atom.len()
+        ))));
+    }
+    let unit = "one unit of the feature's code".to_string();
+    let Some((record, pos)) = at else {
+        return Ok(Direction {
+            vector: atom,
+            scale: EffectScale::PerUnit,
+            activation: None,
+            unit,
+        });
+    };
+    let last = HookPoint::block(model.config().n_layers - 1, BlockSite::ResidPost);
+    let act = record
+        .get(last)
+        .ok_or(ModelError::Format(format!("{last} was not recorded")))?;
+    if pos >= act.shape[0] {
+        return Err(EffectError::PositionOutOfRange {
+            pos,
+            len: act.shape[0],
+        });
+    }
+    let inv_scale = model.final_norm_inv_scale(act.row(pos))?;
+    let activation = analysis::maps::feature_activations(record, feature)
+        .get(pos)
+        .copied();
+    Ok(Direction {
+        vector: atom,
+        scale: EffectScale::Frozen { inv_scale },
+        activation,
         unit,
     })
 }

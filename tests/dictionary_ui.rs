@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use hubel::app::fonts::FontSource;
 use hubel::app::state::DictionaryForm;
@@ -231,4 +231,103 @@ fn the_dictionary_window_fits_from_1000x700_to_1920x1080() {
             .next()
             .is_some());
     }
+}
+
+/// The dictionary's features as the layer map's basis: chosen in the Basis menu (disabled
+/// until a dictionary is in use), rows of its features ranked by their peak code with the codes
+/// the worker added, a click opens the feature's card (its label and examples), and its ablate
+/// box edits the probe along the atom.
+#[test]
+fn dictionary_features_are_a_basis_of_the_layer_map_and_the_card() {
+    use hubel::features::{Basis, FeatureId};
+    let mut h = loaded([1280.0, 800.0]);
+    // Before any dictionary, the basis cannot be chosen.
+    h.get_by_label("Basis").click();
+    h.run_steps(2);
+    assert!(h
+        .get_by_label("Dictionary features")
+        .accesskit_node()
+        .is_disabled());
+    // A second click closes the menu.
+    h.get_by_label("Basis").click();
+    h.run_steps(2);
+    assert!(h.query_by_label("Dictionary features").is_none());
+    h.state_mut().apply(Command::TrainDictionary, 0.0);
+    trained(&mut h);
+    let dict = h.state().runtime.dictionaries.current.clone().unwrap();
+    assert_eq!(dict.resid_layers(), vec![(0, 0)]);
+
+    h.get_by_label("Basis").click();
+    h.run_steps(2);
+    h.get_by_label("Dictionary features").click();
+    wait_for(&mut h, "the probe coded with the dictionary", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.dictionary.is_some())
+            && !a.is_busy()
+    });
+    assert_eq!(h.state().state.basis, Basis::Dictionary);
+    h.state_mut().state.layer = 0;
+    h.run_steps(3);
+    let rows = h.state().derived.rows.clone();
+    assert!(!rows.is_empty(), "dictionary rows");
+    let record = &h.state().runtime.result.as_ref().unwrap().baseline.record;
+    let codes = record.codes(0).expect("the worker added codes");
+    for r in &rows {
+        assert_eq!(r.feature.basis, Basis::Dictionary);
+        assert_eq!(r.feature.layer, 0);
+        let column: Vec<f32> = (0..codes.shape[0])
+            .map(|p| codes.row(p)[r.feature.index])
+            .collect();
+        assert_eq!(r.values, column, "{}", r.feature);
+    }
+    let top = rows[0].feature;
+    let peak =
+        |f: FeatureId| (1..codes.shape[0]).fold(0f32, |m, p| m.max(codes.row(p)[f.index].abs()));
+    let best = (0..dict.atoms())
+        .map(|j| peak(FeatureId::atom(0, j)))
+        .fold(0f32, f32::max);
+    assert_eq!(peak(top), best, "the first row has the largest code");
+    assert!(best > 0.0);
+
+    // Its card: the label and the dictionary's examples, the occlusion map of the worker.
+    h.get_by_label(&top.label()).click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.selection, Some(top));
+    h.get_by_label(&format!("Feature {}", top.label()));
+    assert!(h
+        .get_all_by_label_contains("Examples (the dictionary's training text)")
+        .next()
+        .is_some());
+    assert!(h
+        .get_all_by_label_contains(&dict.label(top.index))
+        .next()
+        .is_some());
+
+    // Its ablate box: one AddScaled edit of this atom at layer 0; the output changes.
+    h.get_by_label(&format!("Ablate {}", top.label())).click();
+    h.run_steps(2);
+    let ivs = h.state().state.interventions.clone();
+    assert_eq!(ivs.len(), 1, "{ivs:?}");
+    assert_eq!(FeatureId::of_intervention(&ivs[0]), Some(top));
+    wait_for(&mut h, "the intervened run", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_some())
+            && !a.is_busy()
+    });
+    let r = h.state().runtime.result.as_ref().unwrap();
+    let after =
+        hubel::analysis::maps::feature_activations(&r.intervened.as_ref().unwrap().record, top);
+    let before = hubel::analysis::maps::feature_activations(&r.baseline.record, top);
+    let p = (1..before.len())
+        .max_by(|&a, &b| before[a].total_cmp(&before[b]))
+        .unwrap();
+    assert!(after[p] <= 0.05 * before[p], "{} → {}", before[p], after[p]);
+    // Unticking removes it.
+    h.get_by_label(&format!("Ablate {}", top.label())).click();
+    h.run_steps(2);
+    assert!(h.state().state.interventions.is_empty());
 }

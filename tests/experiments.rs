@@ -1,6 +1,8 @@
 //! Experiments on tiny models with planted structure, each number checked against a direct
 //! computation that does not go through the experiment code (no batching, no shared helpers).
 
+mod common;
+
 use hubel::corpus::protocol::{Kind, Protocol, Side};
 use hubel::experiments::induction;
 use hubel::experiments::lesion::{self, Ablation};
@@ -294,6 +296,7 @@ fn reported_d_primes_equal_single_runs_and_the_formula() {
         let (site, neuron) = match f.basis {
             hubel::features::Basis::Neurons => (BlockSite::MlpPost, true),
             hubel::features::Basis::Heads => (BlockSite::Z, false),
+            hubel::features::Basis::Dictionary => panic!("no dictionary was given: {f}"),
         };
         kinds[usize::from(!neuron)] += 1;
         let point = HookPoint::block(u.layer, site);
@@ -1062,4 +1065,79 @@ fn a_discriminator_is_fitted_saved_and_applied_to_new_text() {
     assert!(discriminator::fit(&runner, &p, Which::Unit(FeatureId::head(1, 1)), 5, 1).is_err());
     assert!(d.classify(&model, &["a [[b".to_string()]).is_err());
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// With a dictionary, its features are ranked with the neurons and heads: each listed one's d′
+/// and AUROC are those of its code, computed by hand from single runs' residual rows; only the
+/// layer it reads gets a dictionary column.
+#[test]
+fn dictionary_features_are_ranked_with_their_directly_computed_d_prime() {
+    use hubel::features::dictionary::Normaliser;
+    let p = qr_protocol();
+    let unplanted = layered_model(None);
+    let w = planted_direction(&unplanted, &p);
+    let model = layered_model(Some(&w));
+    let layer = PLANTED_LAYER;
+    let hook = HookPoint::block(layer, BlockSite::ResidPost);
+    let d = model.config().d_model;
+    let atoms = 40;
+    // Normalised by the stimuli's own residual rows, as training would.
+    let rows: Vec<f32> = [Side::A, Side::B]
+        .iter()
+        .flat_map(|&s| p.tokenize(&model, s).unwrap())
+        .flat_map(|t| read_alone(&model, &t.ids(), t.read_at, hook))
+        .collect();
+    let dictionary = common::tied_topk(hook, d, atoms, 6, 3, Normaliser::fit(&rows, d));
+    let settings = Settings {
+        top: 100_000,
+        dictionary: Some(std::sync::Arc::new(dictionary.clone())),
+        ..Settings::default()
+    };
+    let r = selectivity::run(&Runner::new(&model, None), &p, &settings).unwrap();
+    for row in &r.layers {
+        assert_eq!(
+            row.max_abs_dprime_dict.is_some(),
+            row.layer == layer,
+            "{row:?}"
+        );
+    }
+    let listed: Vec<_> = r
+        .top_units
+        .iter()
+        .filter(|u| u.feature.contains('D'))
+        .collect();
+    assert!(!listed.is_empty());
+    let code = |side: Side, j: usize| -> Vec<f64> {
+        p.tokenize(&model, side)
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let x = read_alone(&model, &t.ids(), t.read_at, hook);
+                let c = &dictionary.encode(0, &x)[0];
+                f64::from(c.iter().find(|e| e.0 as usize == j).map_or(0.0, |e| e.1))
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    for u in listed.iter().take(5) {
+        let f = FeatureId::parse(&u.feature).unwrap();
+        assert_eq!((f.layer, u.layer), (layer, layer));
+        let (a, b) = (code(Side::A, f.index), code(Side::B, f.index));
+        let want = dprime_direct(&a, &b);
+        if !want.is_finite() {
+            continue; // silent on every stimulus: no spread to divide by
+        }
+        assert!(
+            (u.dprime - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{}: {} vs {want}",
+            u.feature,
+            u.dprime
+        );
+        assert!((u.auroc - auroc_direct(&a, &b)).abs() < 1e-12);
+        checked += 1;
+    }
+    assert!(checked > 0);
+    let best = &r.layers[layer];
+    assert_eq!(best.best_dict, listed[0].feature);
+    assert!((best.max_abs_dprime_dict.unwrap() - listed[0].dprime.abs()).abs() < 1e-12);
 }

@@ -117,32 +117,35 @@ fn brute(model: &Model, corpus: &Corpus, cfg: &ScanConfig) -> Brute {
 
 /// Checks one basis of `index` against brute force.
 fn check_basis(index: &ScanIndex, b: &Brute, heads: bool, first: usize) {
+    let (stats, units, values) = if heads {
+        (&index.heads, index.meta.heads, &b.heads)
+    } else {
+        (&index.neurons, index.meta.d_mlp, &b.neurons)
+    };
+    let name = if heads { "head" } else { "neuron" };
+    check_layers(index, stats, units, &b.windows, values, first, name);
+}
+
+/// Checks layers of statistics (`stats[l]`, `units` each) against brute-force values
+/// (`values[window][l]`, `[len, units]`).
+fn check_layers(
+    index: &ScanIndex,
+    stats: &[hubel::scan::stats::LayerStats],
+    units: usize,
+    windows: &[Vec<u32>],
+    values: &[Vec<Vec<f32>>],
+    first: usize,
+    name: &str,
+) {
     let cfg = &index.meta.config;
-    let (layers, units) = (
-        index.meta.layers,
-        if heads {
-            index.meta.heads
-        } else {
-            index.meta.d_mlp
-        },
-    );
-    for l in 0..layers {
-        let stats = if heads {
-            &index.heads[l]
-        } else {
-            &index.neurons[l]
-        };
+    for (l, stats) in stats.iter().enumerate() {
         for u in 0..units {
-            let what = format!("{} L{l} unit {u}", if heads { "head" } else { "neuron" });
+            let what = format!("{name} L{l} unit {u}");
             let mut all = Vec::new(); // (window, pos, act, token)
             let mut best = Vec::new();
             let mut worst = Vec::new();
-            for (w, tokens) in b.windows.iter().enumerate() {
-                let acts = if heads {
-                    &b.heads[w][l]
-                } else {
-                    &b.neurons[w][l]
-                };
+            for (w, tokens) in windows.iter().enumerate() {
+                let acts = &values[w][l];
                 let mut hi: Option<Example> = None;
                 let mut lo: Option<Example> = None;
                 for (p, &t) in tokens.iter().enumerate().skip(first) {
@@ -529,4 +532,87 @@ fn cli_scan_then_top_agree_with_the_library() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("layers"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dictionary scanned with the neurons and heads: its features' statistics match brute force
+/// over its codes of each window run alone, the index keeps them through a save and load, names
+/// the dictionary, answers `L1D3` summaries, and refuses to resume with another dictionary.
+#[test]
+fn a_dictionarys_features_are_scanned_like_neurons() {
+    use hubel::features::dictionary::Normaliser;
+    let model = tiny();
+    let corpus = Corpus::from_texts("t", TEXTS);
+    let cfg = config();
+    let d = model.config().d_model;
+    let layer = 1;
+    let hook = HookPoint::block(layer, BlockSite::ResidPost);
+    let make = |seed| common::tied_topk(hook, d, 12, 3, seed, Normaliser::identity(d));
+    let dictionary = std::sync::Arc::new(make(5));
+    let dir = tmp("dict");
+    let out = dir.join("d.scan.safetensors");
+    let opts = ScanOptions {
+        config: cfg.clone(),
+        out: Some(out.clone()),
+        dictionary: Some(dictionary.clone()),
+        ..ScanOptions::default()
+    };
+    let index = scan::run(&model, &corpus, &opts, None).unwrap();
+    let meta = index
+        .meta
+        .dictionary
+        .clone()
+        .expect("the dictionary is named");
+    assert_eq!(meta.layers, vec![layer]);
+    assert_eq!(meta.atoms, 12);
+    assert_eq!(meta.sha256, dictionary.sha256());
+    // Brute force: each window alone, its codes at layer 1 (one "layer" of 12 units).
+    let windows = scan::windows(&model, &corpus, usize::MAX, &cfg).unwrap();
+    let mut ws = Vec::new();
+    let mut codes = Vec::new();
+    for (_, _, tokens) in windows {
+        let out = model.run(&tokens, &Capture::points([hook]), &[]).unwrap();
+        let x = &out.record.get(hook).unwrap().data;
+        codes.push(vec![dictionary.dense_codes(0, x, true)]);
+        ws.push(tokens);
+    }
+    assert!(codes.iter().any(|c| c[0].iter().any(|&v| v > 0.0)));
+    check_layers(&index, &index.dictionary, 12, &ws, &codes, 1, "dictionary");
+    // The neurons are still scanned as without a dictionary.
+    let plain = scan(&model, &corpus, cfg.clone(), None, None);
+    assert_eq!(plain.neurons, index.neurons);
+    assert!(plain.meta.dictionary.is_none() && plain.dictionary.is_empty());
+    // Saved and loaded whole; a summary of a feature by its name.
+    let loaded = ScanIndex::load(&out).unwrap();
+    assert_eq!(loaded, index);
+    let f = FeatureId::parse("L1D3").unwrap();
+    let s = loaded.summary(&f, 4).unwrap();
+    assert_eq!(s.top[0].activation, loaded.dictionary[0].top(3)[0].act);
+    assert!(
+        loaded.summary(&FeatureId::atom(0, 3), 4).is_err(),
+        "layer 0 is not read"
+    );
+    assert!(
+        loaded.summary(&FeatureId::atom(1, 12), 4).is_err(),
+        "12 atoms"
+    );
+    assert!(plain
+        .summary(&f, 4)
+        .unwrap_err()
+        .contains("neurons and heads only"));
+    // Resuming into the same file with another dictionary is refused.
+    let other = ScanOptions {
+        dictionary: Some(std::sync::Arc::new(make(6))),
+        ..opts
+    };
+    match scan::run(&model, &corpus, &other, None) {
+        Err(ScanError::Mismatch { what, .. }) => assert!(what.contains("dictionary"), "{what}"),
+        r => panic!("expected a mismatch, got {:?}", r.map(|i| i.meta)),
+    }
+    assert_eq!(
+        hubel::scan::index::with_dictionary(&out, &meta.sha256)
+            .file_name()
+            .unwrap()
+            .to_string_lossy(),
+        format!("d.dict-{}.scan.safetensors", &meta.sha256[..12])
+    );
 }

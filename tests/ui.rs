@@ -632,6 +632,7 @@ fn a_stale_result_is_dropped() {
             continuation: 0,
             cancel: Default::default(),
             precision: hubel::model::Precision::Exact,
+            dictionary: None,
         },
     ));
     let stale = loop {
@@ -1520,4 +1521,89 @@ fn the_experiments_window_fits_from_1000x700_to_1920x1080() {
             "{size:?}: {rect:?}"
         );
     }
+}
+
+/// Issue 10 in the viewer: a dictionary feature's card offers a scan with the dictionary in use;
+/// the scan runs as a job into an index of its own; the card then shows the feature's top
+/// examples and histogram, each example's codes recomputed by the worker equal to the scan's at
+/// the peak and to a window run alone and encoded by hand.
+#[test]
+fn a_dictionary_feature_s_card_scans_with_its_dictionary() {
+    use hubel::app::receptive::{IndexState, Pending};
+    use hubel::features::dictionary::Normaliser;
+    use std::sync::Arc;
+    let config = test_config();
+    let (mut h, _) = card_without_a_scan(config);
+    let info = h.state().runtime.model.clone().unwrap();
+    let (d, atoms) = (info.d_model, 12);
+    let hook = HookPoint::block(1, BlockSite::ResidPost);
+    let dictionary = Arc::new(common::tied_topk(
+        hook,
+        d,
+        atoms,
+        3,
+        9,
+        Normaliser::identity(d),
+    ));
+    let layers = info.layers;
+    h.state_mut()
+        .runtime
+        .dictionaries
+        .set_current(dictionary.clone(), None, layers);
+    let f = FeatureId::atom(1, 4);
+    h.state_mut()
+        .apply(hubel::app::Command::Select(Some(f)), 0.0);
+    wait_for(&mut h, "the probe coded with the dictionary", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.dictionary.is_some())
+    });
+    let scan = format!(
+        "Scan {} WordNet stimuli with this dictionary",
+        hubel::scan::index::DEFAULT_STIMULI
+    );
+    h.get_by_label(&scan).scroll_to_me();
+    h.run_steps(3);
+    h.get_by_label(&scan).click();
+    h.run_steps(2);
+    assert!(h.state().runtime.receptive.scanning.is_some());
+    wait_for(&mut h, "the dictionary scan", |a| {
+        matches!(&a.runtime.receptive.index, IndexState::Ready { index, .. }
+            if index.meta.dictionary.is_some())
+    });
+    let index = h.state().runtime.receptive.index.index().unwrap().clone();
+    assert_eq!(
+        index.meta.dictionary.as_ref().unwrap().sha256,
+        dictionary.sha256()
+    );
+    assert_eq!(index.meta.stimuli_done, 18);
+    wait_for(&mut h, "the examples' codes", |a| {
+        a.runtime
+            .receptive
+            .card
+            .as_ref()
+            .is_some_and(|c| c.feature == f && matches!(c.rows, Pending::Ready(_)))
+    });
+    let card = h.state().runtime.receptive.card.clone().unwrap();
+    let summary = card.summary.clone().unwrap();
+    assert!(!summary.top.is_empty());
+    let model = hubel::model::Model::open(tiny_llama()).unwrap();
+    for e in &summary.top {
+        let row = card.row(e.window).expect("every example's codes");
+        assert_eq!(row.acts[e.pos], e.activation, "window {}", e.window);
+        let tokens = index.windows.get(e.window);
+        let mut record = model
+            .run(tokens, &hubel::hooks::Capture::points([hook]), &[])
+            .unwrap()
+            .record;
+        dictionary.add_codes(&mut record);
+        assert_eq!(
+            hubel::analysis::maps::feature_activations(&record, f)[e.pos],
+            e.activation
+        );
+    }
+    h.get_by_label("Top examples");
+    h.get_by_label_contains("density");
+    assert!(h.query_by_label(&scan).is_none(), "scanned: no more offer");
 }

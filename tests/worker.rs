@@ -31,6 +31,7 @@ fn run(id: u64, text: &str) -> Request {
         continuation: 0,
         cancel: Arc::new(AtomicBool::new(false)),
         precision: Precision::Exact,
+        dictionary: None,
     })
 }
 

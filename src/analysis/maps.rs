@@ -2,7 +2,7 @@
 //! feature's activation over the probe. Plain data in and out, so the UI only draws.
 
 use crate::features::{Basis, FeatureId};
-use crate::hooks::{ActivationRecord, BlockSite, HookPoint};
+use crate::hooks::{Activation, ActivationRecord, BlockSite, HookPoint};
 
 /// What a cell of the layer map shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +42,7 @@ impl Measure {
     /// `Selected` is signed for a neuron and a norm (non-negative) for a head.
     pub fn signed(self, selected: Option<FeatureId>) -> bool {
         match self {
-            Measure::Selected => selected.is_some_and(|f| f.basis == Basis::Neurons),
+            Measure::Selected => selected.is_some_and(|f| f.basis.signed()),
             _ => false,
         }
     }
@@ -133,14 +133,24 @@ pub fn layer_map(
         .collect()
 }
 
-/// A feature's activation at each token: the neuron's value, or the norm of the head's `z`.
+/// The activation a feature of `basis` at `layer` is read from: `mlp.hook_post`, `attn.hook_z`,
+/// or the dictionary codes added to the record.
+fn source(record: &ActivationRecord, basis: Basis, layer: usize) -> Option<&Activation> {
+    match basis {
+        Basis::Dictionary => record.codes(layer),
+        _ => record.get(HookPoint::block(layer, basis.site())),
+    }
+}
+
+/// A feature's activation at each token: the neuron's value, the norm of the head's `z`, or
+/// the dictionary feature's code (empty when the record has no codes of its layer).
 pub fn feature_activations(record: &ActivationRecord, f: FeatureId) -> Vec<f32> {
-    let Some(act) = record.get(f.hook()) else {
+    let Some(act) = source(record, f.basis, f.layer) else {
         return Vec::new();
     };
     let n = act.shape[0];
     match f.basis {
-        Basis::Neurons => (0..n)
+        Basis::Neurons | Basis::Dictionary => (0..n)
             .map(|t| act.row(t).get(f.index).copied().unwrap_or(0.0))
             .collect(),
         Basis::Heads => {
@@ -165,10 +175,11 @@ pub fn top_features(
     k: usize,
     from: usize,
 ) -> Vec<FeatureId> {
-    let Some(act) = record.get(HookPoint::block(layer, basis.site())) else {
+    let Some(act) = source(record, basis, layer) else {
         return Vec::new();
     };
-    // Neurons: [pos, d_mlp]; heads: [pos, head, d_head]. Either way the units are axis 1.
+    // Neurons: [pos, d_mlp]; heads: [pos, head, d_head]; codes: [pos, atoms]. The units are
+    // axis 1.
     let units = act.shape[1];
     let mut peaks: Vec<(usize, f32)> = (0..units)
         .map(|i| {
@@ -215,11 +226,18 @@ pub fn strongest_at(
 ) -> Vec<(FeatureId, f32, f32)> {
     let site = basis.site();
     let mut all = Vec::new();
-    for (point, act) in record.iter() {
-        let HookPoint::Block { layer, site: s } = *point else {
-            continue;
-        };
-        if s != site || act.shape.first().is_none_or(|&len| pos >= len) {
+    let layers: Vec<(usize, &Activation)> = match basis {
+        Basis::Dictionary => record.iter_codes().collect(),
+        _ => record
+            .iter()
+            .filter_map(|(point, act)| match *point {
+                HookPoint::Block { layer, site: s } if s == site => Some((layer, act)),
+                _ => None,
+            })
+            .collect(),
+    };
+    for (layer, act) in layers {
+        if act.shape.first().is_none_or(|&len| pos >= len) {
             continue;
         }
         let row = act.row(pos);
@@ -233,7 +251,7 @@ pub fn strongest_at(
                 index,
             };
             let value = match basis {
-                Basis::Neurons => unit[0],
+                Basis::Neurons | Basis::Dictionary => unit[0],
                 Basis::Heads => norm(unit),
             };
             let score = match scale {

@@ -265,7 +265,7 @@ impl Derived {
             tokens: result.tokens.iter().map(super::text::token_label).collect(),
             rows,
             row_scale,
-            rows_diverging: view == ViewMode::Difference || state.basis == Basis::Neurons,
+            rows_diverging: view == ViewMode::Difference || state.basis.signed(),
             map,
             map_scale,
             map_diverging: view == ViewMode::Difference || state.measure.signed(state.selection),

@@ -46,6 +46,11 @@ pub struct Dictionaries {
     pub decompose: Slot<Vec<Decomposition>>,
     /// The last open/export's outcome, for the window's status line.
     pub message: Option<Result<String, String>>,
+    /// The dictionary a run was last asked to recode the probe for (asked once per
+    /// dictionary, so a failing run is not asked again every frame).
+    pub recode_sent: Option<Arc<Dictionary>>,
+    /// The current dictionary's SHA-256 (what a scan of its features is keyed by), once asked.
+    sha: Option<(Arc<Dictionary>, String)>,
 }
 
 impl Dictionaries {
@@ -58,6 +63,19 @@ impl Dictionaries {
         self.train.last = None;
         self.snapshot = true;
         (self.train.start(TRAIN_JOB), ptx)
+    }
+
+    /// The current dictionary's [`Dictionary::sha256`], computed once per dictionary.
+    pub fn current_sha(&mut self) -> Option<String> {
+        let current = self.current.clone()?;
+        match &self.sha {
+            Some((d, sha)) if Arc::ptr_eq(d, &current) => Some(sha.clone()),
+            _ => {
+                let sha = current.sha256();
+                self.sha = Some((current, sha.clone()));
+                Some(sha)
+            }
+        }
     }
 
     pub fn is_training(&self) -> bool {

@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use crate::analysis::Fidelity;
 use crate::assets;
+use crate::features::dictionary::Dictionary;
 use crate::features::FeatureId;
 use crate::hooks::{Intervention, Op};
 use crate::jobs::{Interactive, JobError, JobId, JobRunner, JobState, JobStatus};
@@ -78,6 +79,9 @@ pub enum Command {
     RefreshEffect,
     /// Scan WordNet for receptive fields: the default few thousand stimuli, or all of it (the
     /// same index, extended).
+    /// Scan the default corpus with the dictionary in use: its features' examples and
+    /// histograms for their cards.
+    StartDictionaryScan,
     StartScan {
         all: bool,
     },
@@ -127,6 +131,9 @@ pub enum Command {
         atom: usize,
         edit: crate::features::dictionary::edit::Edit,
     },
+    /// Edit a dictionary feature of the layer map or its card (its layer's hook of the
+    /// dictionary in use).
+    EditFeature(FeatureId, crate::features::dictionary::edit::Edit),
     /// Trace again with prompts of different lengths made equal (pad the shorter or trim the
     /// longer, after the first token); the form keeps the choice for later traces.
     FitTrace(crate::circuits::patch::Fit),
@@ -536,6 +543,7 @@ impl HubelApp {
             continuation: self.state.continuation,
             cancel,
             precision,
+            dictionary: self.runtime.dictionaries.current.clone(),
         }));
     }
 
@@ -611,6 +619,25 @@ impl HubelApp {
 
     /// Adds, replaces or (with `None`) removes the intervention on `feature`.
     pub fn set_feature_op(&mut self, feature: FeatureId, op: Option<Op>, now: f64) {
+        if feature.basis == crate::features::Basis::Dictionary {
+            // A dictionary feature is edited along its atom (`Op::AddScaled`): a zero of its
+            // code is its ablation; other ops come as `Command::EditAtom`.
+            match op {
+                Some(_) => self.edit_dictionary_feature(
+                    feature,
+                    crate::features::dictionary::edit::Edit::Ablate,
+                    now,
+                ),
+                None => {
+                    if let Some(i) = self.intervention_on(feature) {
+                        let mut next = self.state.interventions.clone();
+                        next.remove(i);
+                        self.set_interventions(next, now);
+                    }
+                }
+            }
+            return;
+        }
         let mut next = self.state.interventions.clone();
         match (self.intervention_on(feature), op) {
             (Some(i), Some(op)) => next[i].op = op,
@@ -738,10 +765,40 @@ impl HubelApp {
         self.runtime.circuits.poll();
         let layers = self.runtime.layers();
         self.runtime.dictionaries.poll(layers);
+        self.recode_if_needed(now);
         if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
             self.start_labels();
         }
         self.refresh_receptive();
+    }
+
+    /// Runs again (nothing is recomputed but the codes) when the views show dictionary
+    /// features and the result's codes are not of the dictionary in use (it was opened,
+    /// trained, or a training snapshot replaced it).
+    fn recode_if_needed(&mut self, now: f64) {
+        let wanted = self.state.basis == crate::features::Basis::Dictionary
+            || self
+                .state
+                .selection
+                .is_some_and(|f| f.basis == crate::features::Basis::Dictionary);
+        let current = &self.runtime.dictionaries.current;
+        let stale = self
+            .runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| !match (&r.dictionary, current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            });
+        let asked = match (&self.runtime.dictionaries.recode_sent, current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if wanted && stale && !asked && self.runtime.in_flight.is_none() {
+            self.runtime.dictionaries.recode_sent = current.clone();
+            self.request_run(now);
+        }
     }
 
     /// Labels every feature of the index as a job (once per index; saved beside it).
@@ -796,7 +853,8 @@ impl HubelApp {
         } else {
             Vec::new()
         };
-        let job = worker::experiment_job(protocol, hand_picked, tx);
+        let dictionary = self.runtime.dictionaries.current.clone();
+        let job = worker::experiment_job(protocol, hand_picked, dictionary, tx);
         self.send(Request::ModelJob { name, job });
     }
     /// Trains a dictionary from the window's form as a job (one at a time); its snapshots can
@@ -874,6 +932,32 @@ impl HubelApp {
             name: dictionary::DECOMPOSE_JOB.into(),
             job,
         });
+    }
+
+    /// Edits dictionary feature `feature` (its layer's residual, as the dictionary in use
+    /// reads it): a message when the dictionary does not read that layer or is not open.
+    pub fn edit_dictionary_feature(
+        &mut self,
+        feature: FeatureId,
+        edit: crate::features::dictionary::edit::Edit,
+        now: f64,
+    ) {
+        let hook = self
+            .runtime
+            .dictionaries
+            .current
+            .as_ref()
+            .map(|d| d.hook_of_layer(feature.layer));
+        match hook {
+            Some(Some(h)) => self.edit_atom(h, feature.index, edit, now),
+            Some(None) => {
+                self.error = Some(format!(
+                    "{feature}: the dictionary in use does not read layer {}",
+                    feature.layer
+                ))
+            }
+            None => self.error = Some(format!("{feature}: open its dictionary first")),
+        }
     }
 
     /// Adds (or replaces) the edit of one dictionary feature in the probe's interventions.
@@ -1107,16 +1191,21 @@ impl HubelApp {
     }
 
     /// Starts a scan of WordNet as a job (one at a time).
-    fn start_scan(&mut self, all: bool) {
+    /// `dictionary`: its features are scanned too, into an index of their own.
+    fn start_scan(&mut self, all: bool, dictionary: Option<Arc<Dictionary>>) {
         if self.runtime.receptive.scanning.is_some() || self.runtime.model.is_none() {
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let name = worker::scan_job_name(all);
+        let name = match &dictionary {
+            Some(d) => format!("{} with {}", worker::scan_job_name(all), d.title()),
+            None => worker::scan_job_name(all),
+        };
         let job = worker::scan_job(
             self.config.assets.clone(),
             self.config.clients.clone(),
             all,
+            dictionary,
             tx,
         );
         self.runtime.receptive.scanning = Some(receptive::ScanRun {
@@ -1149,6 +1238,15 @@ impl HubelApp {
             self.runtime.receptive.card = None;
             return;
         };
+        if f.basis == crate::features::Basis::Dictionary {
+            let sha = self.runtime.dictionaries.current_sha();
+            self.runtime.receptive.set_dictionary(sha);
+            // A scan of this dictionary among the model's indexes: use it.
+            if let Some(path) = self.runtime.receptive.index_for_dictionary() {
+                self.runtime.receptive.use_index(path);
+                return;
+            }
+        }
         let rt = &mut self.runtime;
         let mut ask = Vec::new();
         if let Some(card) = rt.receptive.open_card(f) {
@@ -1576,7 +1674,13 @@ impl HubelApp {
                 self.request_effect();
             }
             Command::RefreshEffect => self.request_effect(),
-            Command::StartScan { all } => self.start_scan(all),
+            Command::StartScan { all } => self.start_scan(all, None),
+            Command::StartDictionaryScan => {
+                let dict = self.runtime.dictionaries.current.clone();
+                if dict.is_some() {
+                    self.start_scan(false, dict);
+                }
+            }
             Command::UseIndex(path) => {
                 self.runtime.receptive.use_index(path);
                 self.refresh_receptive();
@@ -1630,6 +1734,7 @@ impl HubelApp {
             Command::TrainDictionary => self.start_dictionary_training(),
             Command::DecomposeWord => self.start_decompose(),
             Command::EditAtom { hook, atom, edit } => self.edit_atom(hook, atom, edit, now),
+            Command::EditFeature(f, edit) => self.edit_dictionary_feature(f, edit, now),
             Command::FitTrace(fit) => {
                 self.state.circuits.fit = Some(fit);
                 self.state.circuits.tab = state::CircuitsTab::Trace;

@@ -193,6 +193,9 @@ pub struct Receptive {
     pub labels: LabelsState,
     pub labelling: Option<LabelRun>,
     serial: u64,
+    /// The SHA-256 of the dictionary in use: a dictionary feature's card reads an index that
+    /// scanned exactly that dictionary.
+    pub dict_sha: Option<String>,
 }
 
 impl Receptive {
@@ -210,6 +213,40 @@ impl Receptive {
                 .occlusion
                 .as_ref()
                 .is_none_or(|o| !matches!(o.result, Pending::Waiting(_)))
+    }
+
+    /// The dictionary in use changed: its features' cards and occlusion maps are of the old one.
+    pub fn set_dictionary(&mut self, sha: Option<String>) {
+        if self.dict_sha != sha {
+            self.dict_sha = sha;
+            if self
+                .card
+                .as_ref()
+                .is_some_and(|c| c.feature.basis == Basis::Dictionary)
+            {
+                self.card = None;
+            }
+            if self
+                .occlusion
+                .as_ref()
+                .is_some_and(|o| o.key.feature.basis == Basis::Dictionary)
+            {
+                self.occlusion = None;
+            }
+        }
+    }
+
+    /// An index of the model's that scanned the dictionary in use, when the loaded one did not.
+    pub fn index_for_dictionary(&self) -> Option<PathBuf> {
+        let sha = self.dict_sha.as_ref()?;
+        let has = |m: &IndexMeta| m.dictionary.as_ref().is_some_and(|d| &d.sha256 == sha);
+        if self.index.index().is_some_and(|i| has(&i.meta)) || self.load_rx.is_some() {
+            return None;
+        }
+        self.indexes
+            .iter()
+            .find(|(_, m)| has(m))
+            .map(|(p, _)| p.clone())
     }
 
     pub fn next_serial(&mut self) -> u64 {
@@ -405,7 +442,22 @@ impl Receptive {
         if self.card.as_ref().is_some_and(|c| c.feature == feature) {
             return self.card.as_ref();
         }
-        let summary = index.summary(&feature, CARD_K).map(Arc::new);
+        let scanned = index.meta.dictionary.as_ref().map(|d| &d.sha256);
+        let summary = if feature.basis == Basis::Dictionary && scanned != self.dict_sha.as_ref() {
+            Err(match &index.meta.dictionary {
+                Some(d) => format!(
+                    "This scan holds the features of another dictionary ({}): scan the corpus \
+                     with the dictionary in use.",
+                    d.title
+                ),
+                None => "This scan holds neurons and heads: scan the corpus with the dictionary \
+                         in use to see its features' examples and histograms."
+                    .to_string(),
+            })
+        } else {
+            index.summary(&feature, CARD_K)
+        }
+        .map(Arc::new);
         self.card = Some(CardData {
             feature,
             summary,
@@ -421,6 +473,7 @@ pub fn max_abs(index: &ScanIndex, f: FeatureId) -> Option<f32> {
     let layers = match f.basis {
         Basis::Neurons => &index.neurons,
         Basis::Heads => &index.heads,
+        Basis::Dictionary => return None,
     };
     let l = layers.get(f.layer)?;
     let (lo, hi) = (*l.min.get(f.index)?, *l.max.get(f.index)?);

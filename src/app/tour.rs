@@ -535,6 +535,60 @@ impl Tour {
                 true
             }
             42 => {
+                // The same dictionary as a basis of the main view: layer 6's features on the
+                // apple sentence.
+                self.app.apply(super::Command::ShowDictionary(false), now);
+                self.app.state.probe = "She ate an apple and a pear.".into();
+                self.app.state.basis = crate::features::Basis::Dictionary;
+                self.app.state.layer = 6;
+                self.app.request_run(now);
+                true
+            }
+            43 => {
+                let coded = self
+                    .app
+                    .runtime
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.dictionary.is_some());
+                let top = self
+                    .top_feature()
+                    .filter(|f| f.basis == crate::features::Basis::Dictionary);
+                match top {
+                    Some(f) if self.ready(coded) => {
+                        self.app.select(Some(f));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            44 if self.ready(self.receptive_ready()) => {
+                self.shot(ctx, "dictionary_basis");
+                true
+            }
+            45 => {
+                self.app.apply(super::Command::StartDictionaryScan, now);
+                true
+            }
+            46 if self.ready(
+                self.app.runtime.receptive.scanning.is_none()
+                    && self
+                        .app
+                        .runtime
+                        .receptive
+                        .index
+                        .index()
+                        .is_some_and(|i| i.meta.dictionary.is_some())
+                    && self.receptive_ready(),
+            ) =>
+            {
+                true
+            }
+            47 if self.ready(self.receptive_ready()) => {
+                self.shot(ctx, "dictionary_card");
+                true
+            }
+            48 => {
                 // A dictionary shared by seven layers (FISTA), for the depth profile.
                 self.app.state.dictionary = super::state::DictionaryForm {
                     method: crate::features::dictionary::Method::Fista,
@@ -548,11 +602,11 @@ impl Tour {
                 self.app.apply(super::Command::TrainDictionary, now);
                 true
             }
-            43 if self.ready(self.dictionary_trained()) => {
+            49 if self.ready(self.dictionary_trained()) => {
                 self.shot(ctx, "dictionary_atlas");
                 true
             }
-            44 => {
+            50 => {
                 self.app.apply(super::Command::ShowDictionary(false), now);
                 // The built-in file dialog, as a user without a desktop portal sees it.
                 self.app.apply(
@@ -561,11 +615,11 @@ impl Tour {
                 );
                 true
             }
-            45 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
+            51 if self.ready(self.app.dialogs.is_open()) && self.settle > 40 => {
                 self.shot(ctx, "save_dialog");
                 true
             }
-            46 => {
+            52 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::analysis::Fidelity;
+use crate::features::dictionary::Dictionary;
 use crate::features::FeatureId;
 use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
 use crate::jobs::{self, Interactive, JobCtx, JobError, JobResult, JobRunner};
@@ -144,6 +145,9 @@ pub struct RunRequest {
     /// Exact (f32, the reference) or the fast path; the baseline and the intervened side are
     /// both computed at this precision.
     pub precision: Precision,
+    /// The dictionary in use: both sides' records get its codes (its atoms are then a basis of
+    /// the maps and cards), and the cards' queries of its features use it.
+    pub dictionary: Option<Arc<Dictionary>>,
 }
 
 /// A feature's direct effect on the logits.
@@ -157,6 +161,7 @@ pub struct EffectRequest {
 }
 
 /// One side (baseline or intervened) of a run, as plain data.
+#[derive(Clone)]
 pub struct Side {
     pub record: ActivationRecord,
     /// Next-token top 10 after the last position, the loss of every token.
@@ -193,6 +198,8 @@ pub struct RunResult {
     pub layers_computed: usize,
     /// The precision every number of this result was computed at.
     pub precision: Precision,
+    /// The dictionary whose codes both sides' records hold.
+    pub dictionary: Option<Arc<Dictionary>>,
 }
 
 /// A feature's effect, as the card lists it.
@@ -284,6 +291,7 @@ impl WorkerHandle {
                 Worker {
                     model: None,
                     probes: [None, None],
+                    dictionary: None,
                     current: Precision::Exact,
                     interactive: jobs.interactive().clone(),
                     jobs,
@@ -420,6 +428,7 @@ pub fn scan_job(
     assets: PathBuf,
     clients: crate::assets::Clients,
     all: bool,
+    dictionary: Option<Arc<Dictionary>>,
     answer: ScanAnswer,
 ) -> ModelJob {
     Box::new(move |model, ctx| {
@@ -429,7 +438,7 @@ pub fn scan_job(
             let corpus =
                 crate::scan::Corpus::wordnet(&dir).map_err(|e| JobError::Failed(e.to_string()))?;
             let limit = (!all).then_some(crate::scan::index::DEFAULT_STIMULI);
-            scan_into_index(ctx, &model, &assets, &corpus, limit)
+            scan_into_index(ctx, &model, &assets, &corpus, limit, dictionary)
         })();
         answer_scan(result, answer)
     })
@@ -444,7 +453,7 @@ pub fn text_scan_job(assets: PathBuf, path: PathBuf, answer: ScanAnswer) -> Mode
             ctx.set_phase("Reading the text");
             let corpus =
                 crate::scan::Corpus::text(&path).map_err(|e| JobError::Failed(e.to_string()))?;
-            scan_into_index(ctx, &model, &assets, &corpus, None)
+            scan_into_index(ctx, &model, &assets, &corpus, None, None)
         })();
         answer_scan(result, answer)
     })
@@ -457,17 +466,22 @@ fn scan_into_index(
     assets: &std::path::Path,
     corpus: &crate::scan::Corpus,
     limit: Option<usize>,
+    dictionary: Option<Arc<Dictionary>>,
 ) -> Result<(PathBuf, crate::scan::ScanIndex), JobError> {
-    let out = crate::scan::index::default_index_path(
+    let mut out = crate::scan::index::default_index_path(
         &super::receptive::scans_dir(assets),
         &model.info().sha256,
         &corpus.name,
         &corpus.sha256(),
     );
+    if let Some(d) = &dictionary {
+        out = crate::scan::index::with_dictionary(&out, &d.sha256());
+    }
     let opts = crate::scan::ScanOptions {
         limit,
         out: Some(out.clone()),
         save_every: Duration::from_secs(30),
+        dictionary,
         ..Default::default()
     };
     let index = crate::scan::job(ctx, model, corpus, &opts)?;
@@ -510,6 +524,7 @@ pub fn experiment_job_name(protocol: &str) -> String {
 pub fn experiment_job(
     protocol: crate::corpus::protocol::Protocol,
     hand_picked: Vec<FeatureId>,
+    dictionary: Option<Arc<Dictionary>>,
     answer: Sender<super::experiments::Answer>,
 ) -> ModelJob {
     Box::new(move |model, ctx| {
@@ -519,7 +534,10 @@ pub fn experiment_job(
             ..Default::default()
         };
         let runner = crate::experiments::Runner::new(&model, Some(ctx));
-        let selectivity = crate::experiments::selectivity::Settings::default();
+        let selectivity = crate::experiments::selectivity::Settings {
+            dictionary,
+            ..Default::default()
+        };
         let result = crate::experiments::run_with(&runner, &protocol, &selectivity, &lesion);
         finish_experiment(result, protocol, &model, started, "the experiment", answer)
     })
@@ -657,6 +675,25 @@ struct Probe {
     cache: ProbeCache,
     baseline: Arc<Side>,
     continuation: Option<(usize, Vec<Token>)>,
+    /// The dictionary whose codes the baseline's record holds (`None`: none).
+    coded: Option<Arc<Dictionary>>,
+}
+
+/// Whether two dictionaries in use are the same one (the same shared copy).
+fn same_dict(a: &Option<Arc<Dictionary>>, b: &Option<Arc<Dictionary>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Puts `dict`'s codes in `record` (or takes every code out without one).
+fn code(record: &mut ActivationRecord, dict: &Option<Arc<Dictionary>>) {
+    match dict {
+        Some(d) => d.add_codes(record),
+        None => record.clear_codes(),
+    }
 }
 
 struct Worker {
@@ -666,6 +703,8 @@ struct Worker {
     probes: [Option<Probe>; 2],
     /// The precision of the latest run (its probe is the one effects read).
     current: Precision,
+    /// The dictionary of the latest run (cards and effects of its features use it).
+    dictionary: Option<Arc<Dictionary>>,
     jobs: JobRunner,
     interactive: Arc<Interactive>,
     tx: Sender<Response>,
@@ -718,13 +757,19 @@ fn side_last(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
 use jobs::panic_message;
 
 /// A card's question, answered exactly (the index's numbers are exact-path numbers).
-fn card_answer(model: &Model, query: CardQuery) -> Result<CardAnswer, ModelError> {
+fn card_answer(
+    model: &Model,
+    query: CardQuery,
+    dict: &Option<Arc<Dictionary>>,
+) -> Result<CardAnswer, ModelError> {
+    let add = |r: &mut ActivationRecord| code(r, dict);
+    let coder: Option<crate::model::Coder> = dict.as_ref().map(|_| &add as crate::model::Coder);
     match query {
         CardQuery::Rows {
             feature, windows, ..
         } => {
             let seqs: Vec<&[u32]> = windows.iter().map(|(_, t)| t.as_slice()).collect();
-            let rows = model.feature_rows(&seqs, feature, None)?;
+            let rows = model.feature_rows_coded(&seqs, feature, coder, None)?;
             Ok(CardAnswer::Rows(
                 windows.iter().map(|(w, _)| *w).zip(rows).collect(),
             ))
@@ -741,9 +786,9 @@ fn card_answer(model: &Model, query: CardQuery) -> Result<CardAnswer, ModelError
             } else {
                 crate::model::Occlude::Replace(model.neutral_token())
             };
-            Ok(CardAnswer::Occlusion(
-                model.occlusion(&tokens, feature, position, mode, None)?,
-            ))
+            Ok(CardAnswer::Occlusion(model.occlusion_coded(
+                &tokens, feature, position, mode, coder, None,
+            )?))
         }
     }
 }
@@ -809,7 +854,9 @@ impl Worker {
                 let serial = query.serial();
                 let answer = match &self.model {
                     None => Err("no model is loaded".to_string()),
-                    Some(model) => card_answer(model, query).map_err(|e| e.to_string()),
+                    Some(model) => {
+                        card_answer(model, query, &self.dictionary).map_err(|e| e.to_string())
+                    }
                 };
                 self.send(Response::Card { serial, answer });
             }
@@ -873,7 +920,35 @@ impl Worker {
                 Some((&probe.baseline.record, pos))
             }
         };
-        let d = crate::effect::direction(model, req.feature, at).map_err(|e| e.to_string())?;
+        let d = if req.feature.basis == crate::features::Basis::Dictionary {
+            let dict = self
+                .dictionary
+                .as_ref()
+                .ok_or("open the dictionary of this feature first")?;
+            let h = dict.hook_of_layer(req.feature.layer).ok_or_else(|| {
+                format!(
+                    "{}: the dictionary in use reads {}",
+                    req.feature,
+                    dict.hooks_text()
+                )
+            })?;
+            if req.feature.index >= dict.atoms() {
+                return Err(format!(
+                    "{}: the dictionary has {} atoms",
+                    req.feature,
+                    dict.atoms()
+                ));
+            }
+            crate::effect::atom_direction(
+                model,
+                req.feature,
+                dict.atom_direction(h, req.feature.index),
+                at,
+            )
+        } else {
+            crate::effect::direction(model, req.feature, at)
+        }
+        .map_err(|e| e.to_string())?;
         let (promoted, suppressed) =
             crate::effect::ranked(model, &d, 10).map_err(|e| e.to_string())?;
         // Labels show a byte fragment's bytes, not a replacement character.
@@ -914,6 +989,7 @@ impl Worker {
             }
         }
         self.current = req.precision;
+        self.dictionary = req.dictionary.clone();
         let mut rest = None;
         let result = (|| -> Result<RunResult, ModelError> {
             let fresh = self.probes[slot].is_none();
@@ -931,7 +1007,17 @@ impl Worker {
                     cache,
                     baseline: Arc::new(baseline),
                     continuation: None,
+                    coded: None,
                 });
+            }
+            // The baseline's codes are of the dictionary in use (recoded when it changes).
+            if let Some(probe) = self.probes[slot].as_mut() {
+                if !same_dict(&probe.coded, &req.dictionary) {
+                    let mut side = (*probe.baseline).clone();
+                    code(&mut side.record, &req.dictionary);
+                    probe.baseline = Arc::new(side);
+                    probe.coded = req.dictionary.clone();
+                }
             }
             // Set just above when the text is new.
             let probe = self.probes[slot].as_ref().ok_or(ModelError::EmptyText)?;
@@ -951,7 +1037,9 @@ impl Worker {
                 let kl =
                     crate::analysis::kl_divergence(probe.cache.baseline.last_logits(), &out.logits);
                 rest = Some(finals);
-                (Some(side_last(model, out, &ids)), Some(kl))
+                let mut side = side_last(model, out, &ids);
+                code(&mut side.record, &req.dictionary);
+                (Some(side), Some(kl))
             };
             Ok(RunResult {
                 id: req.id,
@@ -962,6 +1050,7 @@ impl Worker {
                 elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                 layers_computed,
                 precision: req.precision,
+                dictionary: req.dictionary.clone(),
             })
         })();
         match result {

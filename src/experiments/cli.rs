@@ -16,9 +16,10 @@ pub const USAGE: &str = "\
   hubel experiment list
              the built-in protocols (assets/protocols/*.json)
   hubel experiment run NAME|FILE [--model PATH] [--json] [--out DIR] [--shuffles N] [--folds K]
-             [--top-n N] [--draws N] [--units L1N2,L3N4]
+             [--top-n N] [--draws N] [--units L1N2,L3N4] [--dict D.safetensors]
              run a protocol: selectivity (d′ and AUROC of every MLP neuron at the reading
-             position, each layer's max |d′| against a label-shuffle null, CV probes on the
+             position, and with --dict of every feature of that dictionary at the layers it
+             reads, each layer's max |d′| against a label-shuffle null, CV probes on the
              residual stream, the embedding as the floor), induction (every head's score on
              repeated sequences and on controls, the loss on each copy) or lesion (top-N
              selective, random and hand-picked groups ablated by zero, mean and resample, scored
@@ -101,6 +102,11 @@ fn run_command(mut args: Vec<String>) -> anyhow::Result<()> {
     let json = flag(&mut args, "--json");
     let out = value(&mut args, "--out")?.map(PathBuf::from);
     let mut sel = selectivity::Settings::default();
+    if let Some(path) = value(&mut args, "--dict")? {
+        let dict = crate::features::dictionary::io::load(std::path::Path::new(&path))
+            .with_context(|| format!("opening the dictionary {path}"))?;
+        sel.dictionary = Some(std::sync::Arc::new(dict));
+    }
     if let Some(n) = number(&mut args, "--shuffles")? {
         if !(20..=100_000).contains(&n) {
             bail!("--shuffles takes 20 to 100000 label shuffles (200 or more for a 95% band), got {n}");

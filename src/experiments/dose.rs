@@ -129,10 +129,7 @@ pub fn interventions(
     let positions: Vec<usize> = (1..len).collect();
     let mut by_hook: std::collections::BTreeMap<HookPoint, Vec<usize>> = Default::default();
     for u in units {
-        let site = match u.basis {
-            Basis::Neurons => BlockSite::MlpPost,
-            Basis::Heads => BlockSite::Z,
-        };
+        let site = u.basis.site();
         by_hook
             .entry(HookPoint::block(u.layer, site))
             .or_default()
@@ -193,6 +190,12 @@ fn check(model: &Model, s: &Settings) -> Result<()> {
     }
     for u in &s.units {
         u.check(model.info()).map_err(ExperimentError::Invalid)?;
+        if u.basis == Basis::Dictionary {
+            return Err(ExperimentError::Invalid(format!(
+                "{u}: a dose–response edits neurons and heads; edit a dictionary feature from its \
+                 card or the Dictionary window"
+            )));
+        }
         if s.mode == Mode::Add && u.basis == Basis::Heads {
             return Err(ExperimentError::Invalid(format!(
                 "{u}: adding a constant to every value of a head's output is not a direction; scale a head (mode scale), or add to neurons"

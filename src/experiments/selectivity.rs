@@ -24,6 +24,9 @@ pub struct Settings {
     /// Neurons listed in `top_units`.
     pub top: usize,
     pub seed: u64,
+    /// A dictionary whose features are ranked beside the neurons and heads: its codes of each
+    /// stimulus's residual stream at the reading position, at every layer it reads.
+    pub dictionary: Option<std::sync::Arc<crate::features::dictionary::Dictionary>>,
 }
 
 impl Default for Settings {
@@ -33,6 +36,7 @@ impl Default for Settings {
             folds: 5,
             top: 20,
             seed: super::SEED,
+            dictionary: None,
         }
     }
 }
@@ -166,6 +170,12 @@ pub struct LayerRow {
     /// The largest |d′| of a head's output norm ‖z_h‖ in the block, and that head.
     pub max_abs_dprime_heads: f64,
     pub best_head: String,
+    /// With a dictionary that reads this block's residual stream: the largest |d′| of its
+    /// features' codes, and that feature (`L6D42`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_dprime_dict: Option<f64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub best_dict: String,
 }
 
 /// The embedding's separation: the floor.
@@ -317,6 +327,31 @@ pub fn run(runner: &Runner, protocol: &Protocol, settings: &Settings) -> Result<
     Ok(report)
 }
 
+/// The dictionary's codes of each stimulus's residual at every block it reads, `[stimuli ×
+/// atoms]` by layer (none without a dictionary). An error when the residual rows were not read
+/// or are not the dictionary's width (a dictionary of another model).
+fn dictionary_codes(r: &Readings, settings: &Settings) -> Result<BTreeMap<usize, Matrix>> {
+    let mut out = BTreeMap::new();
+    let Some(dict) = &settings.dictionary else {
+        return Ok(out);
+    };
+    for (l, h) in dict.resid_layers() {
+        let Some(x) = r.resid.get(l).filter(|x| x.rows > 0) else {
+            continue;
+        };
+        if x.cols != dict.d() {
+            return Err(super::ExperimentError::Invalid(format!(
+                "the dictionary reads {} dimensions; this model's residual stream has {}",
+                dict.d(),
+                x.cols
+            )));
+        }
+        let codes = dict.dense_codes(h, &x.data, false);
+        out.insert(l, Matrix::new(x.rows, dict.atoms(), codes));
+    }
+    Ok(out)
+}
+
 /// The statistics of collected readings (separate from the model run, so they can be tested on
 /// planted matrices).
 pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<SelectivityReport> {
@@ -333,6 +368,7 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
     };
     runner.checkpoint()?;
     let layer_ids: Vec<usize> = (0..r.neurons.len()).collect();
+    let codes = dictionary_codes(r, settings)?;
     let per_layer = stats::par_map(&layer_ids, |&l| {
         let m = &r.neurons[l];
         let d = stats::dprimes(m, labels);
@@ -350,6 +386,12 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
         let best_head = (0..dh.len())
             .max_by(|&x, &y| dh[x].abs().total_cmp(&dh[y].abs()).then(y.cmp(&x)))
             .map_or(String::new(), |h| FeatureId::head(l, h).label());
+        let dd = codes
+            .get(&l)
+            .map_or(Vec::new(), |c| stats::dprimes(c, labels));
+        let best_dict = (0..dd.len())
+            .max_by(|&x, &y| dd[x].abs().total_cmp(&dd[y].abs()).then(y.cmp(&x)))
+            .map_or(String::new(), |j| FeatureId::atom(l, j).label());
         let row = LayerRow {
             layer: l,
             max_abs_dprime: stats::max_abs(&d),
@@ -359,14 +401,16 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
             best: FeatureId::neuron(l, best).label(),
             max_abs_dprime_heads: stats::max_abs(&dh),
             best_head,
+            max_abs_dprime_dict: (!dd.is_empty()).then(|| stats::max_abs(&dd)),
+            best_dict,
         };
-        (row, d, dh)
+        (row, d, dh, dd)
     });
     runner.checkpoint()?;
     let mut layers = Vec::new();
-    // (feature, |d′| ranking value): neurons and heads ranked together.
+    // (feature, |d′| ranking value): neurons, heads and dictionary features ranked together.
     let mut units: Vec<(FeatureId, f64)> = Vec::new();
-    for (row, d, dh) in per_layer {
+    for (row, d, dh, dd) in per_layer {
         let l = row.layer;
         layers.push(row);
         units.extend(
@@ -379,6 +423,11 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
                 .enumerate()
                 .map(|(h, v)| (FeatureId::head(l, h), v)),
         );
+        units.extend(
+            dd.into_iter()
+                .enumerate()
+                .map(|(j, v)| (FeatureId::atom(l, j), v)),
+        );
     }
     units.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then(x.0.cmp(&y.0)));
     units.truncate(settings.top);
@@ -388,6 +437,7 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
             let col = match f.basis {
                 Basis::Neurons => r.neurons[f.layer].column(f.index),
                 Basis::Heads => r.heads[f.layer].column(f.index),
+                Basis::Dictionary => codes[&f.layer].column(f.index),
             };
             let (va, vb): (Vec<f32>, Vec<f32>) = split(&col, labels);
             let mean =

@@ -63,10 +63,13 @@ impl Capture {
     }
 }
 
-/// The activations of one run, in execution order.
+/// The activations of one run, in execution order; and, where someone holding a dictionary
+/// added them, its codes (`[pos, atoms]`) of the residual stream leaving a block: derived values,
+/// not a point of the forward pass, so no intervention can aim at them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActivationRecord {
     map: BTreeMap<HookPoint, Activation>,
+    codes: BTreeMap<usize, Activation>,
 }
 
 impl ActivationRecord {
@@ -84,6 +87,25 @@ impl ActivationRecord {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// A dictionary's codes `[pos, atoms]` of `blocks.{layer}.hook_resid_post`, if added.
+    pub fn codes(&self, layer: usize) -> Option<&Activation> {
+        self.codes.get(&layer)
+    }
+
+    /// Every layer's codes, in layer order.
+    pub fn iter_codes(&self) -> impl Iterator<Item = (usize, &Activation)> {
+        self.codes.iter().map(|(l, a)| (*l, a))
+    }
+
+    pub fn set_codes(&mut self, layer: usize, codes: Activation) {
+        self.codes.insert(layer, codes);
+    }
+
+    /// Drops every code (the dictionary they came from is no longer in use).
+    pub fn clear_codes(&mut self) {
+        self.codes.clear();
     }
 
     pub fn is_empty(&self) -> bool {

@@ -25,7 +25,7 @@ pub use effect::EffectScale;
 pub use generate::{Generate, Sampling};
 pub use hooks::Hooks;
 pub use lens::LENS_ROWS;
-pub use probe_ops::{FeatureRow, GluSigns, Occlude, Occlusion};
+pub use probe_ops::{Coder, FeatureRow, GluSigns, Occlude, Occlusion};
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
 

@@ -85,6 +85,20 @@ pub struct Occlusion {
     pub replaced_with: Option<u32>,
 }
 
+/// What turns a record's residual streams into a dictionary's codes (it calls
+/// `Dictionary::add_codes`): the model knows no dictionary, its caller does.
+pub type Coder<'a> = &'a (dyn Fn(&mut ActivationRecord) + Sync);
+
+/// A dictionary feature's values need a coder.
+fn check_coder(feature: FeatureId, coder: Option<Coder>) -> Result<()> {
+    if feature.basis == Basis::Dictionary && coder.is_none() {
+        return Err(super::ModelError::Format(format!(
+            "{feature} is a dictionary feature: open the dictionary it belongs to first"
+        )));
+    }
+    Ok(())
+}
+
 /// The sites a record needs for `feature`'s values (and, for a gated neuron, its gate and up).
 fn sites(feature: FeatureId, gated: bool) -> Vec<HookPoint> {
     let mut points = vec![feature.hook()];
@@ -114,18 +128,19 @@ impl Model {
             .is_some()
     }
 
-    /// An error naming the layer or index when `feature` does not exist in this model.
+    /// An error naming the layer or index when `feature` does not exist in this model (of a
+    /// dictionary feature only the layer: its atom is the dictionary's to check).
     pub fn check_feature(&self, feature: FeatureId) -> Result<()> {
         let hook = feature.hook();
         let units = self.hook_units(hook)?;
-        if feature.index >= units {
+        if feature.basis != Basis::Dictionary && feature.index >= units {
             return Err(InterventionError::IndexOutOfRange {
                 hook,
                 index: feature.index,
                 count: units,
                 unit: match feature.basis {
                     Basis::Neurons => "neurons",
-                    Basis::Heads => "heads",
+                    _ => "heads",
                 },
             }
             .into());
@@ -188,10 +203,27 @@ impl Model {
         feature: FeatureId,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Vec<FeatureRow>> {
+        self.feature_rows_coded(seqs, feature, None, cancel)
+    }
+
+    /// [`Model::feature_rows`] for any basis: a dictionary feature's rows need `coder`, which
+    /// adds the dictionary's codes to each window's record (it holds the feature's
+    /// `hook_resid_post`).
+    pub fn feature_rows_coded(
+        &self,
+        seqs: &[&[u32]],
+        feature: FeatureId,
+        coder: Option<Coder>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Vec<FeatureRow>> {
         self.check_feature(feature)?;
+        check_coder(feature, coder)?;
         let gated = self.gated() && feature.basis == Basis::Neurons;
         let capture = Capture::points(sites(feature, gated));
-        let records = self.run_batch_through(seqs, &capture, feature.layer, cancel)?;
+        let mut records = self.run_batch_through(seqs, &capture, feature.layer, cancel)?;
+        if let Some(code) = coder {
+            records.iter_mut().for_each(code);
+        }
         Ok(records
             .iter()
             .map(|record| {
@@ -260,8 +292,23 @@ impl Model {
         mode: Occlude,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Occlusion> {
+        self.occlusion_coded(tokens, feature, position, mode, None, cancel)
+    }
+
+    /// [`Model::occlusion`] for any basis: a dictionary feature's needs `coder` (see
+    /// [`Model::feature_rows_coded`]).
+    pub fn occlusion_coded(
+        &self,
+        tokens: &[u32],
+        feature: FeatureId,
+        position: usize,
+        mode: Occlude,
+        coder: Option<Coder>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Occlusion> {
         self.check_tokens(tokens)?;
         self.check_feature(feature)?;
+        check_coder(feature, coder)?;
         if position >= tokens.len() {
             return Err(InterventionError::PositionOutOfRange {
                 hook: feature.hook(),
@@ -295,7 +342,10 @@ impl Model {
         let mut batch: Vec<&[u32]> = vec![original];
         batch.extend(copies.iter().flatten().map(|(copy, _)| copy.as_slice()));
         let capture = Capture::points([feature.hook()]);
-        let records = self.run_batch_through(&batch, &capture, feature.layer, cancel)?;
+        let mut records = self.run_batch_through(&batch, &capture, feature.layer, cancel)?;
+        if let Some(code) = coder {
+            records.iter_mut().for_each(code);
+        }
         let at = |record: &ActivationRecord, pos: usize| {
             feature_activations(record, feature)
                 .get(pos)

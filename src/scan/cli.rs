@@ -11,12 +11,14 @@ use crate::model::Model;
 
 pub const USAGE: &str = "\
   hubel scan [--model PATH] [--corpus wordnet|FILE|DIR] [--limit N|all] [--out FILE] [--k K]
+             [--dict D.safetensors]
              scan a corpus: every neuron's and head's top/lowest examples, histogram, density,
              quantile examples, firing tokens (default --limit: the first 8000 stimuli, as the
              app's default scan; default --out: the data dir's scans/ folder, the file the app
-             uses; scanning into the same file again resumes or extends it)
+             uses; scanning into the same file again resumes or extends it); --dict scans that
+             dictionary's features too (their codes), into a file of their own by default
   hubel top FEATURE [--index FILE] [--k K] [--lowest] [--json]
-             a feature's (L8N1000, L5H3) top or lowest examples from a scan index
+             a feature's (L8N1000, L5H3, L6D42) top or lowest examples from a scan index
   hubel label FEATURE [--index FILE] [--model PATH] [--recompute] [--json]
              a feature's offline label: firing tokens and their context, WordNet categories
              over-represented in its top examples, promoted tokens; every feature's label is
@@ -67,6 +69,17 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     if let Some(k) = number(&mut args, "--k")? {
         opts.config.k = k.max(1);
     }
+    if let Some(path) = value(&mut args, "--dict")? {
+        let dict = crate::features::dictionary::io::load(Path::new(&path))
+            .with_context(|| format!("opening the dictionary {path}"))?;
+        if dict.resid_layers().is_empty() {
+            bail!(
+                "{path} reads {}: a scan reads dictionaries of a block's hook_resid_post",
+                dict.hooks_text()
+            );
+        }
+        opts.dictionary = Some(std::sync::Arc::new(dict));
+    }
     finish(&args)?;
     if !model_path.exists() {
         bail!(
@@ -83,13 +96,26 @@ pub fn command(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
         Corpus::text(Path::new(&corpus_arg))?
     };
     let out = out.unwrap_or_else(|| {
-        super::index::default_index_path(
+        let path = super::index::default_index_path(
             &scans_dir(),
             &model.info().sha256,
             &corpus.name,
             &corpus.sha256(),
-        )
+        );
+        match &opts.dictionary {
+            Some(d) => super::index::with_dictionary(&path, &d.sha256()),
+            None => path,
+        }
     });
+    if let Some(d) = &opts.dictionary {
+        if d.d() != model.config().d_model {
+            bail!(
+                "the dictionary reads {} dimensions; this model's residual stream has {}",
+                d.d(),
+                model.config().d_model
+            );
+        }
+    }
     opts.out = Some(out.clone());
     let bytes = opts.config.state_bytes(model.info());
     eprintln!(

@@ -70,6 +70,20 @@ pub struct IndexMeta {
     #[serde(default)]
     pub stats_seconds: f64,
     pub position0: String,
+    /// The dictionary whose features were scanned too (`None`: neurons and heads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary: Option<DictScan>,
+}
+
+/// Which dictionary a scan's `dictionary` statistics are of.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DictScan {
+    pub title: String,
+    /// `Dictionary::sha256`: a scan's features belong to exactly that dictionary.
+    pub sha256: String,
+    /// The block layers whose `hook_resid_post` it reads, in the order of `ScanIndex::dictionary`.
+    pub layers: Vec<usize>,
+    pub atoms: usize,
 }
 
 /// One stimulus scanned.
@@ -124,6 +138,8 @@ pub struct ScanIndex {
     pub meta: IndexMeta,
     pub neurons: Vec<LayerStats>,
     pub heads: Vec<LayerStats>,
+    /// The dictionary's features, one entry per layer of `meta.dictionary` (empty without).
+    pub dictionary: Vec<LayerStats>,
     pub token_counts: Vec<u64>,
     pub vocab: Vec<String>,
     pub windows: Windows,
@@ -335,6 +351,9 @@ impl ScanIndex {
         let s = self.meta.config.sizes();
         write_layers(&mut w, "neurons", &self.neurons, self.meta.d_mlp, s);
         write_layers(&mut w, "heads", &self.heads, self.meta.heads, s);
+        if let Some(d) = &self.meta.dictionary {
+            write_layers(&mut w, "dictionary", &self.dictionary, d.atoms, s);
+        }
         let v = self.token_counts.len();
         w.add("token_counts", "U64", vec![v], le!(self.token_counts));
         w.strings("vocab.bytes", self.vocab.iter().map(String::as_str));
@@ -459,6 +478,10 @@ impl ScanIndex {
         let s = meta.config.sizes();
         let neurons = read_layers(&r, "neurons", meta.layers, meta.d_mlp, s)?;
         let heads = read_layers(&r, "heads", meta.layers, meta.heads, s)?;
+        let dictionary = match &meta.dictionary {
+            Some(d) => read_layers(&r, "dictionary", d.layers.len(), d.atoms, s)?,
+            None => Vec::new(),
+        };
         let windows = Windows {
             tokens: r.u32("windows.tokens")?,
             offsets: r.u64("windows.offsets")?,
@@ -498,6 +521,7 @@ impl ScanIndex {
             meta,
             neurons,
             heads,
+            dictionary,
             windows,
             stimuli,
         })
@@ -731,6 +755,20 @@ pub fn default_index_path(
         &model_sha256[..model_sha256.len().min(12)],
         corpus_name.replace(['/', '\\', ' '], "_"),
         &corpus_sha256[..corpus_sha256.len().min(12)]
+    ))
+}
+
+/// The index path of a scan that also holds a dictionary's features: `path` with
+/// `.dict-<its SHA-256's first 12>` before `.scan.safetensors`.
+pub fn with_dictionary(path: &Path, dict_sha256: &str) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".scan.safetensors").unwrap_or(&name);
+    path.with_file_name(format!(
+        "{stem}.dict-{}.scan.safetensors",
+        &dict_sha256[..dict_sha256.len().min(12)]
     ))
 }
 

@@ -559,6 +559,7 @@ fn label_one(
     let l = match f.basis {
         Basis::Neurons => &index.neurons[f.layer],
         Basis::Heads => &index.heads[f.layer],
+        Basis::Dictionary => unreachable!("the scan labels its own neurons and heads only"),
     };
     let u = f.index;
     let fired = l.fired[u];

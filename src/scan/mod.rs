@@ -293,6 +293,9 @@ pub struct ScanOptions {
     /// Where the index is saved (and resumed from, if it holds an earlier part of this scan).
     pub out: Option<PathBuf>,
     pub save_every: Duration,
+    /// A dictionary whose features are scanned too (its codes of `hook_resid_post` at the
+    /// layers it reads, position 0 left out like every feature's).
+    pub dictionary: Option<std::sync::Arc<crate::features::dictionary::Dictionary>>,
 }
 
 impl Default for ScanOptions {
@@ -302,6 +305,7 @@ impl Default for ScanOptions {
             limit: None,
             out: None,
             save_every: Duration::from_secs(60),
+            dictionary: None,
         }
     }
 }
@@ -351,17 +355,75 @@ impl ScanIndex {
                 } else {
                     "position 0 is included in the statistics".into()
                 },
+                dictionary: None,
             },
             neurons: (0..info.layers).map(|l| layer(l, info.d_mlp, 0)).collect(),
             heads: (0..info.layers)
                 .map(|l| layer(l, info.heads, 0xA5A5))
                 .collect(),
+            dictionary: Vec::new(),
             token_counts: vec![0; info.vocab],
             vocab: (0..info.vocab as u32)
                 .map(|id| tok.token_text(id))
                 .collect(),
             windows: Windows::new(),
             stimuli: Vec::new(),
+        }
+    }
+
+    /// An empty index that scans `dict`'s features too.
+    pub fn with_dictionary(mut self, dict: &crate::features::dictionary::Dictionary) -> Self {
+        let layers: Vec<usize> = dict.resid_layers().iter().map(|&(l, _)| l).collect();
+        let cfg = &self.meta.config;
+        self.dictionary = layers
+            .iter()
+            .map(|&l| {
+                LayerStats::new(
+                    dict.atoms(),
+                    cfg.sizes(),
+                    cfg.seed ^ (l as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1C7,
+                )
+            })
+            .collect();
+        self.meta.dictionary = Some(index::DictScan {
+            title: dict.title(),
+            sha256: dict.sha256(),
+            layers,
+            atoms: dict.atoms(),
+        });
+        self
+    }
+
+    /// The dictionary features' statistics of one batch: each window's codes of the residual
+    /// streams in `outs`, layer by layer.
+    fn add_dictionary_batch(
+        &mut self,
+        batch: &[(u32, u32, Vec<u32>)],
+        outs: &[crate::model::RunOutput],
+        dict: &crate::features::dictionary::Dictionary,
+        w0: u32,
+    ) {
+        let cfg = self.meta.config.clone();
+        let first = usize::from(cfg.exclude_first);
+        for (stats, (layer, h)) in self.dictionary.iter_mut().zip(dict.resid_layers()) {
+            let point = HookPoint::block(layer, BlockSite::ResidPost);
+            let codes: Vec<(usize, Vec<f32>)> = outs
+                .iter()
+                .enumerate()
+                .filter_map(|(b, out)| {
+                    let x = out.record.get(point)?;
+                    Some((b, dict.dense_codes(h, &x.data, cfg.exclude_first)))
+                })
+                .collect();
+            let wins: Vec<stats::WindowValues> = codes
+                .iter()
+                .map(|(b, c)| stats::WindowValues {
+                    window: w0 + *b as u32,
+                    tokens: &batch[*b].2,
+                    acts: c,
+                })
+                .collect();
+            stats.add_windows(&wins, first, cfg.threshold);
         }
     }
 
@@ -375,9 +437,25 @@ impl ScanIndex {
         corpus: &Corpus,
         threads: usize,
     ) {
+        self.add_batch_with(batch, outs, corpus, threads, None)
+    }
+
+    /// [`ScanIndex::add_batch`], and the dictionary's features when the index scans them
+    /// (`outs` then record its layers' `hook_resid_post` too).
+    pub fn add_batch_with(
+        &mut self,
+        batch: &[(u32, u32, Vec<u32>)],
+        outs: &[crate::model::RunOutput],
+        corpus: &Corpus,
+        threads: usize,
+        dict: Option<&crate::features::dictionary::Dictionary>,
+    ) {
         let cfg = self.meta.config.clone();
         let first = usize::from(cfg.exclude_first);
         let w0 = self.windows.len() as u32;
+        if let Some(d) = dict {
+            self.add_dictionary_batch(batch, outs, d, w0);
+        }
         let (layers, heads) = (self.meta.layers, self.meta.heads);
         let per = layers.div_ceil(threads.max(1)).max(1);
         std::thread::scope(|scope| {
@@ -480,8 +558,11 @@ pub fn run(
         Some(path) if path.is_file() => {
             let old = ScanIndex::load(path)?;
             old.check_model(model.info())?;
+            let dict_sha = opts.dictionary.as_ref().map(|d| d.sha256());
             let what = if old.meta.corpus_sha256 != corpus.sha256() {
                 Some(format!("corpus {} vs {}", old.meta.corpus, corpus.name))
+            } else if old.meta.dictionary.as_ref().map(|d| &d.sha256) != dict_sha.as_ref() {
+                Some("the dictionary scanned differs".to_string())
             } else if old.meta.config != *cfg {
                 Some("settings differ".to_string())
             } else {
@@ -495,7 +576,13 @@ pub fn run(
             }
             old
         }
-        _ => ScanIndex::new(model, corpus, cfg, target),
+        _ => {
+            let index = ScanIndex::new(model, corpus, cfg, target);
+            match &opts.dictionary {
+                Some(d) => index.with_dictionary(d),
+                None => index,
+            }
+        }
     };
     index.meta.stimuli_target = target.max(index.meta.stimuli_done);
     if let Some(ctx) = ctx {
@@ -512,7 +599,21 @@ pub fn run(
         ));
         ctx.set_total(total, "tokens");
     }
-    let capture = Capture::sites([BlockSite::MlpPost, BlockSite::Z]);
+    let layers = model.config().n_layers;
+    let capture = Capture::points((0..layers).flat_map(|l| {
+        let resid = opts
+            .dictionary
+            .as_ref()
+            .is_some_and(|d| d.hook_of_layer(l).is_some())
+            .then_some(HookPoint::block(l, BlockSite::ResidPost));
+        [
+            Some(HookPoint::block(l, BlockSite::MlpPost)),
+            Some(HookPoint::block(l, BlockSite::Z)),
+            resid,
+        ]
+        .into_iter()
+        .flatten()
+    }));
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -563,7 +664,7 @@ pub fn run(
             Err(e) => return Err(e.into()),
         };
         let t1 = Instant::now();
-        index.add_batch(batch, &outs, corpus, threads);
+        index.add_batch_with(batch, &outs, corpus, threads, opts.dictionary.as_deref());
         index.meta.forward_seconds += (t1 - t0).as_secs_f64();
         index.meta.stats_seconds += t1.elapsed().as_secs_f64();
         if let Some(ctx) = ctx {
@@ -679,6 +780,24 @@ impl ScanIndex {
         let (layers, units, what) = match f.basis {
             Basis::Neurons => (&self.neurons, self.meta.d_mlp, "MLP neurons"),
             Basis::Heads => (&self.heads, self.meta.heads, "attention heads"),
+            Basis::Dictionary => {
+                let Some(d) = &self.meta.dictionary else {
+                    return Err(format!(
+                        "{f} is a dictionary feature: this scan holds neurons and heads only; \
+                         scan with the dictionary in use"
+                    ));
+                };
+                let Some(i) = d.layers.iter().position(|&l| l == f.layer) else {
+                    return Err(format!(
+                        "{f}: the scanned dictionary ({}) does not read layer {}",
+                        d.title, f.layer
+                    ));
+                };
+                if f.index >= d.atoms {
+                    return Err(format!("{f}: the scanned dictionary has {} atoms", d.atoms));
+                }
+                return Ok(&self.dictionary[i]);
+            }
         };
         if f.layer >= layers.len() || f.index >= units {
             return Err(format!(

@@ -156,3 +156,45 @@ pub fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert_max_abs(what, got, want, rel * scale);
 }
+
+/// A top-k dictionary of `atoms` pseudo-random unit atoms (seeded) reading `hook`, its encoder
+/// the decoder (tied), biases zero, normalised by `norm`: a dictionary whose codes a test can
+/// recompute with `Dictionary::encode` alone.
+pub fn tied_topk(
+    hook: hubel::hooks::HookPoint,
+    d: usize,
+    atoms: usize,
+    k: usize,
+    seed: u64,
+    norm: hubel::features::dictionary::Normaliser,
+) -> hubel::features::dictionary::Dictionary {
+    use hubel::features::dictionary::{self as dict, DictConfig, Dictionary, Method};
+    let mut w = dict::random_atoms(atoms, d, seed);
+    dict::normalise_rows(&mut w, d);
+    Dictionary {
+        config: DictConfig {
+            method: Method::Topk,
+            hooks: vec![hook],
+            d_in: d,
+            atoms,
+            k,
+            lambda: 0.0,
+            apply_b_dec_to_input: false,
+            model: String::new(),
+            model_sha256: String::new(),
+            corpus: String::new(),
+            tokens: 0,
+            stimuli: 0,
+            seconds: 0.0,
+            trained: None,
+        },
+        norms: vec![norm],
+        w_enc: w.clone(),
+        w_dec: w,
+        b_dec: vec![0.0; d],
+        b_enc: vec![0.0; atoms],
+        threshold: Vec::new(),
+        info: Vec::new(),
+        sources: Vec::new(),
+    }
+}

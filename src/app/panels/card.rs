@@ -86,7 +86,16 @@ impl CardView {
                 .weak()
                 .small(),
         );
-        let signed = f.basis == Basis::Neurons;
+        if f.basis == Basis::Dictionary {
+            let dict = cx.runtime.dictionaries.current.as_ref();
+            let label = dict
+                .filter(|d| f.index < d.atoms())
+                .map(|d| d.label(f.index));
+            ui.label(egui::RichText::new(label.unwrap_or_else(|| {
+                "not an atom of the dictionary in use".into()
+            })));
+        }
+        let signed = f.basis.signed();
         let scale = curve.peak.max(1e-6);
         ui.label("Activation over the probe (baseline)");
         ui.horizontal_wrapped(|ui| {
@@ -125,6 +134,18 @@ impl CardView {
 
         ui.separator();
         ui.label("Intervene");
+        if f.basis == Basis::Dictionary {
+            self.atom_edit_ui(ui, state, out, f);
+            ui.separator();
+            dictionary_examples_ui(ui, cx, f);
+            ui.separator();
+            super::receptive::receptive_ui(ui, cx, out, f);
+            ui.separator();
+            super::receptive::occlusion_ui(ui, cx, out, f);
+            ui.separator();
+            self.effect_ui(ui, state, cx, out, f);
+            return;
+        }
         let current = state
             .intervention_on(f)
             .map(|i| state.interventions[i].op.clone());
@@ -143,7 +164,9 @@ impl CardView {
         });
         ui.horizontal_wrapped(|ui| {
             let (what, hover) = match f.basis {
-                Basis::Neurons => ("Steer: add α", "Add α to this neuron at every position"),
+                Basis::Neurons | Basis::Dictionary => {
+                    ("Steer: add α", "Add α to this neuron at every position")
+                }
                 Basis::Heads => (
                     "Steer: scale by α",
                     "Multiply this head's output by α at every position",
@@ -162,7 +185,7 @@ impl CardView {
             .labelled_by(label.id);
             if ui.button("Steer").on_hover_text(hover).clicked() {
                 op = Some(Some(match f.basis {
-                    Basis::Neurons => Op::Add {
+                    Basis::Neurons | Basis::Dictionary => Op::Add {
                         value: self.steer_alpha,
                     },
                     Basis::Heads => Op::Scale {
@@ -230,6 +253,57 @@ impl CardView {
         }
     }
 
+    /// A dictionary feature's edits: along its atom, so the reconstruction error and every
+    /// other feature stay as they were (`dictionary::edit`).
+    fn atom_edit_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &AppState,
+        out: &mut Vec<Command>,
+        f: crate::features::FeatureId,
+    ) {
+        use crate::features::dictionary::edit::Edit;
+        let current = state.intervention_on(f);
+        ui.horizontal_wrapped(|ui| {
+            if ui
+                .button("Ablate")
+                .on_hover_text("Subtract its code × its atom at every token (its code becomes 0)")
+                .clicked()
+            {
+                out.push(Command::EditFeature(f, Edit::Ablate));
+            }
+            if ui
+                .button("×2")
+                .on_hover_text("Add its code × its atom again at every token")
+                .clicked()
+            {
+                out.push(Command::EditFeature(f, Edit::Scale(2.0)));
+            }
+            let label = ui.label("Steer: add α ×atom");
+            ui.add(
+                egui::DragValue::new(&mut self.steer_alpha)
+                    .speed(0.1)
+                    .range(STEER_RANGE),
+            )
+            .labelled_by(label.id);
+            if ui
+                .button("Steer")
+                .on_hover_text("Add α times its atom at every token after the first")
+                .clicked()
+            {
+                out.push(Command::EditFeature(f, Edit::Add(self.steer_alpha)));
+            }
+            if current.is_some() && ui.button("Remove").clicked() {
+                out.push(Command::SetFeatureOp(f, None));
+            }
+        });
+        if let Some(i) = current {
+            if let Op::AddScaled { label, .. } = &state.interventions[i].op {
+                ui.label(egui::RichText::new(format!("now: {label}")).weak().small());
+            }
+        }
+    }
+
     fn effect_ui(
         &mut self,
         ui: &mut egui::Ui,
@@ -240,7 +314,7 @@ impl CardView {
     ) {
         let position = cx.derived.next.position;
         ui.label("Direct effect on the logits (through the final norm's weights)");
-        if f.basis == Basis::Neurons {
+        if f.basis != Basis::Heads {
             ui.horizontal_wrapped(|ui| {
                 let before = state.effect_on_probe;
                 ui.radio_value(&mut state.effect_on_probe, false, "per unit of activation");
@@ -350,5 +424,55 @@ fn pattern_ui(ui: &mut egui::Ui, pattern: &[Vec<f32>], tokens: &[String]) {
             tokens.get(k).map_or("", String::as_str),
             pattern[q][k]
         ));
+    }
+}
+
+/// What the dictionary knows of a feature from the text it was trained on: its density, the
+/// tokens it fires on most, and its strongest examples.
+fn dictionary_examples_ui(ui: &mut egui::Ui, cx: &ViewCtx, f: crate::features::FeatureId) {
+    ui.label(egui::RichText::new("Examples (the dictionary's training text)").strong());
+    let Some(dict) = cx.runtime.dictionaries.current.as_ref() else {
+        ui.label("Open its dictionary (Dictionary menu) to see its examples.");
+        return;
+    };
+    let Some(info) = dict.info.get(f.index) else {
+        ui.label(format!(
+            "{} has no description of its atoms yet (import it with `hubel dict import` to \
+             describe them on a corpus).",
+            dict.title()
+        ));
+        return;
+    };
+    ui.label(format!(
+        "{}: active on {:.2}% of training tokens",
+        dict.title(),
+        100.0 * info.density
+    ));
+    if !info.top_tokens.is_empty() {
+        ui.label(format!("fires most on: {}", info.top_tokens.join(" · ")));
+    }
+    let peak = info
+        .examples
+        .iter()
+        .fold(0f32, |m, e| m.max(e.value.abs()))
+        .max(1e-6);
+    for e in &info.examples {
+        ui.horizontal_wrapped(|ui| {
+            ui.spacing_mut().item_spacing.x = 0.0;
+            ui.label(
+                egui::RichText::new(format!("{:>7.3}  ", e.value))
+                    .monospace()
+                    .small(),
+            );
+            ui.label(egui::RichText::new(&e.before).small());
+            ui.label(
+                egui::RichText::new(&e.token)
+                    .small()
+                    .strong()
+                    .background_color(colors::scaled(e.value, peak, false))
+                    .color(colors::CELL_TEXT),
+            );
+            ui.label(egui::RichText::new(&e.after).small());
+        });
     }
 }

@@ -666,8 +666,14 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
             ui.end_row();
         }
     });
+    let dict = r.layers.iter().any(|l| l.max_abs_dprime_dict.is_some());
     egui::CollapsingHeader::new("Per layer").show(ui, |ui| {
         egui::Grid::new("per layer").striped(true).show(ui, |ui| {
+            let dict_columns: &[&str] = if dict {
+                &["dictionary: max |d′|", "feature"]
+            } else {
+                &[]
+            };
             for h in [
                 "layer",
                 "max |d′|",
@@ -677,8 +683,11 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
                 "unit",
                 "heads: max |d′|",
                 "head",
-            ] {
-                ui.label(RichText::new(h).weak());
+            ]
+            .iter()
+            .chain(dict_columns)
+            {
+                ui.label(RichText::new(*h).weak());
             }
             ui.end_row();
             ui.label("embedding");
@@ -707,6 +716,18 @@ fn selectivity_ui(ui: &mut egui::Ui, r: &SelectivityReport, out: &mut Vec<Comman
                 feature_link(ui, &l.best, out);
                 ui.label(format!("{:.2}", l.max_abs_dprime_heads));
                 feature_link(ui, &l.best_head, out);
+                if dict {
+                    match l.max_abs_dprime_dict {
+                        Some(v) => {
+                            ui.label(format!("{v:.2}"));
+                            feature_link(ui, &l.best_dict, out);
+                        }
+                        None => {
+                            ui.label("");
+                            ui.label("");
+                        }
+                    }
+                }
                 ui.end_row();
             }
         });

@@ -28,11 +28,13 @@ fn mode_name(op: &Op) -> &'static str {
     }
 }
 
-/// A short label for an intervention's target: `L10N123`, `L5H3`, or the hook with indices.
+/// A short label for an intervention's target: `L10N123`, `L5H3`, a dictionary feature's edit
+/// (`L6D42 ablated (fruit)`), or the hook with indices.
 fn target_label(iv: &crate::hooks::Intervention) -> String {
-    match crate::features::FeatureId::of_intervention(iv) {
-        Some(f) => f.label(),
-        None => crate::probe::describe(iv),
+    match (crate::features::FeatureId::of_intervention(iv), &iv.op) {
+        (Some(f), Op::AddScaled { label, .. }) => format!("L{}{label}", f.layer),
+        (Some(f), _) => f.label(),
+        (None, _) => crate::probe::describe(iv),
     }
 }
 

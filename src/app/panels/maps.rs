@@ -275,8 +275,21 @@ impl MapsView {
             egui::ComboBox::from_id_salt("basis")
                 .selected_text(state.basis.name())
                 .show_ui(ui, |ui| {
+                    let reads = cx
+                        .runtime
+                        .dictionaries
+                        .current
+                        .as_ref()
+                        .is_some_and(|d| !d.resid_layers().is_empty());
                     for b in Basis::ALL {
-                        ui.selectable_value(&mut state.basis, b, b.name());
+                        let usable = b != Basis::Dictionary || reads;
+                        ui.add_enabled_ui(usable, |ui| {
+                            ui.selectable_value(&mut state.basis, b, b.name())
+                                .on_disabled_hover_text(
+                                    "Train or open a dictionary of a block's residual stream \
+                                     (Dictionary menu) to see its features here",
+                                );
+                        });
                     }
                 })
                 .response
@@ -292,7 +305,10 @@ impl MapsView {
                         .hint_text("L10N123"),
                 )
                 .labelled_by(label.id)
-                .on_hover_text("Open any feature's card by name: L10N123 (neuron), L5H3 (head)");
+                .on_hover_text(
+                    "Open any feature's card by name: L10N123 (neuron), L5H3 (head), L6D42 \
+                     (feature 42 of the dictionary in use, at layer 6)",
+                );
             let go = ui.button("Open").clicked();
             if go || field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                 let found = FeatureId::parse(&self.jump).and_then(|f| match &cx.runtime.model {
@@ -317,9 +333,45 @@ impl MapsView {
             ""
         };
         let what = match state.basis {
-            Basis::Neurons => "MLP neurons",
-            Basis::Heads => "Heads (‖z‖ of each head's output)",
+            Basis::Neurons => "MLP neurons".to_string(),
+            Basis::Heads => "Heads (‖z‖ of each head's output)".to_string(),
+            Basis::Dictionary => match &cx.runtime.dictionaries.current {
+                Some(dict) => format!("Features of {} (their codes)", dict.title()),
+                None => "Dictionary features".to_string(),
+            },
         };
+        if state.basis == Basis::Dictionary && d.rows.is_empty() {
+            let layers: Vec<String> = cx
+                .runtime
+                .dictionaries
+                .current
+                .as_ref()
+                .map(|d| {
+                    d.resid_layers()
+                        .iter()
+                        .map(|(l, _)| l.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ui.label(if layers.is_empty() {
+                "No dictionary of a block's residual stream is in use: train or open one in the \
+                 Dictionary menu."
+                    .to_string()
+            } else if cx
+                .runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.dictionary.is_none())
+            {
+                "Encoding the probe with the dictionary…".to_string()
+            } else {
+                format!(
+                    "The dictionary in use reads the residual stream of layer {} only: choose \
+                     that layer.",
+                    layers.join(", ")
+                )
+            });
+        }
         ui.horizontal_wrapped(|ui| {
             legend_ui(ui, d.row_scale, d.rows_diverging, state.exclude_sink);
             ui.label(

@@ -181,6 +181,9 @@ fn corpora_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
 pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: FeatureId) {
     ui.label(RichText::new("Receptive field (corpus scan)").strong());
     let r = &cx.runtime.receptive;
+    if f.basis == Basis::Dictionary {
+        dictionary_scan_button(ui, cx, out, r);
+    }
     let index = match &r.index {
         IndexState::None | IndexState::Loading => {
             ui.horizontal(|ui| {
@@ -230,6 +233,10 @@ pub fn receptive_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, f: 
     };
     let s = match &card.summary {
         Ok(s) => s,
+        Err(e) if f.basis == Basis::Dictionary => {
+            ui.label(e);
+            return;
+        }
         Err(e) => {
             ui.colored_label(colors::ERROR, e);
             return;
@@ -721,5 +728,43 @@ pub fn search_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>, query:
                 ui.label(RichText::new(&h.text).small().weak());
             });
         }
+    }
+}
+
+/// A dictionary feature's offer: scan the default corpus with the dictionary in use, unless the
+/// loaded index holds its features already (or a scan runs).
+fn dictionary_scan_button(
+    ui: &mut egui::Ui,
+    cx: &ViewCtx,
+    out: &mut Vec<Command>,
+    r: &crate::app::receptive::Receptive,
+) {
+    let scanned = r
+        .index
+        .index()
+        .and_then(|i| i.meta.dictionary.as_ref())
+        .is_some_and(|d| Some(&d.sha256) == r.dict_sha.as_ref());
+    if scanned || cx.runtime.dictionaries.current.is_none() {
+        return;
+    }
+    if let Some(run) = &r.scanning {
+        ui.horizontal(|ui| {
+            super::spinner(ui);
+            ui.label(format!("{} (see Jobs)", run.name));
+        });
+        return;
+    }
+    if ui
+        .button(format!(
+            "Scan {} WordNet stimuli with this dictionary",
+            crate::scan::index::DEFAULT_STIMULI
+        ))
+        .on_hover_text(
+            "Its features' top and lowest examples, histograms and firing tokens, beside every \
+             neuron's and head's, in an index of their own (a job: pause or cancel it in Jobs)",
+        )
+        .clicked()
+    {
+        out.push(Command::StartDictionaryScan);
     }
 }

@@ -440,6 +440,117 @@ impl Dictionary {
         )
     }
 
+    /// SHA-256 of everything its codes depend on (method, hooks, k, λ, the normalisers and the
+    /// weights), in hex: what a scan of its features is keyed by.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let c = &self.config;
+        h.update(
+            format!(
+                "{}|{}|{}|{}|{}|{}|{}",
+                c.method.name(),
+                self.hooks_text(),
+                c.d_in,
+                c.atoms,
+                c.k,
+                c.lambda,
+                c.apply_b_dec_to_input
+            )
+            .as_bytes(),
+        );
+        let mut floats = |v: &[f32]| {
+            h.update((v.len() as u64).to_le_bytes());
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            h.update(&bytes);
+        };
+        for n in &self.norms {
+            floats(&n.shift);
+            floats(&n.scale);
+        }
+        for v in [
+            &self.w_dec,
+            &self.b_dec,
+            &self.w_enc,
+            &self.b_enc,
+            &self.threshold,
+        ] {
+            floats(v);
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// The block layers whose residual stream (`hook_resid_post`) this dictionary reads, with
+    /// each one's hook index: where its features are a basis of the layer map.
+    pub fn resid_layers(&self) -> Vec<(usize, usize)> {
+        self.config
+            .hooks
+            .iter()
+            .enumerate()
+            .filter_map(|(h, p)| match *p {
+                HookPoint::Block {
+                    layer,
+                    site: crate::hooks::BlockSite::ResidPost,
+                } => Some((layer, h)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The hook index of layer `layer`'s residual stream, if this dictionary reads it.
+    pub fn hook_of_layer(&self, layer: usize) -> Option<usize> {
+        self.resid_layers()
+            .into_iter()
+            .find(|&(l, _)| l == layer)
+            .map(|(_, h)| h)
+    }
+
+    /// Dense codes `[len, atoms]` of rows `[len, d]` of hook `h`; row 0 is left at zero when
+    /// `skip_first` (position 0, the attention sink, on which no dictionary was trained: its
+    /// residual is thousands of times larger than the rest, and its "codes" mean nothing).
+    pub fn dense_codes(&self, h: usize, x: &[f32], skip_first: bool) -> Vec<f32> {
+        let (d, m) = (self.d(), self.atoms());
+        let len = x.len() / d.max(1);
+        let from = usize::from(skip_first).min(len);
+        let mut out = vec![0f32; len * m];
+        if len > from {
+            for (i, code) in self.encode(h, &x[from * d..len * d]).iter().enumerate() {
+                let row = &mut out[(from + i) * m..(from + i + 1) * m];
+                for &(j, v) in code {
+                    row[j as usize] = v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds this dictionary's codes to `record` for every residual stream it reads that the
+    /// record holds (`[pos, d]`), position 0 left at zero: what makes its atoms a basis of the
+    /// layer map, the feature card and the occlusion map ([`crate::analysis::maps`] reads them).
+    /// The record's earlier codes are dropped first. A residual of another width than the
+    /// dictionary's is skipped (a dictionary of another model).
+    pub fn add_codes(&self, record: &mut crate::hooks::ActivationRecord) {
+        record.clear_codes();
+        for (layer, h) in self.resid_layers() {
+            let point = HookPoint::block(layer, crate::hooks::BlockSite::ResidPost);
+            let Some(act) = record.get(point) else {
+                continue;
+            };
+            if act.shape.len() != 2 || act.shape[1] != self.d() {
+                continue;
+            }
+            let len = act.shape[0];
+            let data = self.dense_codes(h, &act.data, true);
+            record.set_codes(
+                layer,
+                crate::hooks::Activation {
+                    shape: vec![len, self.atoms()],
+                    data,
+                },
+            );
+        }
+    }
+
     /// Atom `j`'s label, or `D{j}` when it has none.
     pub fn label(&self, j: usize) -> String {
         match self.info.get(j) {
