@@ -1546,10 +1546,12 @@ fn a_dictionary_feature_s_card_scans_with_its_dictionary() {
         Normaliser::identity(d),
     ));
     let layers = info.layers;
+    // As if opened from a file (a training's snapshot has no scan).
+    let path = Some(PathBuf::from("opened.safetensors"));
     h.state_mut()
         .runtime
         .dictionaries
-        .set_current(dictionary.clone(), None, layers);
+        .set_current(dictionary.clone(), path, layers);
     let f = FeatureId::atom(1, 4);
     h.state_mut()
         .apply(hubel::app::Command::Select(Some(f)), 0.0);

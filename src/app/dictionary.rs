@@ -65,8 +65,12 @@ impl Dictionaries {
         (self.train.start(TRAIN_JOB), ptx)
     }
 
-    /// The current dictionary's [`Dictionary::sha256`], computed once per dictionary.
+    /// The current dictionary's [`Dictionary::sha256`], computed once per dictionary; `None`
+    /// for a training's snapshot (no scan is of it, and it changes every few seconds).
     pub fn current_sha(&mut self) -> Option<String> {
+        if self.snapshot {
+            return None;
+        }
         let current = self.current.clone()?;
         match &self.sha {
             Some((d, sha)) if Arc::ptr_eq(d, &current) => Some(sha.clone()),

@@ -196,6 +196,9 @@ pub struct Receptive {
     /// The SHA-256 of the dictionary in use: a dictionary feature's card reads an index that
     /// scanned exactly that dictionary.
     pub dict_sha: Option<String>,
+    /// The index last loaded for the dictionary in use (tried once, so a file that fails to
+    /// load is not loaded again every frame).
+    dict_index_tried: Option<PathBuf>,
 }
 
 impl Receptive {
@@ -236,17 +239,24 @@ impl Receptive {
         }
     }
 
-    /// An index of the model's that scanned the dictionary in use, when the loaded one did not.
-    pub fn index_for_dictionary(&self) -> Option<PathBuf> {
+    /// An index of the model's that scanned the dictionary in use, when the loaded one did not
+    /// (each such index is offered once).
+    pub fn index_for_dictionary(&mut self) -> Option<PathBuf> {
         let sha = self.dict_sha.as_ref()?;
         let has = |m: &IndexMeta| m.dictionary.as_ref().is_some_and(|d| &d.sha256 == sha);
         if self.index.index().is_some_and(|i| has(&i.meta)) || self.load_rx.is_some() {
             return None;
         }
-        self.indexes
+        let path = self
+            .indexes
             .iter()
             .find(|(_, m)| has(m))
-            .map(|(p, _)| p.clone())
+            .map(|(p, _)| p.clone())?;
+        if self.dict_index_tried.as_ref() == Some(&path) {
+            return None;
+        }
+        self.dict_index_tried = Some(path.clone());
+        Some(path)
     }
 
     pub fn next_serial(&mut self) -> u64 {

@@ -553,6 +553,16 @@ pub fn run(
     ctx: Option<&JobCtx>,
 ) -> Result<ScanIndex, ScanError> {
     let cfg = &opts.config;
+    if let Some(d) = &opts.dictionary {
+        let d_model = model.config().d_model;
+        if d.d() != d_model {
+            return Err(ScanError::Model(ModelError::Format(format!(
+                "the dictionary {} reads {} dimensions; this model's residual stream has {d_model}",
+                d.title(),
+                d.d()
+            ))));
+        }
+    }
     let target = opts.limit.unwrap_or(usize::MAX).min(corpus.stimuli.len());
     let mut index = match &opts.out {
         Some(path) if path.is_file() => {

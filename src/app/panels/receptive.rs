@@ -747,6 +747,14 @@ fn dictionary_scan_button(
     if scanned || cx.runtime.dictionaries.current.is_none() {
         return;
     }
+    if r.dict_sha.is_none() {
+        ui.label(
+            RichText::new("A training's snapshot: scan its features once the training is done.")
+                .weak()
+                .small(),
+        );
+        return;
+    }
     if let Some(run) = &r.scanning {
         ui.horizontal(|ui| {
             super::spinner(ui);
