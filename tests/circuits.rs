@@ -364,6 +364,133 @@ fn dla_of_an_ablated_run_reads_the_intervened_run() {
     assert!(dla::run(&model, &req(vec![bad])).is_err());
 }
 
+/// The heatmap's ranking by direct effect (`maps::top_by_effect` over `LayerBars::neurons`): every
+/// neuron's value is act × (W_outᵀ·dir) × 1/scale computed here from the model's tensors, the
+/// first ranked is the largest |value|, and a neuron whose output weights are zeroed, first by
+/// peak |activation|, is last by effect.
+#[test]
+fn ranking_a_layers_neurons_by_direct_effect() {
+    use hubel::analysis::maps;
+    use hubel::features::{Basis, FeatureId};
+    let cfg = tiny_config(Arch::Llama);
+    let (l, d, d_mlp) = (1, cfg.d_model, cfg.d_mlp);
+    let text = "a probe of bytes";
+    // The layer's strongest neuron by peak |activation| (position 0 left out, as the app does).
+    let (plain, _) = random_model(&cfg, 7).unwrap();
+    let tokens = ids(&plain, text);
+    let run = plain.run(&tokens, &Capture::All, &[]).unwrap();
+    let by_activation = maps::top_features(&run.record, l, Basis::Neurons, d_mlp, 1);
+    let peak = by_activation[0].index;
+    // The same model with that neuron's output weights zeroed: its activations (read before the
+    // down projection) are the same, its direct effect is exactly 0.
+    let down = format!("model.layers.{l}.mlp.down_proj.weight");
+    let mut edited = false;
+    let (model, tensors) = random_model_edited(&cfg, 7, &mut |name, dims, values| {
+        if name == down {
+            assert_eq!(dims, [d, d_mlp]);
+            (0..d).for_each(|i| values[i * d_mlp + peak] = 0.0);
+            edited = true;
+        }
+    })
+    .unwrap();
+    assert!(edited, "{down} not built");
+    let run = model.run(&tokens, &Capture::All, &[]).unwrap();
+    assert_eq!(
+        maps::top_features(&run.record, l, Basis::Neurons, d_mlp, 1),
+        by_activation,
+        "the activations do not depend on the output weights"
+    );
+    let (t, v) = (
+        single_token(&model, "e", "target").unwrap(),
+        single_token(&model, "x", "versus").unwrap(),
+    );
+    let pos = tokens.len() - 1;
+    let report = dla::run(
+        &model,
+        &DlaRequest {
+            text: text.into(),
+            target: t.token.clone(),
+            versus: Some(v.token.clone()),
+            position: None,
+            neurons: 0,
+            interventions: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert!(report.neurons.is_empty(), "none listed, all kept per layer");
+    // By hand: the frozen scale, the direction, the layer's activations and output weights.
+    let x = run
+        .record
+        .get(HookPoint::block(cfg.n_layers - 1, BlockSite::ResidPost))
+        .unwrap()
+        .row(pos);
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+    let inv = 1.0 / (ms + cfg.norm_eps).sqrt();
+    let gamma = values(&tensors["model.norm.weight"]);
+    let w_u = values(&tensors["lm_head.weight"]);
+    let dir: Vec<f32> = (0..d)
+        .map(|i| gamma[i] * (w_u[t.id as usize * d + i] - w_u[v.id as usize * d + i]))
+        .collect();
+    let w_out = values(&tensors[&down]);
+    let act = run
+        .record
+        .get(HookPoint::block(l, BlockSite::MlpPost))
+        .unwrap()
+        .row(pos);
+    let by_hand: Vec<f32> = (0..d_mlp)
+        .map(|n| {
+            let read: f64 = (0..d)
+                .map(|i| w_out[i * d_mlp + n] as f64 * dir[i] as f64)
+                .sum();
+            (act[n] as f64 * read * inv) as f32
+        })
+        .collect();
+    let effects = report.layers[l].effects(Basis::Neurons);
+    assert_eq!(effects.len(), d_mlp);
+    common::assert_close("every neuron's effect", effects, &by_hand, 1e-5, 1e-6);
+    assert_eq!(
+        report.layers[l].effects(Basis::Heads),
+        report.layers[l].heads
+    );
+    // The ranking: the largest |effect| by hand first, with its value.
+    let ranked = maps::top_by_effect(effects, l, Basis::Neurons, d_mlp);
+    let first = (0..d_mlp)
+        .max_by(|&a, &b| {
+            by_hand[a]
+                .abs()
+                .total_cmp(&by_hand[b].abs())
+                .then(b.cmp(&a))
+        })
+        .unwrap();
+    assert_eq!(ranked[0], FeatureId::neuron(l, first));
+    common::assert_close(
+        "the first's effect",
+        &[effects[ranked[0].index]],
+        &[by_hand[first]],
+        1e-5,
+        1e-6,
+    );
+    assert!(by_hand[first].abs() > 1e-3, "{}", by_hand[first]);
+    let sorted = ranked
+        .windows(2)
+        .all(|w| effects[w[0].index].abs() >= effects[w[1].index].abs());
+    assert!(sorted, "ranked by |effect|");
+    // The strongest by activation writes nothing along the direction: last by effect.
+    assert_eq!(effects[peak], 0.0);
+    assert_eq!(ranked[d_mlp - 1], FeatureId::neuron(l, peak));
+    assert_ne!(ranked[0], by_activation[0]);
+    // `hubel dla --json` is unchanged: the per-layer neuron values are not serialised.
+    let json = serde_json::to_value(&report).unwrap();
+    let mut keys: Vec<&str> = json["layers"][l]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["attn", "heads", "layer", "mlp", "strongest_neuron"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activation patching
 

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use hubel::app::fonts::FontSource;
 use hubel::app::state::CircuitsForm;
@@ -337,4 +337,165 @@ fn clicking_a_next_token_in_the_output_panel_pins_the_circuits_target() {
     let lens = h.state().runtime.circuits.lens.result().cloned();
     let lens = lens.unwrap_or_else(|| panic!("{:?}", h.state().runtime.circuits.lens.error()));
     assert_eq!(lens.target.map(|t| t.token), Some(text));
+}
+
+/// The heatmap's rows of layer 1, in order.
+fn rows(h: &Harness<'static, HubelApp>) -> Vec<hubel::features::FeatureId> {
+    h.state().derived.rows.iter().map(|r| r.feature).collect()
+}
+
+#[test]
+fn the_heatmap_ranks_its_rows_by_direct_effect_on_the_pinned_target() {
+    use hubel::analysis::maps;
+    use hubel::app::state::RowRanking;
+    use hubel::app::text::visible;
+    use hubel::circuits::dla::{self, DlaRequest};
+    use hubel::features::{Basis, FeatureId};
+    let mut h = loaded([1280.0, 800.0], "hello world");
+    h.state_mut().state.layer = 1;
+    h.state_mut().state.circuits.target.clear();
+    h.run_steps(3);
+    let top_k = h.state().state.top_k;
+    // Without a target the option is there, disabled, saying how to pin one.
+    let option = h.get_by_label("Direct effect on a target");
+    assert!(option.accesskit_node().is_disabled());
+    h.get_by_label_contains("No target pinned: click a next token in the output panel");
+    let base = h.state().runtime.result.as_ref().unwrap().baseline.clone();
+    let by_activation = maps::top_features(&base.record, 1, Basis::Neurons, top_k, 1);
+    assert_eq!(rows(&h), by_activation);
+    assert!(h.state().derived.rows.iter().all(|r| r.effect.is_none()));
+
+    // Pin a next token of the output panel (one that is a single token when typed).
+    let model = hubel::model::Model::open(tiny_llama()).unwrap();
+    let next = h.state().derived.next.baseline.clone();
+    let (text, p) = next
+        .iter()
+        .find(|(t, _)| hubel::circuits::single_token(&model, t, "target").is_ok())
+        .cloned()
+        .expect("a next token that is one token");
+    h.get_by_label(&format!("{p:.4} {text}")).click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.circuits.target, text);
+    h.state_mut().apply(Command::ShowCircuits(false), 0.0);
+    h.run_steps(3);
+    assert!(h.query_by_label("Direct effect on a target").is_none());
+
+    // A versus token that is several tokens: the failure is shown, the rows stay as they were.
+    h.state_mut().state.circuits.versus = "hello world".into();
+    h.run_steps(2);
+    let option = format!(
+        "Direct effect on {} − {}",
+        visible(&text),
+        visible("hello world")
+    );
+    h.get_by_label(&option).click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.ranking, RowRanking::DirectEffect);
+    wait_for(&mut h, "the effects' failure", |a| {
+        !a.runtime.circuits.effects.is_running() && a.runtime.circuits.effects.last.is_some()
+    });
+    let e = h.state().runtime.circuits.effects.error().map(String::from);
+    assert!(e.as_deref().is_some_and(|e| e.contains("not one")), "{e:?}");
+    h.get_by_label_contains("No direct effects (");
+    assert_eq!(rows(&h), by_activation);
+
+    // The target alone: the rows are the layer's neurons by |direct effect| at the last token,
+    // computed on the worker's thread even while a long job (a scan, a training) holds the
+    // job runner.
+    let long_job = h.state().runtime.jobs.submit("a long job", |ctx| loop {
+        ctx.checkpoint()?;
+        std::thread::sleep(Duration::from_millis(2));
+    });
+    h.state_mut().state.circuits.versus.clear();
+    wait_for(&mut h, "the rows ranked by effect", |a| {
+        a.derived.effect_ranking.is_some()
+    });
+    h.state().runtime.jobs.cancel(long_job);
+    let report = dla::run(
+        &model,
+        &DlaRequest {
+            text: "hello world".into(),
+            target: text.clone(),
+            versus: None,
+            position: None,
+            neurons: usize::MAX,
+            interventions: Vec::new(),
+        },
+    )
+    .unwrap();
+    let mut want: Vec<_> = report.neurons.iter().filter(|n| n.layer == 1).collect();
+    want.sort_by(|a, b| {
+        b.value
+            .abs()
+            .total_cmp(&a.value.abs())
+            .then(a.neuron.cmp(&b.neuron))
+    });
+    let by_effect = rows(&h);
+    assert_eq!(
+        by_effect,
+        want.iter()
+            .take(top_k)
+            .map(|n| FeatureId::neuron(1, n.neuron))
+            .collect::<Vec<_>>()
+    );
+    assert_ne!(by_effect, by_activation, "the order changed");
+    for (row, n) in h.state().derived.rows.iter().zip(&want) {
+        let got = row.effect.expect("each row has its effect");
+        common::assert_close(&row.feature.label(), &[got], &[n.value], 1e-6, 1e-6);
+        // The cells are still the activations.
+        assert_eq!(
+            row.values,
+            maps::feature_activations(&base.record, row.feature)
+        );
+    }
+    // Each label shows the effect and the target.
+    let first = &h.state().derived.rows[0];
+    let label = h
+        .get_all_by_label_contains(&format!("{} ", first.feature.label()))
+        .filter_map(|n| n.accesskit_node().label())
+        .find(|l| l.contains('→'))
+        .expect("the first row's label");
+    assert!(
+        label.ends_with(&format!(" → {}", visible(&text))),
+        "{label}"
+    );
+    let shown: f32 = label.split(' ').nth(1).unwrap().parse().unwrap();
+    let v = first.effect.unwrap();
+    assert!(
+        (shown - v).abs() <= 0.0051 * v.abs().max(0.01),
+        "{label}: {v}"
+    );
+    h.get_by_label_contains("by |direct effect| on logit(");
+
+    // A selected feature outside the top K is pinned below the rows, with its effect.
+    let last = want.last().unwrap();
+    let outside = FeatureId::neuron(1, last.neuron);
+    h.state_mut().apply(Command::Select(Some(outside)), 0.0);
+    h.run_steps(3);
+    let pinned = h.state().derived.rows.last().unwrap().clone();
+    assert_eq!(pinned.feature, outside);
+    assert!(pinned.pinned);
+    assert_eq!(pinned.effect, Some(last.value));
+    assert_eq!(rows(&h)[..top_k], by_effect[..]);
+
+    // An edit does not move the rows: they are ranked on the baseline.
+    let ablate = format!("Ablate {}", by_effect[0].label());
+    h.get_by_label(&ablate).click();
+    wait_for(&mut h, "the ablated run", |a| {
+        !a.is_busy()
+            && a.runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.intervened.is_some())
+    });
+    assert_eq!(rows(&h)[..top_k], by_effect[..]);
+    assert!(h.state().derived.effect_ranking.is_some());
+
+    // Back to peak |activation|.
+    h.get_by_label("Peak |activation|").click();
+    h.run_steps(3);
+    assert_eq!(h.state().state.ranking, RowRanking::PeakActivation);
+    assert_eq!(rows(&h)[..top_k], by_activation[..]);
+    assert!(h.state().derived.effect_ranking.is_none());
+    assert_eq!(h.state().error, None);
 }

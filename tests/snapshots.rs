@@ -108,6 +108,28 @@ fn main_view_at_1000x700() {
     main_view([1000.0, 700.0], "main_1000x700");
 }
 
+/// The heatmap ranked by direct effect on a pinned target: each label shows its effect.
+#[test]
+fn main_view_ranked_by_direct_effect() {
+    let mut state = AppState {
+        continuation: 0,
+        layer: 1,
+        ranking: hubel::app::state::RowRanking::DirectEffect,
+        ..AppState::default()
+    };
+    state.circuits.target = "b".into();
+    state.circuits.versus.clear();
+    let mut h = harness([1280.0, 720.0], state);
+    h.state_mut().load_model(tiny_llama());
+    settle(&mut h, "the model", |a| a.runtime.model.is_some());
+    h.state_mut().state.probe = "The cat sat on the mat.".into();
+    h.state_mut().request_run(0.0);
+    settle(&mut h, "the rows ranked by effect", |a| {
+        a.derived.effect_ranking.is_some()
+    });
+    h.snapshot_options("main_effect_1280x720", &options());
+}
+
 #[test]
 fn welcome_at_1280x720() {
     let mut h = harness([1280.0, 720.0], AppState::default());

@@ -209,6 +209,28 @@ pub fn top_features(
         .collect()
 }
 
+/// The `k` features of `layer` with the largest |effect|, strongest first, where `effects[i]` is
+/// unit `i`'s direct effect on a target (a DLA's per-layer neuron or head values). Ties go to the
+/// lower index; a non-finite effect ranks below every finite one (it carries no ranking).
+pub fn top_by_effect(effects: &[f32], layer: usize, basis: Basis, k: usize) -> Vec<FeatureId> {
+    let magnitude = |v: f32| if v.is_finite() { v.abs() } else { -1.0 };
+    let mut order: Vec<usize> = (0..effects.len()).collect();
+    order.sort_by(|&a, &b| {
+        magnitude(effects[b])
+            .total_cmp(&magnitude(effects[a]))
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| FeatureId {
+            basis,
+            layer,
+            index,
+        })
+        .collect()
+}
+
 /// The `n` strongest features of `basis` at position `pos`, across every layer the record holds
 /// (its `mlp.hook_post` for neurons, `attn.hook_z` for heads): `(feature, activation, score)`,
 /// highest score first (ties by feature: layer, then index). The activation is the neuron's
@@ -351,6 +373,26 @@ mod tests {
             top_features(&r, 1, Basis::Neurons, 2, 1),
             vec![FeatureId::neuron(1, 2), FeatureId::neuron(1, 1)]
         );
+    }
+
+    #[test]
+    fn ranks_features_by_absolute_effect_ties_by_index() {
+        let effects = [0.5, -2.0, 1.5, 2.0, f32::NAN, -0.0, 1.5];
+        let top = top_by_effect(&effects, 3, Basis::Neurons, 5);
+        // |−2.0| = |2.0|: the lower index first; then 1.5 twice (index 2 before 6); then 0.5.
+        assert_eq!(
+            top,
+            [1, 3, 2, 6, 0].map(|i| FeatureId::neuron(3, i)).to_vec()
+        );
+        // Everything, with the non-finite effect last (after −0.0).
+        let all = top_by_effect(&effects, 3, Basis::Heads, 100);
+        assert_eq!(
+            all.iter().map(|f| f.index).collect::<Vec<_>>(),
+            vec![1, 3, 2, 6, 0, 5, 4]
+        );
+        assert!(all.iter().all(|f| f.basis == Basis::Heads && f.layer == 3));
+        assert!(top_by_effect(&effects, 0, Basis::Neurons, 0).is_empty());
+        assert!(top_by_effect(&[], 0, Basis::Neurons, 4).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Circuits window's runtime (plain data, no egui): the logit lens, the direct logit
 //! attribution and the causal trace, each computed by a model job on the job runner (progress,
 //! pause and cancel in the Jobs list) and handed back here through a channel. The view
-//! (`panels/circuits.rs`) only draws what is here.
+//! (`panels/circuits.rs`) only draws what is here. The heatmap's ranking by direct effect is
+//! here too: a baseline attribution computed on the worker's thread ([`effects_job`]).
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
@@ -10,8 +11,10 @@ use crate::circuits::lens::{self, Grid};
 use crate::circuits::patch::{self, PatchReport, PatchRequest};
 use crate::circuits::{single_token, tokenize, TokenRef};
 use crate::hooks::{ActivationRecord, Intervention};
+use crate::model::Precision;
 
-use super::worker::ModelJob;
+use super::state::{AppState, RowRanking};
+use super::worker::{Job, ModelJob, Response, RunResult};
 
 /// The lens of the probe: the baseline, and the run with the edits when there are some.
 #[derive(Clone, Debug)]
@@ -127,16 +130,62 @@ impl<T, E: AsRef<str> + From<String>> Slot<T, E> {
     }
 }
 
+/// What the heatmap's ranking by direct effect is computed for: the probe, the target (minus
+/// the versus token), the attribution's position and the precision of the run shown. The edits
+/// are not part of it: the rows are ranked on the baseline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EffectsKey {
+    pub text: String,
+    pub target: String,
+    pub versus: Option<String>,
+    /// `None`: the last token.
+    pub position: Option<usize>,
+    pub precision: Precision,
+}
+
+/// What the heatmap's ranking by direct effect needs computed for `state` and the run shown:
+/// `None` unless that ranking is chosen, a target is pinned and a run is shown.
+pub fn effects_key(state: &AppState, result: Option<&RunResult>) -> Option<EffectsKey> {
+    let form = &state.circuits;
+    if state.ranking != RowRanking::DirectEffect || form.target.is_empty() {
+        return None;
+    }
+    Some(EffectsKey {
+        text: state.probe.clone(),
+        target: form.target.clone(),
+        versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
+        position: form.position,
+        precision: result?.precision,
+    })
+}
+
+/// The baseline attribution the heatmap's rows are ranked by (every layer's neurons and heads).
+#[derive(Clone, Debug)]
+pub struct RowEffects {
+    pub key: EffectsKey,
+    pub report: DlaReport,
+}
+
 /// The Circuits window's results.
 #[derive(Default)]
 pub struct Circuits {
     pub lens: Slot<LensResult>,
     pub dla: Slot<DlaReport>,
     pub trace: Slot<TraceResult, TraceFailure>,
+    /// The heatmap's ranking by direct effect: an attribution of the baseline, asked for by
+    /// itself when that ranking is chosen and its key changes.
+    pub effects: Slot<RowEffects>,
+    /// The key of the effects job last started (its answer, or the one in flight).
+    pub effects_key: Option<EffectsKey>,
+    /// Counts the effects' answers (the derived rows are recomputed on a new one).
+    pub effects_serial: u64,
 }
 
 pub const LENS_JOB: &str = "Logit lens";
 pub const DLA_JOB: &str = "Direct logit attribution";
+/// The heatmap's effects, computed on the worker's thread (not the job runner: one forward
+/// pass, like a run, that must not wait behind a scan or a training).
+pub const EFFECTS_JOB: &str = "computing the heatmap's direct effects";
 
 /// The trace job's name in the Jobs list.
 pub fn trace_job_name(site: patch::Site) -> String {
@@ -148,6 +197,37 @@ impl Circuits {
         self.lens.poll("the logit lens");
         self.dla.poll("the attribution");
         self.trace.poll("the causal trace");
+        if self.effects.is_running() {
+            self.effects.poll("the direct effects");
+            if !self.effects.is_running() {
+                self.effects_serial += 1;
+            }
+        }
+    }
+
+    /// The effects of `key`, when they have arrived.
+    pub fn effects_for(&self, key: &EffectsKey) -> Option<&RowEffects> {
+        self.effects.result().filter(|e| e.key == *key)
+    }
+
+    /// Why there are no effects for `key`: its job failed (its message), when that is so.
+    pub fn effects_error(&self, key: &EffectsKey) -> Option<&str> {
+        (!self.effects.is_running() && self.effects_key.as_ref() == Some(key))
+            .then(|| self.effects.error())
+            .flatten()
+    }
+
+    /// Whether an effects job should start for `key`: none has for it, and none is in flight
+    /// (a stale one finishes first; it is one forward pass).
+    pub fn effects_wanted(&self, key: &EffectsKey) -> bool {
+        !self.effects.is_running() && self.effects_key.as_ref() != Some(key)
+    }
+
+    /// Forgets the effects (another model).
+    pub fn clear_effects(&mut self) {
+        self.effects = Slot::default();
+        self.effects_key = None;
+        self.effects_serial += 1;
     }
 
     pub fn is_running(&self) -> bool {
@@ -236,6 +316,33 @@ pub fn dla_job(req: DlaRequest, tx: Sender<Result<DlaReport, String>>) -> ModelJ
             .map_err(Into::into)
             .and_then(|_| dla::run(&model, &req));
         answer(&tx, result)
+    })
+}
+
+/// A job on the worker's thread: the baseline attribution of `key` for the heatmap's rows (the
+/// same `dla::run` as the Attribution tab's), at the key's precision (the run shown), every
+/// neuron of every layer kept (`LayerBars::neurons`); the answer (or why there is none) goes
+/// to `tx`.
+pub fn effects_job(key: EffectsKey, tx: Sender<Result<RowEffects, String>>) -> Job {
+    Box::new(move |model| {
+        let req = DlaRequest {
+            text: key.text.clone(),
+            target: key.target.clone(),
+            versus: key.versus.clone(),
+            position: key.position,
+            neurons: 0,
+            interventions: Vec::new(),
+        };
+        let result = match model {
+            Some(model) => dla::run(&model.with_precision(key.precision), &req)
+                .map(|report| RowEffects { key, report })
+                .map_err(|e| e.to_string()),
+            None => Err("no model is loaded".to_string()),
+        };
+        let _ = tx.send(result);
+        Response::JobAnswered {
+            name: EFFECTS_JOB.into(),
+        }
     })
 }
 

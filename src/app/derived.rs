@@ -3,6 +3,7 @@
 //! when one of its inputs ([`DerivedKey`]) changes; views only read it.
 
 use crate::analysis::{self, maps, maps::MapCell, maps::Measure};
+use crate::circuits::dla::DlaReport;
 use crate::features::{Basis, FeatureId};
 use crate::hooks::ActivationRecord;
 
@@ -16,6 +17,27 @@ pub struct FeatureRow {
     pub values: Vec<f32>,
     /// Shown because it is selected, not because it ranks in the top K.
     pub pinned: bool,
+    /// Its direct effect on the target, when the rows are ranked by it.
+    pub effect: Option<f32>,
+}
+
+/// The direct effects the rows may be ranked by: a baseline attribution (every layer's neurons
+/// and heads) and the serial of its answer.
+#[derive(Clone, Copy)]
+pub struct RankEffects<'a> {
+    pub serial: u64,
+    pub report: &'a DlaReport,
+}
+
+/// What the rows are ranked by when it is the direct effect, for the caption and the labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EffectRanking {
+    /// The target token and the versus token, as shown (whitespace visible).
+    pub target: String,
+    pub versus: Option<String>,
+    /// The attribution's position and its token (as shown).
+    pub position: usize,
+    pub token: String,
 }
 
 /// The next-token distributions after one position.
@@ -61,6 +83,8 @@ pub struct DerivedKey {
     pub output_position: Option<usize>,
     /// The scan index the "what fires here" scales come from (its address; 0: none).
     pub index: usize,
+    /// The serial of the direct effects the rows are ranked by (`None`: by activation).
+    pub effects: Option<u64>,
 }
 
 #[derive(Default)]
@@ -71,6 +95,8 @@ pub struct Derived {
     /// The probe's tokens as every view labels them (`text::token_label`).
     pub tokens: Vec<String>,
     pub rows: Vec<FeatureRow>,
+    /// Set when the rows are ranked by direct effect (else by peak |activation|).
+    pub effect_ranking: Option<EffectRanking>,
     pub row_scale: f32,
     pub rows_diverging: bool,
     pub map: Vec<Vec<Option<MapCell>>>,
@@ -116,6 +142,7 @@ impl Derived {
         layers: usize,
         vocab: &[String],
         index: Option<&crate::scan::ScanIndex>,
+        effects: Option<RankEffects>,
     ) {
         let Some(result) = result else {
             *self = Derived::default();
@@ -137,6 +164,7 @@ impl Derived {
             exclude_sink: state.exclude_sink,
             output_position: state.output_position,
             index: index.map_or(0, |i| i as *const _ as usize),
+            effects: effects.map(|e| e.serial),
         };
         if self.key.as_ref() == Some(&key) {
             return;
@@ -162,8 +190,15 @@ impl Derived {
             }
         };
 
-        // Rows are ranked on the baseline, so they stay put when an edit changes the values.
-        let mut features = maps::top_features(base, state.layer, state.basis, state.top_k, from);
+        // Rows are ranked on the baseline, so they stay put when an edit changes the values: by
+        // peak |activation|, or by |direct effect| on the target (a baseline attribution).
+        let layer_effects = effects
+            .and_then(|e| e.report.layers.get(state.layer))
+            .map(|bars| bars.effects(state.basis));
+        let mut features = match layer_effects {
+            Some(v) => maps::top_by_effect(v, state.layer, state.basis, state.top_k),
+            None => maps::top_features(base, state.layer, state.basis, state.top_k, from),
+        };
         let pinned = state
             .selection
             .filter(|f| f.layer == state.layer && f.basis == state.basis)
@@ -175,8 +210,22 @@ impl Derived {
                 feature: f,
                 values: values_of(f),
                 pinned: Some(f) == pinned,
+                effect: layer_effects.and_then(|v| v.get(f.index).copied()),
             })
             .collect();
+        let effect_ranking = effects.filter(|_| layer_effects.is_some()).map(|e| {
+            let r = e.report;
+            EffectRanking {
+                target: super::text::visible(&r.target.token),
+                versus: r.versus.as_ref().map(|v| super::text::visible(&v.token)),
+                position: r.position,
+                token: r
+                    .tokens
+                    .get(r.position)
+                    .map(|t| super::text::visible(t))
+                    .unwrap_or_default(),
+            }
+        });
         let row_scale = maps::robust_scale(
             rows.iter()
                 .flat_map(|r| r.values.iter().skip(from).copied()),
@@ -264,6 +313,7 @@ impl Derived {
             view: Some(view),
             tokens: result.tokens.iter().map(super::text::token_label).collect(),
             rows,
+            effect_ranking,
             row_scale,
             rows_diverging: view == ViewMode::Difference || state.basis.signed(),
             map,

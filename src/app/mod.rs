@@ -1056,6 +1056,35 @@ impl HubelApp {
         });
     }
 
+    /// What the heatmap's ranking by direct effect needs computed now: `None` unless that
+    /// ranking is chosen, a target is pinned and a run is shown.
+    pub fn effects_key(&self) -> Option<circuits::EffectsKey> {
+        circuits::effects_key(&self.state, self.runtime.result.as_ref())
+    }
+
+    /// Starts the heatmap's effects job when its key changed (the probe, the target, the
+    /// versus token, the position or the precision), once the run of the probe is shown: never
+    /// while typing or while a run is in flight.
+    fn update_effects(&mut self) {
+        if self.edited_at.is_some() || self.runtime.run_in_flight() {
+            return;
+        }
+        let Some(key) = self.effects_key() else {
+            return;
+        };
+        let c = &mut self.runtime.circuits;
+        if !c.effects_wanted(&key) {
+            return;
+        }
+        let tx = c.effects.start(circuits::EFFECTS_JOB);
+        c.effects_key = Some(key.clone());
+        let job = circuits::effects_job(key, tx);
+        self.send(Request::Job {
+            name: circuits::EFFECTS_JOB.into(),
+            job,
+        });
+    }
+
     /// The causal trace as a job: the probe is the clean prompt.
     fn start_trace(&mut self) {
         let c = &mut self.runtime.circuits;
@@ -1341,6 +1370,7 @@ impl HubelApp {
                 rt.effect = None;
                 rt.fast_requested = false;
                 rt.stop_fidelity();
+                rt.circuits.clear_effects();
                 self.error = None;
                 self.state.selection = None;
                 self.state.interventions.clear();
@@ -1548,18 +1578,29 @@ impl HubelApp {
             Response::JobDone { name, message } => {
                 self.fail(format!("{name}: {message}"));
             }
+            Response::JobAnswered { .. } => {}
         }
     }
 
     /// Brings the derived views up to date.
     pub fn refresh_derived(&mut self) {
         let layers = self.runtime.layers();
+        let key = self.effects_key();
+        let c = &self.runtime.circuits;
+        let effects = key
+            .as_ref()
+            .and_then(|k| c.effects_for(k))
+            .map(|e| derived::RankEffects {
+                serial: c.effects_serial,
+                report: &e.report,
+            });
         self.derived.refresh(
             &self.state,
             self.runtime.result.as_ref(),
             layers,
             &self.runtime.vocab,
             self.runtime.receptive.index.index().map(|i| &**i),
+            effects,
         );
     }
 
@@ -1829,6 +1870,8 @@ impl eframe::App for HubelApp {
         for c in commands {
             self.apply(c, now);
         }
+        // After the views: a ranking chosen this frame asks for its effects now.
+        self.update_effects();
         if self.saved.as_ref() != Some(&self.state) {
             ctx.request_repaint_after(SAVE_INTERVAL + std::time::Duration::from_millis(200));
         }

@@ -36,6 +36,17 @@ impl ViewMode {
     }
 }
 
+/// How the chosen layer's feature rows (the heatmap) are ranked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RowRanking {
+    /// By peak |activation| over the probe.
+    #[default]
+    PeakActivation,
+    /// By |direct effect| on the Circuits target (minus the versus token) at the attribution's
+    /// position, in the baseline run; needs a target.
+    DirectEffect,
+}
+
 /// The saved working state (`#[serde(default)]`, so old settings survive new fields).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -55,6 +66,8 @@ pub struct AppState {
     /// Leave position 0 (the attention sink, with a huge residual norm) out of colour scales
     /// and of the heatmap's ranking.
     pub exclude_sink: bool,
+    /// How the heatmap's rows are ranked.
+    pub ranking: RowRanking,
     /// The card's direct effect on this probe (final-norm scale frozen at the output position)
     /// rather than per unit of activation.
     pub effect_on_probe: bool,
@@ -293,6 +306,7 @@ impl Default for AppState {
             selection: None,
             output_position: None,
             exclude_sink: true,
+            ranking: RowRanking::PeakActivation,
             effect_on_probe: false,
             builtin_file_dialog: false,
             precision: Precision::Exact,
@@ -350,5 +364,29 @@ impl Default for AppConfig {
             clients: Clients::default(),
             native_dialogs: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_ranking_is_saved_and_old_states_load_without_it() {
+        let state = AppState {
+            ranking: RowRanking::DirectEffect,
+            ..AppState::default()
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["ranking"], "DirectEffect");
+        let back: AppState = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.ranking, RowRanking::DirectEffect);
+        // A state saved before the choice existed: by peak |activation|, the rest kept.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("ranking");
+        old["probe"] = "an old probe".into();
+        let back: AppState = serde_json::from_value(old).unwrap();
+        assert_eq!(back.ranking, RowRanking::PeakActivation);
+        assert_eq!(back.probe, "an old probe");
     }
 }

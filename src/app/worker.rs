@@ -266,6 +266,11 @@ pub enum Response {
         name: String,
         message: String,
     },
+    /// A [`Request::Job`] that answered through a channel of its own: nothing to handle (the
+    /// repaint after every response wakes the UI, which polls that channel).
+    JobAnswered {
+        name: String,
+    },
 }
 
 /// The UI's end of the worker.
@@ -846,6 +851,8 @@ impl Worker {
                 self.effect(req)
             }
             Request::Job { job, .. } => {
+                // Work on the model, like a run: jobs on the runner wait at their checkpoint.
+                let _busy = self.interactive.begin();
                 let response = job(self.model.as_deref());
                 self.send(response);
             }

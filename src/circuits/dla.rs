@@ -16,6 +16,7 @@
 use serde::Serialize;
 
 use super::{single_token, tokenize, CircuitError, Result, TokenRef};
+use crate::features::Basis;
 use crate::hooks::{ActivationRecord, BlockSite, Capture, HookPoint, Intervention};
 use crate::model::{Model, ModelError};
 
@@ -61,6 +62,20 @@ pub struct LayerBars {
     pub heads: Vec<f32>,
     /// The layer's neuron with the largest |value| (where its MLP's card leads).
     pub strongest_neuron: Option<NeuronValue>,
+    /// Neuron by neuron (`act × W_outᵀ·dir × 1/scale`), every one of the layer's: what the
+    /// heatmap ranks its rows by. Not in `hubel dla --json` (`neurons` lists the largest).
+    #[serde(skip)]
+    pub neurons: Vec<f32>,
+}
+
+impl LayerBars {
+    /// The direct effect of each unit of `basis` in this layer: the neurons', or the heads'.
+    pub fn effects(&self, basis: Basis) -> &[f32] {
+        match basis {
+            Basis::Neurons => &self.neurons,
+            Basis::Heads => &self.heads,
+        }
+    }
 }
 
 /// `hubel dla --json`.
@@ -86,7 +101,8 @@ pub struct DlaReport {
     pub components: Vec<Component>,
     /// The neurons with the largest |value|, largest first.
     pub neurons: Vec<NeuronValue>,
-    /// Per layer, in order: heads and MLP for the bar chart.
+    /// Per layer, in order: heads and MLP for the bar chart (and every neuron's value, not
+    /// serialised).
     pub layers: Vec<LayerBars>,
     /// The edits of the run attributed, as specs (empty: the plain run).
     pub interventions: Vec<String>,
@@ -225,12 +241,14 @@ pub fn attribute(
             .iter()
             .max_by(|a, b| a.value.abs().total_cmp(&b.value.abs()))
             .cloned();
+        let neurons = all_neurons[first..].iter().map(|n| n.value).collect();
         layers.push(LayerBars {
             layer: l,
             attn: heads.iter().map(|&v| v as f64).sum::<f64>() as f32,
             mlp,
             heads,
             strongest_neuron,
+            neurons,
         });
     }
     let sum = components.iter().map(|c| c.value as f64).sum::<f64>() as f32;

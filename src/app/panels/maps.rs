@@ -5,7 +5,8 @@
 
 use egui::{Rect, Sense, Vec2};
 
-use super::super::{colors, AppState, Command, ViewMode};
+use super::super::state::RowRanking;
+use super::super::{circuits, colors, text, AppState, Command, ViewMode};
 use super::ViewCtx;
 use crate::analysis::maps::Measure;
 use crate::features::{Basis, FeatureId};
@@ -15,10 +16,80 @@ const LABEL_WIDTH: f32 = 86.0;
 const ROW_HEIGHT: f32 = 14.0;
 const HEADER_HEIGHT: f32 = 14.0;
 
-/// Column width for `n` tokens in `available` pixels: at least 8 (the map scrolls sideways
-/// beyond that), at most 56.
-fn cell_width(available: f32, n: usize) -> f32 {
-    ((available - LABEL_WIDTH - 40.0) / n.max(1) as f32).clamp(8.0, 56.0)
+/// Column width for `n` tokens in `available` pixels beside labels `label` wide: at least 8 (the
+/// map scrolls sideways beyond that), at most 56.
+fn cell_width(available: f32, n: usize, label: f32) -> f32 {
+    ((available - label - 40.0) / n.max(1) as f32).clamp(8.0, 56.0)
+}
+
+/// A direct effect with about three significant digits and its sign: `+1.83`, `-0.042`, `+3.1e-4`.
+fn effect_text(v: f32) -> String {
+    if v == 0.0 {
+        return "+0".into();
+    }
+    match v.abs() {
+        a if a >= 10.0 => format!("{v:+.1}"),
+        a if a >= 1.0 => format!("{v:+.2}"),
+        a if a >= 0.001 => format!("{v:+.3}"),
+        _ => format!("{v:+.1e}"),
+    }
+}
+
+/// The metric the rows are ranked by: `logit(·Paris)` or `logit(·Paris) − logit(·Rome)`.
+fn metric_text(target: &str, versus: Option<&str>) -> String {
+    match versus {
+        Some(v) => format!("logit({target}) − logit({v})"),
+        None => format!("logit({target})"),
+    }
+}
+
+/// The ranking choice of the heatmap's rows: peak |activation|, or direct effect on the pinned
+/// target (disabled, saying how to pin one, when there is none).
+fn ranking_ui(ui: &mut egui::Ui, state: &mut AppState) {
+    let form = &state.circuits;
+    let pinned = !form.target.is_empty();
+    let by_effect = pinned && state.ranking == RowRanking::DirectEffect;
+    ui.label("Rank by");
+    if ui
+        .radio(!by_effect, "Peak |activation|")
+        .on_hover_text("The largest |activation| over the probe, in the baseline run")
+        .clicked()
+    {
+        state.ranking = RowRanking::PeakActivation;
+    }
+    if pinned {
+        let target = text::visible(&form.target);
+        let name = match Some(&form.versus).filter(|v| !v.is_empty()) {
+            Some(v) => format!("Direct effect on {target} − {}", text::visible(v)),
+            None => format!("Direct effect on {target}"),
+        };
+        if ui
+            .radio(by_effect, name)
+            .on_hover_text(
+                "Rank by |direct effect| on the target's logit (minus the versus token's) at the \
+                 attribution's position (the Circuits window's Attribution tab; the last token \
+                 unless chosen), in the baseline run: what each neuron or head writes along the \
+                 logit direction, the final norm's scale frozen. The cells stay activations.",
+            )
+            .clicked()
+        {
+            state.ranking = RowRanking::DirectEffect;
+        }
+    } else {
+        ui.add_enabled(
+            false,
+            egui::RadioButton::new(false, "Direct effect on a target"),
+        )
+        .on_disabled_hover_text("Pin a target token first");
+        ui.label(
+            egui::RichText::new(
+                "No target pinned: click a next token in the output panel, or type one in \
+                 Circuits (Target)",
+            )
+            .weak()
+            .small(),
+        );
+    }
 }
 
 /// A gradient legend from −scale to +scale (or 0 to scale).
@@ -139,7 +210,7 @@ impl MapsView {
                 );
             legend_ui(ui, d.map_scale, d.map_diverging, state.exclude_sink);
         });
-        let w = cell_width(ui.available_width(), tokens.len());
+        let w = cell_width(ui.available_width(), tokens.len(), LABEL_WIDTH);
         let layers = d.map.len().max(1);
         // Rows shrink to fit every layer in the panel (down to 5 px; the map scrolls below that).
         let row_height =
@@ -374,16 +445,72 @@ impl MapsView {
         }
         ui.horizontal_wrapped(|ui| {
             legend_ui(ui, d.row_scale, d.rows_diverging, state.exclude_sink);
-            ui.label(
-                egui::RichText::new(format!(
-                    "{what} by peak |activation| over the probe{sink}, ranked in the baseline"
-                ))
-                .weak()
-                .small(),
-            )
-            .on_hover_text("Click a label to open its card, tick the box to zero-ablate it.");
+            ranking_ui(ui, state);
         });
-        let w = cell_width(ui.available_width(), tokens.len());
+        let effects = &cx.runtime.circuits;
+        let key = circuits::effects_key(state, cx.runtime.result.as_ref());
+        let caption = match (&d.effect_ranking, &key) {
+            (Some(r), _) => format!(
+                "{what} by |direct effect| on {} at position {} (\"{}\"), in the baseline; the \
+                 label shows it, the cells the activations",
+                metric_text(&r.target, r.versus.as_deref()),
+                r.position,
+                r.token
+            ),
+            (None, Some(_)) if effects.effects.is_running() => format!(
+                "{what} by peak |activation| over the probe{sink} until the direct effects are \
+                 computed…"
+            ),
+            _ => {
+                format!("{what} by peak |activation| over the probe{sink}, ranked in the baseline")
+            }
+        };
+        ui.label(egui::RichText::new(caption).weak().small())
+            .on_hover_text("Click a label to open its card, tick the box to zero-ablate it.");
+        if let Some(e) = key.as_ref().and_then(|k| effects.effects_error(k)) {
+            ui.colored_label(
+                colors::ERROR,
+                format!("No direct effects ({e}): ranked by peak |activation|"),
+            );
+        }
+        // A row's name, with its direct effect when the rows are ranked by it.
+        let row_name = |row: &crate::app::derived::FeatureRow| match (&d.effect_ranking, row.effect)
+        {
+            (Some(r), Some(v)) => {
+                let versus = r.versus.as_ref().map(|v| format!(" − {v}"));
+                format!(
+                    "{} {} → {}{}",
+                    row.feature.label(),
+                    effect_text(v),
+                    r.target,
+                    versus.unwrap_or_default()
+                )
+            }
+            _ => row.feature.label(),
+        };
+        let label_width = if d.effect_ranking.is_some() {
+            // Laid out as the rows' buttons lay them out, so every row's cells start together.
+            let widest = d
+                .rows
+                .iter()
+                .map(|r| {
+                    egui::WidgetText::from(egui::RichText::new(row_name(r)).small().monospace())
+                        .into_galley(
+                            ui,
+                            Some(egui::TextWrapMode::Extend),
+                            f32::INFINITY,
+                            egui::TextStyle::Button,
+                        )
+                        .size()
+                        .x
+                })
+                .fold(0f32, f32::max);
+            // The selectable button's padding on both sides.
+            (widest + 2.0 * ui.spacing().button_padding.x + 4.0).max(LABEL_WIDTH)
+        } else {
+            LABEL_WIDTH
+        };
+        let w = cell_width(ui.available_width(), tokens.len(), label_width);
         let scale = d.row_scale;
         let mut select = None;
         let mut toggle: Option<(FeatureId, bool)> = None;
@@ -393,10 +520,11 @@ impl MapsView {
             .show(ui, |ui| {
                 ui.spacing_mut().item_spacing.y = 2.0;
                 ui.spacing_mut().interact_size.y = ROW_HEIGHT;
-                token_header_ui(ui, tokens, w, LABEL_WIDTH + 22.0);
+                token_header_ui(ui, tokens, w, label_width + 22.0);
                 for row in &d.rows {
                     let f = row.feature;
                     let label = f.label();
+                    let name_text = row_name(row);
                     let ablated = state.intervention_on(f).is_some();
                     ui.horizontal(|ui| {
                         ui.spacing_mut().item_spacing = Vec2::new(2.0, 0.0);
@@ -412,7 +540,7 @@ impl MapsView {
                         {
                             toggle = Some((f, on));
                         }
-                        let mut text = egui::RichText::new(&label).small().monospace();
+                        let mut text = egui::RichText::new(&name_text).small().monospace();
                         if ablated {
                             text = text.color(colors::ABLATED).strikethrough();
                         }
@@ -420,13 +548,21 @@ impl MapsView {
                             text = text.italics();
                         }
                         let name = ui.add_sized(
-                            [LABEL_WIDTH, ROW_HEIGHT],
+                            [label_width, ROW_HEIGHT],
                             egui::Button::selectable(state.selection == Some(f), text),
                         );
                         let name = if row.pinned {
                             name.on_hover_text("Shown because it is selected; not in the top K")
                         } else {
                             name
+                        };
+                        let name = match (&d.effect_ranking, row.effect) {
+                            (Some(r), Some(v)) => name.on_hover_text(format!(
+                                "{label}'s direct effect on {} at position {}: {v:+.5} (baseline)",
+                                metric_text(&r.target, r.versus.as_deref()),
+                                r.position
+                            )),
+                            _ => name,
                         };
                         if name.clicked() {
                             select = Some(f);
