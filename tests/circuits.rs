@@ -445,13 +445,14 @@ fn ranking_a_layers_neurons_by_direct_effect() {
             (act[n] as f64 * read * inv) as f32
         })
         .collect();
-    let effects = report.layers[l].effects(Basis::Neurons);
+    let effects = report.layers[l].effects(Basis::Neurons).unwrap();
     assert_eq!(effects.len(), d_mlp);
     common::assert_close("every neuron's effect", effects, &by_hand, 1e-5, 1e-6);
     assert_eq!(
         report.layers[l].effects(Basis::Heads),
-        report.layers[l].heads
+        Some(report.layers[l].heads.as_slice())
     );
+    assert_eq!(report.layers[l].effects(Basis::Dictionary), None);
     // The ranking: the largest |effect| by hand first, with its value.
     let ranked = maps::top_by_effect(effects, l, Basis::Neurons, d_mlp);
     let first = (0..d_mlp)

@@ -360,3 +360,81 @@ fn the_worker_codes_both_sides_with_the_dictionary_in_use() {
     let plain = next_run(&w);
     assert!(plain.baseline.record.codes(LAYER).is_none());
 }
+
+/// A dictionary feature's direct effect on a target (the heatmap's ranking of its features):
+/// `code × atomᵀ·dir × 1/scale` at the attribution's position, by hand; the effects of all its
+/// features sum to its reconstruction's (less the bias's) read along the same direction.
+#[test]
+fn dictionary_features_direct_effects_sum_to_the_reconstruction_s() {
+    use hubel::circuits::dla::{self, DlaRequest};
+    let model = Model::open(tiny_llama()).unwrap();
+    let dict = dictionary(&model, 24, 3);
+    let req = DlaRequest {
+        text: TEXT.into(),
+        target: "e".into(),
+        versus: Some("o".into()),
+        position: None,
+        neurons: 0,
+        interventions: Vec::new(),
+    };
+    let mut report = dla::run(&model, &req).unwrap();
+    assert_eq!(report.layers[LAYER].effects(Basis::Dictionary), None);
+    hubel::features::dictionary::effects::add_to(&model, &dict, &mut report).unwrap();
+    let effects = report.layers[LAYER]
+        .effects(Basis::Dictionary)
+        .unwrap()
+        .to_vec();
+    assert_eq!(effects.len(), 24);
+    assert!(report.layers[0].effects(Basis::Dictionary).is_none());
+    // By hand: the residual at the position, its code, the direction target − versus.
+    let ids = model.tokenizer().encode_ids(TEXT).unwrap();
+    let pos = report.position;
+    assert_eq!(pos, ids.len() - 1);
+    let x = model
+        .run(&ids, &Capture::points([HOOK]), &[])
+        .unwrap()
+        .record
+        .get(HOOK)
+        .unwrap()
+        .row(pos)
+        .to_vec();
+    let code = &dict.encode(0, &x)[0];
+    let mut dir = model.logit_direction(report.target.id).unwrap();
+    let other = model
+        .logit_direction(report.versus.as_ref().unwrap().id)
+        .unwrap();
+    dir.iter_mut().zip(&other).for_each(|(a, b)| *a -= b);
+    let dot = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    };
+    let inv = f64::from(report.inv_scale);
+    for j in 0..24 {
+        let c = code.iter().find(|e| e.0 as usize == j).map_or(0.0, |e| e.1);
+        let want = f64::from(c) * dot(&dict.atom_direction(0, j), &dir) * inv;
+        assert!(
+            (f64::from(effects[j]) - want).abs() <= 1e-5 * want.abs().max(1e-4),
+            "L{LAYER}D{j}: {} vs {want}",
+            effects[j]
+        );
+        assert_eq!(
+            effects[j] == 0.0,
+            c == 0.0,
+            "only active features have an effect"
+        );
+    }
+    let reconstruction: Vec<f32> = dict
+        .decode(0, code)
+        .iter()
+        .zip(dict.decode(0, &Vec::new()))
+        .map(|(a, b)| a - b)
+        .collect();
+    let sum: f64 = effects.iter().map(|&e| f64::from(e)).sum();
+    let want = dot(&reconstruction, &dir) * inv;
+    assert!(
+        (sum - want).abs() <= 1e-4 * want.abs().max(1e-3),
+        "{sum} vs {want}"
+    );
+}

@@ -330,4 +330,58 @@ fn dictionary_features_are_a_basis_of_the_layer_map_and_the_card() {
     h.get_by_label(&format!("Ablate {}", top.label())).click();
     h.run_steps(2);
     assert!(h.state().state.interventions.is_empty());
+
+    // Ranked by direct effect on the model's own next token: its features' effects.
+    wait_for(&mut h, "the run without edits", |a| {
+        a.runtime
+            .result
+            .as_ref()
+            .is_some_and(|r| r.intervened.is_none())
+            && !a.is_busy()
+    });
+    let next = h
+        .state()
+        .runtime
+        .result
+        .as_ref()
+        .unwrap()
+        .baseline
+        .summary
+        .top_next[0]
+        .token
+        .clone();
+    h.state_mut().state.circuits.target = next;
+    h.state_mut().state.circuits.versus.clear();
+    h.state_mut().state.ranking = hubel::app::state::RowRanking::DirectEffect;
+    wait_for(&mut h, "the rows ranked by direct effect", |a| {
+        a.derived.effect_ranking.is_some()
+    });
+    let report = h
+        .state()
+        .runtime
+        .circuits
+        .effects
+        .result()
+        .unwrap()
+        .report
+        .clone();
+    let effects = report.layers[0]
+        .effects(Basis::Dictionary)
+        .unwrap()
+        .to_vec();
+    let rows = h.state().derived.rows.clone();
+    // The selected feature stays as a pinned row below the top K.
+    let ranked: Vec<FeatureId> = rows
+        .iter()
+        .filter(|r| !r.pinned)
+        .map(|r| r.feature)
+        .collect();
+    assert_eq!(
+        ranked,
+        hubel::analysis::maps::top_by_effect(&effects, 0, Basis::Dictionary, ranked.len())
+    );
+    for r in &rows {
+        assert_eq!(r.effect, Some(effects[r.feature.index]));
+    }
+    assert!(rows[0].effect.unwrap().abs() > 0.0);
 }

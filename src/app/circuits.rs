@@ -5,6 +5,7 @@
 //! here too: a baseline attribution computed on the worker's thread ([`effects_job`]).
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 
 use crate::circuits::dla::{self, DlaReport, DlaRequest};
 use crate::circuits::lens::{self, Grid};
@@ -141,6 +142,9 @@ pub struct EffectsKey {
     /// `None`: the last token.
     pub position: Option<usize>,
     pub precision: Precision,
+    /// The dictionary whose codes the run shown holds (its address while in use): its features'
+    /// effects are added.
+    pub dictionary: Option<usize>,
 }
 
 /// What the heatmap's ranking by direct effect needs computed for `state` and the run shown:
@@ -156,6 +160,7 @@ pub fn effects_key(state: &AppState, result: Option<&RunResult>) -> Option<Effec
         versus: Some(form.versus.clone()).filter(|v| !v.is_empty()),
         position: form.position,
         precision: result?.precision,
+        dictionary: result?.dictionary.as_ref().map(|d| Arc::as_ptr(d) as usize),
     })
 }
 
@@ -323,7 +328,11 @@ pub fn dla_job(req: DlaRequest, tx: Sender<Result<DlaReport, String>>) -> ModelJ
 /// same `dla::run` as the Attribution tab's), at the key's precision (the run shown), every
 /// neuron of every layer kept (`LayerBars::neurons`); the answer (or why there is none) goes
 /// to `tx`.
-pub fn effects_job(key: EffectsKey, tx: Sender<Result<RowEffects, String>>) -> Job {
+pub fn effects_job(
+    key: EffectsKey,
+    dictionary: Option<Arc<crate::features::dictionary::Dictionary>>,
+    tx: Sender<Result<RowEffects, String>>,
+) -> Job {
     Box::new(move |model| {
         let req = DlaRequest {
             text: key.text.clone(),
@@ -334,9 +343,18 @@ pub fn effects_job(key: EffectsKey, tx: Sender<Result<RowEffects, String>>) -> J
             interventions: Vec::new(),
         };
         let result = match model {
-            Some(model) => dla::run(&model.with_precision(key.precision), &req)
-                .map(|report| RowEffects { key, report })
-                .map_err(|e| e.to_string()),
+            Some(model) => {
+                let model = model.with_precision(key.precision);
+                dla::run(&model, &req)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut report| {
+                        if let Some(d) = &dictionary {
+                            crate::features::dictionary::effects::add_to(&model, d, &mut report)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Ok(RowEffects { key, report })
+                    })
+            }
             None => Err("no model is loaded".to_string()),
         };
         let _ = tx.send(result);

@@ -194,7 +194,7 @@ impl Derived {
         // peak |activation|, or by |direct effect| on the target (a baseline attribution).
         let layer_effects = effects
             .and_then(|e| e.report.layers.get(state.layer))
-            .map(|bars| bars.effects(state.basis));
+            .and_then(|bars| bars.effects(state.basis));
         let mut features = match layer_effects {
             Some(v) => maps::top_by_effect(v, state.layer, state.basis, state.top_k),
             None => maps::top_features(base, state.layer, state.basis, state.top_k, from),

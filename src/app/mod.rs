@@ -1078,7 +1078,12 @@ impl HubelApp {
         }
         let tx = c.effects.start(circuits::EFFECTS_JOB);
         c.effects_key = Some(key.clone());
-        let job = circuits::effects_job(key, tx);
+        let dictionary = self
+            .runtime
+            .result
+            .as_ref()
+            .and_then(|r| r.dictionary.clone());
+        let job = circuits::effects_job(key, dictionary, tx);
         self.send(Request::Job {
             name: circuits::EFFECTS_JOB.into(),
             job,

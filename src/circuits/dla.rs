@@ -66,14 +66,20 @@ pub struct LayerBars {
     /// heatmap ranks its rows by. Not in `hubel dla --json` (`neurons` lists the largest).
     #[serde(skip)]
     pub neurons: Vec<f32>,
+    /// With a dictionary of this layer's residual stream: each of its features' direct effect
+    /// (`code × atomᵀ·dir × 1/scale`), added by `dictionary::effects::add_to`.
+    #[serde(skip)]
+    pub dictionary: Option<Vec<f32>>,
 }
 
 impl LayerBars {
-    /// The direct effect of each unit of `basis` in this layer: the neurons', or the heads'.
-    pub fn effects(&self, basis: Basis) -> &[f32] {
+    /// The direct effect of each unit of `basis` in this layer: the neurons', the heads', or
+    /// the dictionary features' (`None` when no dictionary's were added).
+    pub fn effects(&self, basis: Basis) -> Option<&[f32]> {
         match basis {
-            Basis::Neurons => &self.neurons,
-            Basis::Heads => &self.heads,
+            Basis::Neurons => Some(&self.neurons),
+            Basis::Heads => Some(&self.heads),
+            Basis::Dictionary => self.dictionary.as_deref(),
         }
     }
 }
@@ -249,6 +255,7 @@ pub fn attribute(
             heads,
             strongest_neuron,
             neurons,
+            dictionary: None,
         });
     }
     let sum = components.iter().map(|c| c.value as f64).sum::<f64>() as f32;

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod collect;
 pub mod decompose;
 pub mod edit;
+pub mod effects;
 pub mod eval;
 pub mod fista;
 pub mod io;
