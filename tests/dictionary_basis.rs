@@ -411,16 +411,15 @@ fn dictionary_features_direct_effects_sum_to_the_reconstruction_s() {
             .sum()
     };
     let inv = f64::from(report.inv_scale);
-    for j in 0..24 {
+    for (j, &effect) in effects.iter().enumerate() {
         let c = code.iter().find(|e| e.0 as usize == j).map_or(0.0, |e| e.1);
         let want = f64::from(c) * dot(&dict.atom_direction(0, j), &dir) * inv;
         assert!(
-            (f64::from(effects[j]) - want).abs() <= 1e-5 * want.abs().max(1e-4),
-            "L{LAYER}D{j}: {} vs {want}",
-            effects[j]
+            (f64::from(effect) - want).abs() <= 1e-5 * want.abs().max(1e-4),
+            "L{LAYER}D{j}: {effect} vs {want}"
         );
         assert_eq!(
-            effects[j] == 0.0,
+            effect == 0.0,
             c == 0.0,
             "only active features have an effect"
         );
