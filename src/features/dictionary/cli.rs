@@ -13,14 +13,17 @@ pub const USAGE: &str = "\
   hubel dict train --method fista|topk|itda --layers 6[,8,…] --atoms N --out D.safetensors
              [--k K] [--lambda L (fista, default 2)] [--tokens N] [--epochs E] [--lr R] [--batch B] [--seconds S]
              [--corpus wordnet|wordnet-examples|FILE]
-             [--model PATH] [--json]
+             [--model PATH] [--json] [--save-rows ROWS.npy]
              learn a dictionary of residual streams (hook_resid_post of each layer; `embed` for
              the embedding) from the corpus (default 20000 tokens, position 0 left out):
              fista = one non-negative dictionary shared by the layers (Yun et al. 2021),
              topk = a top-k sparse autoencoder (default k 32), itda = atoms taken from real
-             activations by matching pursuit (Leask et al. 2025)
+             activations by matching pursuit (Leask et al. 2025); --save-rows writes the training
+             rows of the first layer ([tokens, d_model] float32, the original space)
   hubel dict eval D [--tokens N] [--corpus wordnet|wordnet-examples|FILE] [--model PATH] [--json]
-             on held-out text (the corpus's last stimuli): fvu, l0, dead_frac, ce_recovered
+             [--save-rows ROWS.npy]
+             on held-out text (the corpus's last stimuli): fvu, l0, dead_frac, ce_recovered;
+             --save-rows writes the held-out rows of its first hook (positions ≥ 1)
   hubel dict info D [--atoms N] [--json]
              what the dictionary is, and its first atoms with labels and examples
   hubel dict export D --saelens DIR      write a SAELens folder (cfg.json, sae_weights.safetensors)
@@ -121,6 +124,7 @@ fn train(mut args: Vec<String>) -> anyhow::Result<()> {
     let corpus = value(&mut args, "--corpus")?;
     let model = value(&mut args, "--model")?;
     let json = flag(&mut args, "--json");
+    let save_rows = value(&mut args, "--save-rows")?.map(PathBuf::from);
     finish(&args)?;
     if atoms == 0 || atoms > 1 << 20 {
         bail!("--atoms must be between 1 and 1048576, not {atoms}");
@@ -148,6 +152,13 @@ fn train(mut args: Vec<String>) -> anyhow::Result<()> {
         corpus.name,
         tokens
     );
+    if let Some(path) = &save_rows {
+        // The same rows training collects (collection is deterministic), for a reference
+        // trainer outside hubel (tools/bench/dictionary.py).
+        let acts = super::collect(&model, &corpus, &spec.hooks[..1], tokens, None)?;
+        crate::npy::write_f32(path, &[acts.len(), acts.d], &acts.data[0])
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let (m, c) = (model.clone(), corpus.clone());
     let dict = crate::jobs::progress::run_reporting("Dictionary", move |ctx| {
         let mut last = std::time::Instant::now();
@@ -200,6 +211,7 @@ fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
     let corpus = value(&mut args, "--corpus")?;
     let model = value(&mut args, "--model")?;
     let json = flag(&mut args, "--json");
+    let save_rows = value(&mut args, "--save-rows")?.map(PathBuf::from);
     let path = positional(&mut args, "a dictionary file")?;
     finish(&args)?;
     if tokens == 0 || tokens > 10_000_000 {
@@ -225,6 +237,24 @@ fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
         );
     }
     let windows = eval::heldout_windows(&model, &corpus, tokens, dict.config.stimuli)?;
+    if let Some(out) = &save_rows {
+        let hook = dict.config.hooks[0];
+        let d = dict.d();
+        let seqs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let last = hook.layer().unwrap_or(0);
+        let records =
+            model.run_batch_through(&seqs, &crate::hooks::Capture::points([hook]), last, None)?;
+        let mut rows = Vec::new();
+        for r in &records {
+            let act = r
+                .get(hook)
+                .with_context(|| format!("{hook} was not recorded"))?;
+            // Positions ≥ 1, as the evaluation reads them.
+            rows.extend_from_slice(&act.data[d.min(act.data.len())..]);
+        }
+        crate::npy::write_f32(out, &[rows.len() / d, d], &rows)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
     let (m, d) = (model.clone(), dict.clone());
     let report = crate::jobs::progress::run_reporting("Evaluate", move |ctx| {
         Ok(eval::evaluate(&m, &d, &windows, Some(ctx))?)
