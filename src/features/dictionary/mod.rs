@@ -683,6 +683,19 @@ impl Reporter {
         opts.max_seconds.is_some_and(|s| self.seconds() >= s)
     }
 
+    /// The steps the optimisation will take: `steps`, or fewer when a time limit will stop it
+    /// first (projected from the rate so far, once `done` steps give one), so that a schedule
+    /// that ends with a decay reaches its end inside the limit.
+    pub(crate) fn horizon(&self, opts: &TrainOptions, steps: f32, done: f32) -> f32 {
+        let elapsed = self.seconds();
+        match opts.max_seconds {
+            Some(limit) if done >= 20.0 && elapsed > 0.0 => {
+                steps.min((done / elapsed * limit).max(done + 1.0))
+            }
+            _ => steps,
+        }
+    }
+
     /// After batch `bi` of `batches` in `epoch`: reports a point (to `dict`'s config and
     /// `on_point`) when one is due; `dead` gives the dead fraction then.
     pub(crate) fn step(
@@ -922,4 +935,26 @@ pub fn train_job(
     dict.config.model_sha256 = model.info().sha256.clone();
     dict.config.corpus = corpus.name.clone();
     Ok(dict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_limit_brings_the_schedule_s_end_inside_it() {
+        let mut opts = TrainOptions::new(Method::Topk, 8);
+        let mut r = Reporter::new(1.0);
+        // 100 steps in 10 s: 200 fit in a 20 s limit.
+        r.started -= std::time::Duration::from_secs(10);
+        assert_eq!(r.horizon(&opts, 1000.0, 100.0), 1000.0, "no limit");
+        opts.max_seconds = Some(20.0);
+        let h = r.horizon(&opts, 1000.0, 100.0);
+        assert!((h - 200.0).abs() < 1.0, "{h}");
+        // Never fewer than the steps done, never more than planned, no guess from few steps.
+        assert_eq!(r.horizon(&opts, 150.0, 100.0), 150.0);
+        assert_eq!(r.horizon(&opts, 1000.0, 5.0), 1000.0);
+        opts.max_seconds = Some(1.0);
+        assert_eq!(r.horizon(&opts, 1000.0, 100.0), 101.0);
+    }
 }

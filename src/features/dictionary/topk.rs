@@ -69,8 +69,10 @@ pub fn train(
         order.shuffle(&mut rng);
         for (bi, rows) in order.chunks(batch).enumerate() {
             let b = rows.len();
-            // The rate decays linearly to zero over the last DECAY of the steps.
-            let rate = lr * ((1.0 - step / steps) / DECAY).min(1.0);
+            // The rate decays linearly to zero over the last DECAY of the steps (of those a time
+            // limit leaves, as projected).
+            let horizon = report.horizon(opts, steps, step);
+            let rate = lr * ((1.0 - step / horizon) / DECAY).clamp(0.0, 1.0);
             step += 1.0;
             for a in [&mut adam_enc, &mut adam_dec, &mut adam_benc, &mut adam_bdec] {
                 a.lr = rate;
