@@ -448,9 +448,16 @@ impl Tour {
                 });
                 self.feature = neuron.map(|n| FeatureId::neuron(n.layer, n.neuron));
                 self.app.apply(super::Command::Select(self.feature), now);
+                // Its layer's rows ranked by their direct effect on " Paris" − " Rome".
+                self.app.state.ranking = super::state::RowRanking::DirectEffect;
                 true
             }
-            31 if self.ready(self.effect_ready() && self.receptive_ready()) => {
+            31 if self.ready(
+                self.effect_ready()
+                    && self.receptive_ready()
+                    && self.app.derived.effect_ranking.is_some(),
+            ) =>
+            {
                 self.shot(ctx, "circuits_card");
                 true
             }
@@ -459,6 +466,7 @@ impl Tour {
                 // WordNet tokens, shot while it trains and when it is done.
                 self.app.apply(super::Command::ShowCircuits(false), now);
                 self.app.select(None);
+                self.app.state.ranking = super::state::RowRanking::PeakActivation;
                 self.app.state.dictionary = super::state::DictionaryForm::default();
                 self.app.apply(super::Command::ShowDictionary(true), now);
                 self.app.apply(super::Command::TrainDictionary, now);
@@ -538,6 +546,8 @@ impl Tour {
                 // The same dictionary as a basis of the main view: layer 6's features on the
                 // apple sentence.
                 self.app.apply(super::Command::ShowDictionary(false), now);
+                // The finished jobs' list would take the heatmap's room.
+                self.app.apply(super::Command::ClearJobs(None), now);
                 self.app.state.probe = "She ate an apple and a pear.".into();
                 self.app.state.basis = crate::features::Basis::Dictionary;
                 self.app.state.layer = 6;
@@ -582,6 +592,7 @@ impl Tour {
                     && self.receptive_ready(),
             ) =>
             {
+                self.app.apply(super::Command::ClearJobs(None), now);
                 true
             }
             47 if self.ready(self.receptive_ready()) => {

@@ -137,9 +137,9 @@ impl CardView {
         if f.basis == Basis::Dictionary {
             self.atom_edit_ui(ui, state, out, f);
             ui.separator();
-            dictionary_examples_ui(ui, cx, f);
-            ui.separator();
             super::receptive::receptive_ui(ui, cx, out, f);
+            ui.separator();
+            dictionary_examples_ui(ui, cx, f);
             ui.separator();
             super::receptive::occlusion_ui(ui, cx, out, f);
             ui.separator();
