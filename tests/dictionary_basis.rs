@@ -128,7 +128,7 @@ fn codes_in_a_record_are_the_dictionary_s_codes_of_each_position() {
 fn card_rows_and_occlusion_of_a_dictionary_feature_match_single_runs() {
     let model = Model::open(tiny_llama()).unwrap();
     let dict = dictionary(&model, 24, 3);
-    let coder = |r: &mut ActivationRecord| dict.add_codes(r);
+    let coder = |r: &mut [ActivationRecord]| dict.add_codes_all(r);
     let ids = model.tokenizer().encode_ids(TEXT).unwrap();
     let last = ids.len() - 1;
     let record = run_coded(&model, &dict, &ids);
@@ -347,13 +347,42 @@ fn the_worker_codes_both_sides_with_the_dictionary_in_use() {
     loop {
         match w.rx.recv_timeout(Duration::from_secs(60)).unwrap() {
             Response::Effect(e) => {
+                // The atom's own promoted tokens: its direction through the unembedding.
+                let d =
+                    hubel::effect::atom_direction(&model, f, dict.atom_direction(0, atom), None)
+                        .unwrap();
+                let (up, _) = hubel::effect::ranked(&model, &d, 10).unwrap();
                 assert_eq!(e.promoted.len(), 10);
-                assert!(e.promoted[0].1 >= e.promoted[9].1);
+                for ((_, got), want) in e.promoted.iter().zip(&up) {
+                    assert_eq!(*got, want.value);
+                }
                 break;
             }
             Response::EffectFailed { message, .. } => panic!("{message}"),
             _ => continue,
         }
+    }
+    // Another dictionary in use: the card's queries use it from then on.
+    let other = Arc::new(dictionary(&model, 8, 2));
+    w.send(Request::SetDictionary(Some(other.clone())));
+    w.send(Request::Card(hubel::app::worker::CardQuery::Rows {
+        serial: 10,
+        feature: FeatureId::atom(LAYER, 5),
+        windows: vec![(0, ids.clone())],
+    }));
+    let rows = loop {
+        match w.rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Response::Card { serial: 10, answer } => break answer.unwrap(),
+            _ => continue,
+        }
+    };
+    let by_other = run_coded(&model, &other, &ids);
+    match rows {
+        hubel::app::worker::CardAnswer::Rows(rows) => assert_eq!(
+            rows[0].1.acts,
+            maps::feature_activations(&by_other, FeatureId::atom(LAYER, 5))
+        ),
+        other => panic!("{other:?}"),
     }
     // Back to no dictionary: the codes go.
     w.send(request(4, None, Vec::new()));

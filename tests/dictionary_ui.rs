@@ -376,9 +376,14 @@ fn dictionary_features_are_a_basis_of_the_layer_map_and_the_card() {
         .filter(|r| !r.pinned)
         .map(|r| r.feature)
         .collect();
+    let by_effect: Vec<FeatureId> =
+        hubel::analysis::maps::top_by_effect(&effects, 0, Basis::Dictionary, 16)
+            .into_iter()
+            .filter(|f| effects[f.index] != 0.0)
+            .collect();
     assert_eq!(
-        ranked,
-        hubel::analysis::maps::top_by_effect(&effects, 0, Basis::Dictionary, ranked.len())
+        ranked, by_effect,
+        "the features that write to the target, by |effect|"
     );
     for r in &rows {
         assert_eq!(r.effect, Some(effects[r.feature.index]));

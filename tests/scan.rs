@@ -138,6 +138,8 @@ fn check_layers(
     name: &str,
 ) {
     let cfg = &index.meta.config;
+    assert!(!stats.is_empty(), "{name}: no layers to check");
+    assert_eq!(stats.len(), values[0].len(), "{name}: layers");
     for (l, stats) in stats.iter().enumerate() {
         for u in 0..units {
             let what = format!("{name} L{l} unit {u}");

@@ -196,6 +196,14 @@ impl Derived {
             .and_then(|e| e.report.layers.get(state.layer))
             .and_then(|bars| bars.effects(state.basis));
         let mut features = match layer_effects {
+            // Only the ~k features active at the position write anything: the rest would be
+            // ties at zero.
+            Some(v) if state.basis == Basis::Dictionary => {
+                maps::top_by_effect(v, state.layer, state.basis, state.top_k)
+                    .into_iter()
+                    .filter(|f| v.get(f.index).is_some_and(|&e| e != 0.0))
+                    .collect()
+            }
             Some(v) => maps::top_by_effect(v, state.layer, state.basis, state.top_k),
             None => maps::top_features(base, state.layer, state.basis, state.top_k, from),
         };
@@ -302,8 +310,9 @@ impl Derived {
             base,
             position,
             state.basis,
-            index
-                .is_some()
+            // Dictionary features: their codes as they are (a scan's range of another
+            // dictionary's atoms would say nothing of these).
+            (index.is_some() && state.basis != Basis::Dictionary)
                 .then_some(&scale as &dyn Fn(FeatureId) -> Option<f32>),
             FIRES_HERE,
         );

@@ -49,6 +49,8 @@ pub struct Dictionaries {
     /// The dictionary a run was last asked to recode the probe for (asked once per
     /// dictionary, so a failing run is not asked again every frame).
     pub recode_sent: Option<Arc<Dictionary>>,
+    /// The dictionary the worker was last told of (`Request::SetDictionary`).
+    pub worker_dict: Option<Arc<Dictionary>>,
     /// The current dictionary's SHA-256 (what a scan of its features is keyed by), once asked.
     sha: Option<(Arc<Dictionary>, String)>,
 }

@@ -765,11 +765,47 @@ impl HubelApp {
         self.runtime.circuits.poll();
         let layers = self.runtime.layers();
         self.runtime.dictionaries.poll(layers);
+        self.dictionary_changed();
         self.recode_if_needed(now);
         if self.runtime.receptive.needs_labels() && self.runtime.model.is_some() {
             self.start_labels();
         }
         self.refresh_receptive();
+    }
+
+    /// When the dictionary in use changed: the worker is told (its features' card queries and
+    /// effects use it from now on), and what was computed of its features with the old one (the
+    /// card's examples, occlusion map, direct effect) is asked again.
+    fn dictionary_changed(&mut self) {
+        let d = &mut self.runtime.dictionaries;
+        let same = match (&d.worker_dict, &d.current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        d.worker_dict = d.current.clone();
+        let dict = d.current.clone();
+        self.send(Request::SetDictionary(dict));
+        let rt = &mut self.runtime;
+        let atom = |f: &FeatureId| f.basis == crate::features::Basis::Dictionary;
+        if rt.receptive.card.as_ref().is_some_and(|c| atom(&c.feature)) {
+            rt.receptive.card = None;
+        }
+        if rt
+            .receptive
+            .occlusion
+            .as_ref()
+            .is_some_and(|o| atom(&o.key.feature))
+        {
+            rt.receptive.occlusion = None;
+        }
+        if self.state.selection.as_ref().is_some_and(atom) {
+            self.runtime.effect = None;
+            self.request_effect();
+        }
     }
 
     /// Runs again (nothing is recomputed but the codes) when the views show dictionary

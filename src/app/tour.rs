@@ -448,8 +448,11 @@ impl Tour {
                 });
                 self.feature = neuron.map(|n| FeatureId::neuron(n.layer, n.neuron));
                 self.app.apply(super::Command::Select(self.feature), now);
-                // Its layer's rows ranked by their direct effect on " Paris" − " Rome".
+                // Its layer's rows ranked by their direct effect on " Paris" − " Rome" (the
+                // window closed, so the heatmap shows).
                 self.app.state.ranking = super::state::RowRanking::DirectEffect;
+                self.app.apply(super::Command::ShowCircuits(false), now);
+                self.app.apply(super::Command::ClearJobs(None), now);
                 true
             }
             31 if self.ready(

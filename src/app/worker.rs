@@ -58,6 +58,9 @@ pub enum Request {
     },
     /// What a feature card asks of the model: example windows' activations, an occlusion map.
     Card(CardQuery),
+    /// The dictionary in use changed: card queries and effects of its features asked from now
+    /// on use this one (a run also brings its own).
+    SetDictionary(Option<Arc<Dictionary>>),
 }
 
 /// A card's question; its answer ([`Response::Card`]) carries the same `serial`.
@@ -112,7 +115,9 @@ impl Request {
             Request::Load(p) => RequestKind::Load(p.clone()),
             Request::Run(r) => RequestKind::Run(r.id),
             Request::Effect(e) => RequestKind::Effect(*e),
-            Request::Job { .. } | Request::ModelJob { .. } => RequestKind::Job,
+            Request::Job { .. } | Request::ModelJob { .. } | Request::SetDictionary(_) => {
+                RequestKind::Job
+            }
             Request::Card(q) => RequestKind::Card(q.serial()),
         }
     }
@@ -124,6 +129,7 @@ impl Request {
             Request::Run(r) => format!("running the probe (run {})", r.id),
             Request::Effect(e) => format!("the direct effect of {}", e.feature),
             Request::Job { name, .. } | Request::ModelJob { name, .. } => name.clone(),
+            Request::SetDictionary(_) => "changing the dictionary in use".into(),
             Request::Card(CardQuery::Rows { feature, .. }) => {
                 format!("the corpus examples of {feature}")
             }
@@ -767,7 +773,10 @@ fn card_answer(
     query: CardQuery,
     dict: &Option<Arc<Dictionary>>,
 ) -> Result<CardAnswer, ModelError> {
-    let add = |r: &mut ActivationRecord| code(r, dict);
+    let add = |rs: &mut [ActivationRecord]| match dict {
+        Some(d) => d.add_codes_all(rs),
+        None => rs.iter_mut().for_each(|r| r.clear_codes()),
+    };
     let coder: Option<crate::model::Coder> = dict.as_ref().map(|_| &add as crate::model::Coder);
     match query {
         CardQuery::Rows {
@@ -856,6 +865,7 @@ impl Worker {
                 let response = job(self.model.as_deref());
                 self.send(response);
             }
+            Request::SetDictionary(dict) => self.dictionary = dict,
             Request::Card(query) => {
                 let _busy = self.interactive.begin();
                 let serial = query.serial();

@@ -340,11 +340,8 @@ fn dictionary_codes(r: &Readings, settings: &Settings) -> Result<BTreeMap<usize,
             continue;
         };
         if x.cols != dict.d() {
-            return Err(super::ExperimentError::Invalid(format!(
-                "the dictionary reads {} dimensions; this model's residual stream has {}",
-                dict.d(),
-                x.cols
-            )));
+            // A dictionary of another model: its features are left out (the report says so).
+            return Ok(BTreeMap::new());
         }
         let codes = dict.dense_codes(h, &x.data, false);
         out.insert(l, Matrix::new(x.rows, dict.atoms(), codes));
@@ -470,6 +467,20 @@ pub fn analyse(r: &Readings, settings: &Settings, runner: &Runner) -> Result<Sel
         })
         .map_or(0, |row| row.layer);
     let mut warnings = Vec::new();
+    if let Some(dict) = settings.dictionary.as_ref().filter(|_| codes.is_empty()) {
+        warnings.push(format!(
+            "the dictionary {} was left out: it reads no block's residual stream of this model \
+             with its {} dimensions",
+            dict.title(),
+            dict.d()
+        ));
+    } else if settings.dictionary.is_some() {
+        warnings.push(
+            "dictionary features' max |d′| per layer has no shuffle null of its own: with many \
+             sparse atoms it is inflated by the number of comparisons"
+                .into(),
+        );
+    }
     if embedding.max_abs_dprime > embedding.null95 {
         warnings.push(format!(
             "the sets already separate at the embedding (max |d′| {:.2} above its null {:.2}; probe accuracy {:.0}%): separation in later layers says little about depth",

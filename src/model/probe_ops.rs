@@ -87,7 +87,7 @@ pub struct Occlusion {
 
 /// What turns a record's residual streams into a dictionary's codes (it calls
 /// `Dictionary::add_codes`): the model knows no dictionary, its caller does.
-pub type Coder<'a> = &'a (dyn Fn(&mut ActivationRecord) + Sync);
+pub type Coder<'a> = &'a (dyn Fn(&mut [ActivationRecord]) + Sync);
 
 /// A dictionary feature's values need a coder.
 fn check_coder(feature: FeatureId, coder: Option<Coder>) -> Result<()> {
@@ -222,7 +222,7 @@ impl Model {
         let capture = Capture::points(sites(feature, gated));
         let mut records = self.run_batch_through(seqs, &capture, feature.layer, cancel)?;
         if let Some(code) = coder {
-            records.iter_mut().for_each(code);
+            code(&mut records);
         }
         Ok(records
             .iter()
@@ -344,7 +344,7 @@ impl Model {
         let capture = Capture::points([feature.hook()]);
         let mut records = self.run_batch_through(&batch, &capture, feature.layer, cancel)?;
         if let Some(code) = coder {
-            records.iter_mut().for_each(code);
+            code(&mut records);
         }
         let at = |record: &ActivationRecord, pos: usize| {
             feature_activations(record, feature)

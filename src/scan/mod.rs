@@ -407,13 +407,15 @@ impl ScanIndex {
         let first = usize::from(cfg.exclude_first);
         for (stats, (layer, h)) in self.dictionary.iter_mut().zip(dict.resid_layers()) {
             let point = HookPoint::block(layer, BlockSite::ResidPost);
-            let codes: Vec<(usize, Vec<f32>)> = outs
+            let (which, xs): (Vec<usize>, Vec<&[f32]>) = outs
                 .iter()
                 .enumerate()
-                .filter_map(|(b, out)| {
-                    let x = out.record.get(point)?;
-                    Some((b, dict.dense_codes(h, &x.data, cfg.exclude_first)))
-                })
+                .filter_map(|(b, out)| Some((b, out.record.get(point)?.data.as_slice())))
+                .unzip();
+            // One encoding for the whole batch.
+            let codes: Vec<(usize, Vec<f32>)> = which
+                .into_iter()
+                .zip(dict.dense_codes_many(h, &xs, cfg.exclude_first))
                 .collect();
             let wins: Vec<stats::WindowValues> = codes
                 .iter()

@@ -11,18 +11,21 @@ use crate::model::Model;
 /// Adds `dict`'s features' direct effects to `report` (a plain run's attribution: its text,
 /// position, target, versus and frozen scale) at every layer whose residual the dictionary
 /// reads. The residual is recomputed (a forward that stops after the last of those layers) and
-/// encoded at the position; position 0, the sink, has no code.
+/// encoded at the position; position 0, the sink, has no code. A dictionary of another model
+/// (another width, or layers this model lacks) adds nothing there: the neurons' and heads'
+/// effects stay usable.
 pub fn add_to(model: &Model, dict: &Dictionary, report: &mut DlaReport) -> Result<(), DictError> {
-    let layers = dict.resid_layers();
+    let n_layers = model.config().n_layers;
+    let layers: Vec<(usize, usize)> = dict
+        .resid_layers()
+        .into_iter()
+        .filter(|&(l, _)| l < n_layers)
+        .collect();
     let Some(last) = layers.iter().map(|&(l, _)| l).max() else {
         return Ok(());
     };
-    let d_model = model.config().d_model;
-    if dict.d() != d_model {
-        return Err(DictError::Invalid(format!(
-            "the dictionary reads {} dimensions; this model's residual stream has {d_model}",
-            dict.d()
-        )));
+    if dict.d() != model.config().d_model {
+        return Ok(());
     }
     let ids: Vec<u32> = model.tokenize(&report.text)?.iter().map(|t| t.id).collect();
     let pos = report.position;

@@ -462,8 +462,13 @@ impl Dictionary {
         );
         let mut floats = |v: &[f32]| {
             h.update((v.len() as u64).to_le_bytes());
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            h.update(&bytes);
+            // In chunks: no copy of the whole array.
+            let mut bytes = Vec::with_capacity(4 * 4096);
+            for chunk in v.chunks(4096) {
+                bytes.clear();
+                bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                h.update(&bytes);
+            }
         };
         for n in &self.norms {
             floats(&n.shift);
@@ -510,19 +515,40 @@ impl Dictionary {
     /// `skip_first` (position 0, the attention sink, on which no dictionary was trained: its
     /// residual is thousands of times larger than the rest, and its "codes" mean nothing).
     pub fn dense_codes(&self, h: usize, x: &[f32], skip_first: bool) -> Vec<f32> {
+        self.dense_codes_many(h, &[x], skip_first).remove(0)
+    }
+
+    /// [`Dictionary::dense_codes`] of several sequences in one encoding (FISTA and ITDA build
+    /// their atoms' Gram matrix once per encoding, not once per sequence).
+    pub fn dense_codes_many(&self, h: usize, xs: &[&[f32]], skip_first: bool) -> Vec<Vec<f32>> {
         let (d, m) = (self.d(), self.atoms());
-        let len = x.len() / d.max(1);
-        let from = usize::from(skip_first).min(len);
-        let mut out = vec![0f32; len * m];
-        if len > from {
-            for (i, code) in self.encode(h, &x[from * d..len * d]).iter().enumerate() {
-                let row = &mut out[(from + i) * m..(from + i + 1) * m];
-                for &(j, v) in code {
-                    row[j as usize] = v;
-                }
+        let from = usize::from(skip_first);
+        let mut rows = Vec::new();
+        for x in xs {
+            let len = x.len() / d.max(1);
+            if len > from {
+                rows.extend_from_slice(&x[from * d..len * d]);
             }
         }
-        out
+        let codes = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.encode(h, &rows)
+        };
+        let mut codes = codes.into_iter();
+        xs.iter()
+            .map(|x| {
+                let len = x.len() / d.max(1);
+                let mut out = vec![0f32; len * m];
+                for p in from.min(len)..len {
+                    let row = &mut out[p * m..(p + 1) * m];
+                    for &(j, v) in &codes.next().unwrap_or_default() {
+                        row[j as usize] = v;
+                    }
+                }
+                out
+            })
+            .collect()
     }
 
     /// Adds this dictionary's codes to `record` for every residual stream it reads that the
@@ -531,24 +557,34 @@ impl Dictionary {
     /// The record's earlier codes are dropped first. A residual of another width than the
     /// dictionary's is skipped (a dictionary of another model).
     pub fn add_codes(&self, record: &mut crate::hooks::ActivationRecord) {
-        record.clear_codes();
+        self.add_codes_all(std::slice::from_mut(record))
+    }
+
+    /// [`Dictionary::add_codes`] for several records, each layer encoded once for all of them.
+    pub fn add_codes_all(&self, records: &mut [crate::hooks::ActivationRecord]) {
+        records.iter_mut().for_each(|r| r.clear_codes());
         for (layer, h) in self.resid_layers() {
             let point = HookPoint::block(layer, crate::hooks::BlockSite::ResidPost);
-            let Some(act) = record.get(point) else {
-                continue;
-            };
-            if act.shape.len() != 2 || act.shape[1] != self.d() {
-                continue;
+            let d = self.d();
+            let (which, xs): (Vec<usize>, Vec<&[f32]>) = records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let a = r.get(point)?;
+                    (a.shape.len() == 2 && a.shape[1] == d).then_some((i, a.data.as_slice()))
+                })
+                .unzip();
+            let codes = self.dense_codes_many(h, &xs, true);
+            for (i, data) in which.into_iter().zip(codes) {
+                let len = data.len() / self.atoms().max(1);
+                records[i].set_codes(
+                    layer,
+                    crate::hooks::Activation {
+                        shape: vec![len, self.atoms()],
+                        data,
+                    },
+                );
             }
-            let len = act.shape[0];
-            let data = self.dense_codes(h, &act.data, true);
-            record.set_codes(
-                layer,
-                crate::hooks::Activation {
-                    shape: vec![len, self.atoms()],
-                    data,
-                },
-            );
         }
     }
 
@@ -946,7 +982,10 @@ mod tests {
         let mut opts = TrainOptions::new(Method::Topk, 8);
         let mut r = Reporter::new(1.0);
         // 100 steps in 10 s: 200 fit in a 20 s limit.
-        r.started -= std::time::Duration::from_secs(10);
+        let Some(earlier) = r.started.checked_sub(std::time::Duration::from_secs(10)) else {
+            return; // a clock too young to go back 10 s
+        };
+        r.started = earlier;
         assert_eq!(r.horizon(&opts, 1000.0, 100.0), 1000.0, "no limit");
         opts.max_seconds = Some(20.0);
         let h = r.horizon(&opts, 1000.0, 100.0);
