@@ -632,6 +632,10 @@ pub fn fires_here_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
 /// The feature's offline label: its text, how well it predicts firing, the enrichments with
 /// their p-values, the tokens it promotes.
 fn label_ui(ui: &mut egui::Ui, cx: &ViewCtx, f: FeatureId) {
+    if f.basis == Basis::Dictionary {
+        // Its label is the dictionary's own, at the card's top; the scan labels neurons and heads.
+        return;
+    }
     let r = &cx.runtime.receptive;
     match &r.labels {
         LabelsState::None | LabelsState::Computing => {
