@@ -448,20 +448,8 @@ fn decompose_returns_planted_atoms() {
     w[7 * d..8 * d].copy_from_slice(&u);
     let dict = Dictionary {
         config: DictConfig {
-            method: Method::Fista,
-            hooks: vec![hook],
-            d_in: d,
-            atoms: 12,
-            k: 0,
             lambda: 1e-4,
-            apply_b_dec_to_input: true,
-            model: String::new(),
-            model_sha256: String::new(),
-            corpus: String::new(),
-            tokens: 0,
-            stimuli: 0,
-            seconds: 0.0,
-            trained: None,
+            ..DictConfig::new(Method::Fista, vec![hook], d, 12)
         },
         norms: vec![Normaliser::identity(d)],
         w_dec: w,

@@ -543,7 +543,12 @@ impl HubelApp {
             continuation: self.state.continuation,
             cancel,
             precision,
-            dictionary: self.runtime.dictionaries.current.clone(),
+            // Codes only while dictionary features are on screen: encoding is not free (FISTA
+            // solves every position), and a click that recomputes should not pay for it.
+            dictionary: self
+                .codes_wanted()
+                .then(|| self.runtime.dictionaries.current.clone())
+                .flatten(),
         }));
     }
 
@@ -808,15 +813,25 @@ impl HubelApp {
         }
     }
 
+    /// Whether the views show dictionary features (the heatmap's basis or the selected card).
+    fn codes_wanted(&self) -> bool {
+        self.state.basis == crate::features::Basis::Dictionary
+            || self
+                .state
+                .selection
+                .is_some_and(|f| f.basis == crate::features::Basis::Dictionary)
+    }
+
     /// Runs again (nothing is recomputed but the codes) when the views show dictionary
     /// features and the result's codes are not of the dictionary in use (it was opened,
     /// trained, or a training snapshot replaced it).
     fn recode_if_needed(&mut self, now: f64) {
-        let wanted = self.state.basis == crate::features::Basis::Dictionary
-            || self
-                .state
-                .selection
-                .is_some_and(|f| f.basis == crate::features::Basis::Dictionary);
+        let wanted = self.codes_wanted();
+        if !wanted {
+            // Runs go without codes meanwhile: the next time they are wanted, ask again.
+            self.runtime.dictionaries.recode_sent = None;
+            return;
+        }
         let current = &self.runtime.dictionaries.current;
         let stale = self
             .runtime

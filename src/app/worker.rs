@@ -1006,7 +1006,10 @@ impl Worker {
             }
         }
         self.current = req.precision;
-        self.dictionary = req.dictionary.clone();
+        // A run without codes leaves the dictionary in use (Request::SetDictionary) as it is.
+        if req.dictionary.is_some() {
+            self.dictionary = req.dictionary.clone();
+        }
         let mut rest = None;
         let result = (|| -> Result<RunResult, ModelError> {
             let fresh = self.probes[slot].is_none();

@@ -171,30 +171,14 @@ pub fn tied_topk(
     use hubel::features::dictionary::{self as dict, DictConfig, Dictionary, Method};
     let mut w = dict::random_atoms(atoms, d, seed);
     dict::normalise_rows(&mut w, d);
+    let config = DictConfig {
+        k,
+        apply_b_dec_to_input: false,
+        ..DictConfig::new(Method::Topk, vec![hook], d, atoms)
+    };
     Dictionary {
-        config: DictConfig {
-            method: Method::Topk,
-            hooks: vec![hook],
-            d_in: d,
-            atoms,
-            k,
-            lambda: 0.0,
-            apply_b_dec_to_input: false,
-            model: String::new(),
-            model_sha256: String::new(),
-            corpus: String::new(),
-            tokens: 0,
-            stimuli: 0,
-            seconds: 0.0,
-            trained: None,
-        },
-        norms: vec![norm],
         w_enc: w.clone(),
-        w_dec: w,
-        b_dec: vec![0.0; d],
         b_enc: vec![0.0; atoms],
-        threshold: Vec::new(),
-        info: Vec::new(),
-        sources: Vec::new(),
+        ..Dictionary::decoder_only(config, vec![norm], w)
     }
 }

@@ -415,20 +415,10 @@ pub fn import_saelens(dir: &Path) -> Result<Dictionary, DictError> {
         .to_string();
     Ok(Dictionary {
         config: DictConfig {
-            method,
-            hooks: vec![hook],
-            d_in: d,
-            atoms: m,
             k,
-            lambda: 0.0,
             apply_b_dec_to_input: apply,
             model,
-            model_sha256: String::new(),
-            corpus: String::new(),
-            tokens: 0,
-            stimuli: 0,
-            seconds: 0.0,
-            trained: None,
+            ..DictConfig::new(method, vec![hook], d, m)
         },
         norms: vec![Normaliser::identity(d)],
         w_dec,

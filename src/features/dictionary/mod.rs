@@ -239,6 +239,29 @@ fn yes() -> bool {
     true
 }
 
+impl DictConfig {
+    /// A dictionary of `atoms` atoms of width `d_in` reading `hooks`, nothing else known yet
+    /// (no k or λ, no model, corpus or training figures; the encoder reads `x − b_dec`).
+    pub fn new(method: Method, hooks: Vec<HookPoint>, d_in: usize, atoms: usize) -> Self {
+        DictConfig {
+            method,
+            hooks,
+            d_in,
+            atoms,
+            k: 0,
+            lambda: 0.0,
+            apply_b_dec_to_input: true,
+            model: String::new(),
+            model_sha256: String::new(),
+            corpus: String::new(),
+            tokens: 0,
+            stimuli: 0,
+            seconds: 0.0,
+            trained: None,
+        }
+    }
+}
+
 /// One point of a training curve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainPoint {
@@ -841,20 +864,11 @@ pub fn train(
         .map(|(x, n)| n.apply_rows(x))
         .collect();
     let config = DictConfig {
-        method: opts.method,
-        hooks: acts.hooks.clone(),
-        d_in: d,
-        atoms: opts.atoms,
         k: opts.k,
         lambda: opts.lambda,
-        apply_b_dec_to_input: true,
-        model: String::new(),
-        model_sha256: String::new(),
-        corpus: String::new(),
         tokens: acts.len(),
         stimuli: acts.stimuli(),
-        seconds: 0.0,
-        trained: None,
+        ..DictConfig::new(opts.method, acts.hooks.clone(), d, opts.atoms)
     };
     let mut dict = match opts.method {
         Method::Topk => topk::train(&xn[0], d, config, norms, opts, on_point)?,
