@@ -1,9 +1,10 @@
-//! GFLOP/s of the exact path's packed f32 kernel on SmolLM2's shapes, next to the `gemm` crate
+//! GFLOP/s of the exact path's packed f32 kernel on SmolLM2's shapes (every instruction set
+//! this machine has), next to the `gemm` crate
 //! called as the runtime called it before (weights repacked on every call). Figures, not tests:
 //! `cargo run --release --example f32_bench`.
 use std::time::Instant;
 
-use hubel::model::kernels::f32::{isa, PackedF32};
+use hubel::model::kernels::f32::{isa, Isa, PackedF32};
 
 fn median_s(mut f: impl FnMut()) -> f64 {
     f();
@@ -52,10 +53,17 @@ fn main() {
         isa().name(),
         candle_core::utils::get_num_threads()
     );
-    println!(
-        "{:>6} {:>6} {:>6} {:>10} {:>10}",
-        "rows", "k", "out", "packed", "gemm"
-    );
+    // Every instruction set this machine has, measured in turn on each shape (a load that
+    // comes and goes then touches all of them alike).
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2Fma, Isa::Portable]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect();
+    print!("{:>6} {:>6} {:>6}", "rows", "k", "out");
+    for i in &isas {
+        print!(" {:>11}", i.name());
+    }
+    println!(" {:>10}", "gemm");
     for &(k, out) in &[
         (576, 1536),
         (1536, 576),
@@ -73,13 +81,13 @@ fn main() {
             let p = PackedF32::pack(&w, out, k);
             let mut y = vec![0f32; rows * out];
             let flops = 2.0 * (rows * out * k) as f64;
-            let a = median_s(|| p.matmul(&x, rows, &mut y));
+            print!("{rows:>6} {k:>6} {out:>6}");
+            for &i in &isas {
+                let a = median_s(|| p.matmul_with(i, &x, rows, &mut y));
+                print!(" {:>8.1} GF", flops / a / 1e9);
+            }
             let b = median_s(|| gemm_wt(&x, rows, &w, out, k, &mut y));
-            println!(
-                "{rows:>6} {k:>6} {out:>6} {:>8.1} GF {:>7.1} GF",
-                flops / a / 1e9,
-                flops / b / 1e9
-            );
+            println!(" {:>7.1} GF", flops / b / 1e9);
         }
     }
 }

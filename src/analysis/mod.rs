@@ -6,14 +6,19 @@ pub mod maps;
 
 /// `log softmax(logits)`, computed stably in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(logits);
+    logits.iter().map(|&l| l as f64 - lse).collect()
+}
+
+/// `ln Σ exp(logits)` in f64 (shifted by the maximum): `log_softmax(l)[i] = l[i] − this`.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
+    logits
         .iter()
         .map(|&l| (l as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
-    logits.iter().map(|&l| l as f64 - lse).collect()
+        + max
 }
 
 /// `KL(p || q)` between the softmaxes of two logit vectors, in nats.

@@ -233,8 +233,9 @@ pub struct Model {
     precision: Precision,
 }
 
-/// Positions unembedded at a time by [`Model::token_nll`] (50 MB of logits for SmolLM2).
-pub const NLL_ROWS: usize = 256;
+/// Positions unembedded at a time by [`Model::token_nll`] (25 MB of logits for SmolLM2: under
+/// glibc's largest mmap threshold, so the blocks reuse one heap allocation).
+pub const NLL_ROWS: usize = 128;
 
 /// Which logits a batched run computes ([`Model::run_batch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -860,10 +861,21 @@ impl Model {
             let end = (start + block).min(len - 1);
             let rows = finals.x.narrow(0, start, end - start)?;
             let logits = self.weights.unembed_all(&rows, finals.fast)?;
-            for (r, row) in logits.chunks(vocab).enumerate() {
-                let next = tokens[start + r + 1] as usize;
-                nll.push((-crate::analysis::log_softmax(row)[next]) as f32);
-            }
+            // −log p(next) = log Σ exp − logit(next), in f64, each row on the pool.
+            let from = nll.len();
+            nll.resize(from + end - start, 0.0);
+            let out = nll[from..].as_mut_ptr() as usize;
+            let row_nll = |range: std::ops::Range<usize>| {
+                for r in range {
+                    let row = &logits[r * vocab..][..vocab];
+                    let next = tokens[start + r + 1] as usize;
+                    let v = (crate::analysis::log_sum_exp(row) - row[next] as f64) as f32;
+                    // SAFETY: each row writes its own element of the block, inside `nll`,
+                    // which outlives the pool call.
+                    unsafe { *(out as *mut f32).add(r) = v };
+                }
+            };
+            candle_core::utils::barrier_pool().execute_chunked(end - start, row_nll);
             start = end;
         }
         Ok(nll)

@@ -31,10 +31,6 @@ pub struct Dims {
 }
 
 impl Dims {
-    fn kv_head(&self, h: usize) -> usize {
-        h / (self.heads / self.kv_heads)
-    }
-
     /// Keys query `i` may see.
     fn visible(&self, i: usize) -> usize {
         (self.offset + i + 1).min(self.keys)
@@ -58,9 +54,6 @@ impl Dims {
         assert_eq!(v.len(), keys * kv_heads * d_head, "v");
     }
 }
-
-/// Queries per unit of parallel work.
-const QUERY_CHUNK: usize = 16;
 
 /// Lane sums in one fixed order, `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`: the order the AVX2
 /// kernels' horizontal adds take, so every instruction set gives the same bits.
@@ -107,10 +100,12 @@ fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Which way the row kernels run: AVX2 + FMA where the machine has it, else portable; both give
-/// the same bits (tested).
+/// Which way the row kernels run: AVX-512 where the machine has it, else AVX2 + FMA, else
+/// portable; all give the same bits (tested).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Way {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     Portable,
@@ -118,16 +113,28 @@ enum Way {
 
 fn way() -> Way {
     #[cfg(target_arch = "x86_64")]
-    if super::f32::isa() == super::f32::Isa::Avx2Fma {
-        return Way::Avx2;
+    {
+        use super::f32::Isa;
+        if Isa::Avx512.available() && Isa::Avx2Fma.available() {
+            return Way::Avx512;
+        }
+        if Isa::Avx2Fma.available() {
+            return Way::Avx2;
+        }
     }
     Way::Portable
 }
 
-/// Rows (queries of one head) computed together: each K and V value loaded serves this many.
-const ROWS: usize = 4;
-/// Keys per step of the score kernel (two vectors of 8).
+/// Query rows computed together, at most (when one kv head serves more query heads than this,
+/// a block is one position of each). A block is a few positions of every query head that reads
+/// the same kv head (grouped-query attention), so each key and value loaded serves them all.
+const BLOCK_ROWS: usize = 12;
+/// Rows per call of the AVX2 kernels (their 16 registers hold 4 × 2 accumulators).
+const ROWS_AVX2: usize = 4;
+/// Keys per step of the score kernels (one AVX-512 vector, two AVX2 ones).
 const KEYS: usize = 16;
+/// Blocks per unit of parallel work.
+const UNIT_BLOCKS: usize = 4;
 
 /// `k` `[keys, kv_heads, d_head]` laid out in tiles of [`KEYS`] keys, each tile's dimensions one
 /// after another: `[kv_heads][keys' / KEYS][d_head][KEYS]`, `keys'` rounded up to a multiple of
@@ -175,53 +182,100 @@ impl KeysT {
     }
 }
 
-/// Scores of queries `i0..i0 + rows` (`rows ≤ ROWS`) of head `h` against keys `0..n`, scaled,
-/// into `out[r * stride + j]`. Each score is a fused multiply-add chain over the dimensions in
-/// order, times the scale: the same bits however the rows and keys are grouped, and on every
-/// instruction set. Masked keys are the caller's business.
+/// The query rows of one block: `(head, query)` pairs, every head reading kv head `g`.
+#[derive(Clone, Debug)]
+struct Block {
+    g: usize,
+    rows: Vec<(usize, usize)>,
+}
+
+impl Block {
+    /// Queries `queries` of every head of kv head `g`, head-major.
+    fn new(d: &Dims, g: usize, queries: std::ops::Range<usize>) -> Self {
+        let per = d.heads / d.kv_heads;
+        let rows = (g * per..(g + 1) * per)
+            .flat_map(|h| queries.clone().map(move |i| (h, i)))
+            .collect();
+        Block { g, rows }
+    }
+
+    /// Keys the block's rows may see, at most.
+    fn keys(&self, d: &Dims) -> usize {
+        self.rows
+            .iter()
+            .map(|&(_, i)| d.visible(i))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Positions per block for these dims (so a block has at most [`BLOCK_ROWS`] rows, or one
+/// position when a kv head serves more heads than that).
+fn positions(d: &Dims) -> usize {
+    (BLOCK_ROWS / (d.heads / d.kv_heads)).max(1)
+}
+
+/// Row `i` of query head `h`.
+fn q_row<'q>(d: &Dims, q: &'q [f32], (h, i): (usize, usize)) -> &'q [f32] {
+    &q[(i * d.heads + h) * d.d_head..][..d.d_head]
+}
+
+/// Scores of `rows` (of kv head `g`) against keys `0..n`, scaled, into `out[r][..n]`. Each score
+/// is a fused multiply-add chain over the dimensions in order, times the scale: the same bits
+/// however rows and keys are grouped, and on every instruction set. Masked keys are the
+/// caller's business.
 #[allow(clippy::too_many_arguments)]
-fn score_block(
+fn score_rows(
     way: Way,
     d: &Dims,
     q: &[f32],
     kt: &KeysT,
-    h: usize,
-    i0: usize,
-    rows: usize,
+    g: usize,
+    rows: &[(usize, usize)],
     n: usize,
-    out: &mut [f32],
-    stride: usize,
+    out: &mut [&mut [f32]],
 ) {
-    debug_assert!((1..=ROWS).contains(&rows) && n <= kt.stride);
+    debug_assert!(n <= kt.stride && out.len() == rows.len());
     let dh = d.d_head;
-    let g = d.kv_head(h);
-    let qrow = |r: usize| &q[((i0 + r) * d.heads + h) * dh..][..dh];
+    let qs: Vec<&[f32]> = rows.iter().map(|&r| q_row(d, q, r)).collect();
+    let mut j0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 {
-        let qs: [&[f32]; ROWS] = std::array::from_fn(|r| qrow(r.min(rows - 1)));
-        let mut j0 = 0;
+    if way != Way::Portable {
+        let step = if way == Way::Avx512 {
+            BLOCK_ROWS
+        } else {
+            ROWS_AVX2
+        };
         while j0 < n {
-            let mut tile = [[0f32; KEYS]; ROWS];
-            // SAFETY: the machine has AVX2 and FMA (`way`); every kt row holds keys
-            // j0..j0 + KEYS (padded to a multiple of KEYS).
-            unsafe { avx2::score_tile(&qs, kt, g, dh, j0, d.scale, &mut tile) };
             let take = KEYS.min(n - j0);
-            for (r, t) in tile.iter().enumerate().take(rows) {
-                out[r * stride + j0..][..take].copy_from_slice(&t[..take]);
+            let tile_k = kt.tile(g, j0);
+            for (qs, out) in qs.chunks(step).zip(out.chunks_mut(step)) {
+                let mut tile = [[0f32; KEYS]; BLOCK_ROWS];
+                // SAFETY: the machine has the way's instructions; every q row holds d_head
+                // values and the key tile d_head · KEYS.
+                unsafe {
+                    if way == Way::Avx512 {
+                        avx512::score_tile(qs, tile_k, dh, d.scale, &mut tile)
+                    } else {
+                        avx2::score_tile(qs, tile_k, dh, d.scale, &mut tile)
+                    }
+                }
+                for (o, t) in out.iter_mut().zip(&tile) {
+                    o[j0..j0 + take].copy_from_slice(&t[..take]);
+                }
             }
             j0 += KEYS;
         }
         return;
     }
-    let _ = way;
-    for r in 0..rows {
-        let qi = qrow(r);
-        for j in 0..n {
+    let _ = (way, &mut j0);
+    for (qi, o) in qs.iter().zip(out.iter_mut()) {
+        for (j, o) in o[..n].iter_mut().enumerate() {
             let mut acc = 0f32;
             for (e, &x) in qi.iter().enumerate() {
                 acc = x.mul_add(kt.at(g, j, e), acc);
             }
-            out[r * stride + j] = acc * d.scale;
+            *o = acc * d.scale;
         }
     }
 }
@@ -230,12 +284,13 @@ fn score_block(
 /// [`reduce8`], so that a row and the same row with masked (`−∞`) keys after it give the same
 /// bits.
 fn softmax_row_with(way: Way, row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut lanes = [0f32; 8];
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 {
-        // SAFETY: the machine has AVX2 and FMA (`way`).
+    if way != Way::Portable {
+        // SAFETY: the machine has AVX2 and FMA (every way but the portable one).
+        let max = unsafe { avx2::max(row) };
+        // SAFETY: as above.
         done = unsafe { avx2::exp_sub_sum(row, max, &mut lanes) };
         if done < row.len() {
             // The last few in one more group, padded with −∞ (weighing exactly 0).
@@ -248,58 +303,185 @@ fn softmax_row_with(way: Way, row: &mut [f32]) {
             done = row.len();
         }
     }
-    let _ = way;
-    for (j, x) in row.iter_mut().enumerate().skip(done) {
-        *x = exp(*x - max);
-        lanes[j % 8] += *x;
+    if done < row.len() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (j, x) in row.iter_mut().enumerate().skip(done) {
+            *x = exp(*x - max);
+            lanes[j % 8] += *x;
+        }
     }
+    let _ = way;
     let sum = reduce8(lanes);
     for x in row.iter_mut() {
         *x /= sum;
     }
 }
 
-/// `z[r] = Σ_{j < n} p[r · stride + j] · v[j, g]` for `rows ≤ ROWS` rows of head `h` (a fused
-/// multiply-add chain per element, keys in order: the same bits however rows are grouped). Keys
-/// past a row's own visible ones must weigh 0 in `p` (0 · v adds nothing).
-#[allow(clippy::too_many_arguments)]
-fn mix_block(
+/// `z[r] = Σ_{j < n} ps[r][j] · v[j, g]` for the rows of kv head `g` (a fused multiply-add chain
+/// per element, keys in order: the same bits however rows are grouped). Keys past a row's own
+/// visible ones must weigh 0 in `ps` (0 · v adds nothing).
+fn mix_rows(
     way: Way,
     d: &Dims,
-    p: &[f32],
-    stride: usize,
-    rows: usize,
+    ps: &[&[f32]],
     n: usize,
     v: &[f32],
-    h: usize,
+    g: usize,
     z: &mut [&mut [f32]],
 ) {
     let dh = d.d_head;
-    let g = d.kv_head(h);
     let vstride = d.kv_heads * dh;
-    for zr in z.iter_mut() {
-        zr.fill(0.0);
-    }
+    let v = &v[g * dh..];
     #[cfg(target_arch = "x86_64")]
-    if way == Way::Avx2 && dh.is_multiple_of(16) {
-        let ps: [&[f32]; ROWS] = std::array::from_fn(|r| &p[r.min(rows - 1) * stride..][..n]);
-        for c in (0..dh).step_by(16) {
-            let mut tile = [[0f32; 16]; ROWS];
-            // SAFETY: the machine has AVX2 and FMA (`way`); key j's values lie at
-            // j · vstride + g · dh, and c + 16 ≤ dh.
-            unsafe { avx2::mix_tile(&ps, &v[g * dh + c..], vstride, n, &mut tile) };
-            for (r, zr) in z.iter_mut().enumerate().take(rows) {
-                zr[c..c + 16].copy_from_slice(&tile[r]);
+    if way != Way::Portable && dh.is_multiple_of(16) {
+        // AVX-512: 6 rows × 64 values (24 accumulators) where d_head allows, else 12 × 16.
+        let (rows, cols) = match way {
+            Way::Avx512 if dh.is_multiple_of(64) => (6, 64),
+            Way::Avx512 => (BLOCK_ROWS, 16),
+            _ => (ROWS_AVX2, 16),
+        };
+        for (ps, z) in ps.chunks(rows).zip(z.chunks_mut(rows)) {
+            for c in (0..dh).step_by(cols) {
+                let mut tile = [[0f32; 64]; BLOCK_ROWS];
+                // SAFETY: the machine has the way's instructions; key j's values lie at
+                // j · vstride (from kv head g), c + cols ≤ d_head, every p row holds n values.
+                unsafe {
+                    match (way, cols) {
+                        (Way::Avx512, 64) => {
+                            avx512::mix_tile::<4>(ps, &v[c..], vstride, n, &mut tile)
+                        }
+                        (Way::Avx512, _) => {
+                            avx512::mix_tile::<1>(ps, &v[c..], vstride, n, &mut tile)
+                        }
+                        _ => avx2::mix_tile(ps, &v[c..], vstride, n, &mut tile),
+                    }
+                }
+                for (zr, t) in z.iter_mut().zip(&tile) {
+                    zr[c..c + cols].copy_from_slice(&t[..cols]);
+                }
             }
         }
         return;
     }
     let _ = way;
-    for (r, zr) in z.iter_mut().enumerate().take(rows) {
-        for (j, &w) in p[r * stride..][..n].iter().enumerate() {
-            let vj = &v[j * vstride + g * dh..][..dh];
+    for (p, zr) in ps.iter().zip(z.iter_mut()) {
+        zr.fill(0.0);
+        for (j, &w) in p[..n].iter().enumerate() {
+            let vj = &v[j * vstride..][..dh];
             for (zd, &vd) in zr.iter_mut().zip(vj) {
                 *zd = w.mul_add(vd, *zd);
+            }
+        }
+    }
+}
+
+/// The row kernels in AVX-512, the same operations in the same order as the portable ones.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{BLOCK_ROWS, KEYS};
+    use std::arch::x86_64::*;
+
+    /// Scores of up to [`BLOCK_ROWS`] query rows × [`KEYS`] keys (`k`: one key tile,
+    /// `[d_head][KEYS]`), each a fused multiply-add chain over the dimensions in order, times
+    /// `scale`, into `tile[r]`.
+    ///
+    /// # Safety
+    /// AVX-512F; every row of `qs` holds `dh` values, `k` holds `dh · KEYS`.
+    pub unsafe fn score_tile(
+        qs: &[&[f32]],
+        k: &[f32],
+        dh: usize,
+        scale: f32,
+        tile: &mut [[f32; KEYS]; BLOCK_ROWS],
+    ) {
+        debug_assert!(qs.len() <= BLOCK_ROWS && k.len() >= dh * KEYS);
+        unsafe {
+            match qs.len() {
+                9.. => score::<12>(qs, k.as_ptr(), dh, scale, tile),
+                5..=8 => score::<8>(qs, k.as_ptr(), dh, scale, tile),
+                _ => score::<4>(qs, k.as_ptr(), dh, scale, tile),
+            }
+        }
+    }
+
+    /// `R` rows, the missing ones repeating the last (their results are not read).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score<const R: usize>(
+        qs: &[&[f32]],
+        k: *const f32,
+        dh: usize,
+        scale: f32,
+        tile: &mut [[f32; KEYS]; BLOCK_ROWS],
+    ) {
+        unsafe {
+            let q: [*const f32; R] = std::array::from_fn(|r| qs[r.min(qs.len() - 1)].as_ptr());
+            let mut acc = [_mm512_setzero_ps(); R];
+            for e in 0..dh {
+                let ke = _mm512_loadu_ps(k.add(e * KEYS));
+                for (a, q) in acc.iter_mut().zip(&q) {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(e)), ke, *a);
+                }
+            }
+            let scale = _mm512_set1_ps(scale);
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(t.as_mut_ptr(), _mm512_mul_ps(*a, scale));
+            }
+        }
+    }
+
+    /// The mix of up to 12 rows (6 when `C` is 4) × `16 · C` values:
+    /// `Σ_{j < n} ps[r][j] · v[j · stride..][..16 · C]`, a fused multiply-add chain per value,
+    /// keys in order, into `tile[r]`.
+    ///
+    /// # Safety
+    /// AVX-512F; every row of `ps` holds `n` values, `v` holds key `j`'s `16 · C` values at
+    /// `j · stride`.
+    pub unsafe fn mix_tile<const C: usize>(
+        ps: &[&[f32]],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        tile: &mut [[f32; 64]; BLOCK_ROWS],
+    ) {
+        debug_assert!(C == 1 || C == 4);
+        debug_assert!(n == 0 || v.len() >= (n - 1) * stride + 16 * C);
+        unsafe {
+            match (C, ps.len()) {
+                (4, 5..) => mix::<6, C>(ps, v.as_ptr(), stride, n, tile),
+                (4, 3..=4) => mix::<4, C>(ps, v.as_ptr(), stride, n, tile),
+                (4, _) => mix::<2, C>(ps, v.as_ptr(), stride, n, tile),
+                (_, 9..) => mix::<12, C>(ps, v.as_ptr(), stride, n, tile),
+                (_, 5..=8) => mix::<8, C>(ps, v.as_ptr(), stride, n, tile),
+                _ => mix::<4, C>(ps, v.as_ptr(), stride, n, tile),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mix<const R: usize, const C: usize>(
+        ps: &[&[f32]],
+        v: *const f32,
+        stride: usize,
+        n: usize,
+        tile: &mut [[f32; 64]; BLOCK_ROWS],
+    ) {
+        unsafe {
+            let p: [*const f32; R] = std::array::from_fn(|r| ps[r.min(ps.len() - 1)].as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            for j in 0..n {
+                let vj = v.add(j * stride);
+                let vs: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(vj.add(16 * c)));
+                for (a, p) in acc.iter_mut().zip(&p) {
+                    let w = _mm512_set1_ps(*p.add(j));
+                    for (a, v) in a.iter_mut().zip(&vs) {
+                        *a = _mm512_fmadd_ps(w, *v, *a);
+                    }
+                }
+            }
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                for (c, a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(t.as_mut_ptr().add(16 * c), *a);
+                }
             }
         }
     }
@@ -308,35 +490,65 @@ fn mix_block(
 /// The row kernels in AVX2 + FMA, the same operations in the same order as the portable ones.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{BLOCK_ROWS, KEYS, ROWS_AVX2};
     use std::arch::x86_64::*;
 
-    /// A tile of scores: `ROWS` queries × `KEYS` keys from `j0` (kv head `g`), each a fused
-    /// multiply-add chain over the dimensions in order, times `scale`.
+    /// Scores of up to [`ROWS_AVX2`] query rows × [`KEYS`] keys (`k`: one key tile,
+    /// `[d_head][KEYS]`), each a fused multiply-add chain over the dimensions in order, times
+    /// `scale`, into `tile[r]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; every row of `qs` holds `dh` values, `k` holds `dh · KEYS`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn score_tile(
-        qs: &[&[f32]; super::ROWS],
-        kt: &super::KeysT,
-        g: usize,
+        qs: &[&[f32]],
+        k: &[f32],
         dh: usize,
-        j0: usize,
         scale: f32,
-        tile: &mut [[f32; super::KEYS]; super::ROWS],
+        tile: &mut [[f32; KEYS]; BLOCK_ROWS],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; super::ROWS];
-        let tile_k = kt.tile(g, j0).as_ptr();
-        for e in 0..dh {
-            let k = tile_k.add(e * super::KEYS);
-            let (k0, k1) = (_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8)));
-            for (a, q) in acc.iter_mut().zip(qs) {
-                let qe = _mm256_set1_ps(*q.get_unchecked(e));
-                a[0] = _mm256_fmadd_ps(qe, k0, a[0]);
-                a[1] = _mm256_fmadd_ps(qe, k1, a[1]);
+        debug_assert!(!qs.is_empty() && qs.len() <= ROWS_AVX2 && k.len() >= dh * KEYS);
+        unsafe {
+            let q: [*const f32; ROWS_AVX2] =
+                std::array::from_fn(|r| qs[r.min(qs.len() - 1)].as_ptr());
+            let mut acc = [[_mm256_setzero_ps(); 2]; ROWS_AVX2];
+            let k = k.as_ptr();
+            for e in 0..dh {
+                let ke = k.add(e * KEYS);
+                let (k0, k1) = (_mm256_loadu_ps(ke), _mm256_loadu_ps(ke.add(8)));
+                for (a, q) in acc.iter_mut().zip(&q) {
+                    let qe = _mm256_set1_ps(*q.add(e));
+                    a[0] = _mm256_fmadd_ps(qe, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qe, k1, a[1]);
+                }
+            }
+            let scale = _mm256_set1_ps(scale);
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                _mm256_storeu_ps(t.as_mut_ptr(), _mm256_mul_ps(a[0], scale));
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), _mm256_mul_ps(a[1], scale));
             }
         }
-        let scale = _mm256_set1_ps(scale);
-        for (t, a) in tile.iter_mut().zip(&acc) {
-            _mm256_storeu_ps(t.as_mut_ptr(), _mm256_mul_ps(a[0], scale));
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), _mm256_mul_ps(a[1], scale));
+    }
+
+    /// The largest value of `row` (NaNs ignored, as `f32::max` does; `−∞` when empty).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn max(row: &[f32]) -> f32 {
+        unsafe {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                // `max_ps(x, m)` is `m` where `x` is NaN: NaNs never enter.
+                m = _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), m);
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            lanes
+                .into_iter()
+                .chain(chunks.remainder().iter().copied())
+                .fold(f32::NEG_INFINITY, f32::max)
         }
     }
 
@@ -385,40 +597,55 @@ mod avx2 {
         groups * 8
     }
 
-    /// A tile of the mix: `ROWS` rows × 16 values, `Σ_{j < n} p[r][j] · v[j · stride..][..16]`,
-    /// a fused multiply-add chain per value, keys in order.
+    /// The mix of up to [`ROWS_AVX2`] rows × 16 values: `Σ_{j < n} ps[r][j] · v[j · stride..][..16]`,
+    /// a fused multiply-add chain per value, keys in order, into `tile[r]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; every row of `ps` holds `n` values, `v` holds key `j`'s 16 values at
+    /// `j · stride`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn mix_tile(
-        ps: &[&[f32]; super::ROWS],
+        ps: &[&[f32]],
         v: &[f32],
         stride: usize,
         n: usize,
-        tile: &mut [[f32; 16]; super::ROWS],
+        tile: &mut [[f32; 64]; BLOCK_ROWS],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; super::ROWS];
-        for j in 0..n {
-            let vj = v.as_ptr().add(j * stride);
-            let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
-            for (a, p) in acc.iter_mut().zip(ps) {
-                let w = _mm256_set1_ps(*p.get_unchecked(j));
-                a[0] = _mm256_fmadd_ps(w, v0, a[0]);
-                a[1] = _mm256_fmadd_ps(w, v1, a[1]);
+        debug_assert!(!ps.is_empty() && ps.len() <= ROWS_AVX2);
+        debug_assert!(n == 0 || v.len() >= (n - 1) * stride + 16);
+        unsafe {
+            let p: [*const f32; ROWS_AVX2] =
+                std::array::from_fn(|r| ps[r.min(ps.len() - 1)].as_ptr());
+            let mut acc = [[_mm256_setzero_ps(); 2]; ROWS_AVX2];
+            for j in 0..n {
+                let vj = v.as_ptr().add(j * stride);
+                let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+                for (a, p) in acc.iter_mut().zip(&p) {
+                    let w = _mm256_set1_ps(*p.add(j));
+                    a[0] = _mm256_fmadd_ps(w, v0, a[0]);
+                    a[1] = _mm256_fmadd_ps(w, v1, a[1]);
+                }
             }
-        }
-        for (t, a) in tile.iter_mut().zip(&acc) {
-            _mm256_storeu_ps(t.as_mut_ptr(), a[0]);
-            _mm256_storeu_ps(t.as_mut_ptr().add(8), a[1]);
+            for (t, a) in tile.iter_mut().zip(&acc) {
+                _mm256_storeu_ps(t.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(t.as_mut_ptr().add(8), a[1]);
+            }
         }
     }
 }
 
-/// Runs `f(head, queries)` over every head and chunk of queries on the pool.
-fn for_units(d: &Dims, work: usize, f: impl Fn(usize, std::ops::Range<usize>) + Sync) {
-    let chunks = d.len.div_ceil(QUERY_CHUNK);
-    let units = d.heads * chunks;
+/// Runs `f(block)` over every block of query rows on the pool, [`UNIT_BLOCKS`] blocks of one kv
+/// head per unit of work.
+fn for_blocks(d: &Dims, work: usize, f: impl Fn(&Block) + Sync) {
+    let pos = positions(d);
+    let blocks = d.len.div_ceil(pos);
+    let chunks = blocks.div_ceil(UNIT_BLOCKS);
+    let units = d.kv_heads * chunks;
     let unit = |u: usize| {
-        let (h, c) = (u / chunks, u % chunks);
-        f(h, c * QUERY_CHUNK..d.len.min((c + 1) * QUERY_CHUNK));
+        let (g, c) = (u / chunks, u % chunks);
+        for b in c * UNIT_BLOCKS..blocks.min((c + 1) * UNIT_BLOCKS) {
+            f(&Block::new(d, g, b * pos..d.len.min((b + 1) * pos)));
+        }
     };
     if work < 1 << 15 {
         (0..units).for_each(unit);
@@ -435,52 +662,59 @@ unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
-    /// The element `i` (a method, so closures capture the whole `Out`, which is `Sync`).
-    fn at(&self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
+    /// `n` elements from `i`.
+    ///
+    /// # Safety
+    /// They lie inside the buffer and are the caller's alone while the slice lives.
+    unsafe fn slice<'a>(&self, i: usize, n: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i), n) }
     }
 }
 
-/// The output rows `i0..i0 + rows` of head `h` in `z` `[len, heads, d_head]`.
+/// The output rows of a block's `(head, query)` rows in `z` `[len, heads, d_head]`.
 ///
 /// # Safety
 /// Those rows must be the caller's alone while the slices live, inside `z`'s buffer.
-unsafe fn z_rows<'a>(out: Out, d: &Dims, h: usize, i0: usize, rows: usize) -> Vec<&'a mut [f32]> {
-    (0..rows)
-        .map(|r| {
-            std::slice::from_raw_parts_mut(out.at(((i0 + r) * d.heads + h) * d.d_head), d.d_head)
-        })
+unsafe fn z_rows<'a>(out: Out, d: &Dims, rows: &[(usize, usize)]) -> Vec<&'a mut [f32]> {
+    rows.iter()
+        .map(|&(h, i)| unsafe { out.slice((i * d.heads + h) * d.d_head, d.d_head) })
         .collect()
 }
 
+thread_local! {
+    /// A pool thread's rows of scores for [`attend`], kept between blocks and calls (a fresh
+    /// buffer per block cost page faults and zeroing).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Fused causal attention: `z` `[len, heads, d_head]` from `q`, `k`, `v` without holding the
-/// score matrices (a unit holds [`ROWS`] rows of scores at a time).
+/// score matrices (a unit holds one block's rows of scores at a time: O(keys), not O(len · keys)).
 pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     d.check(q, k, v);
     let way = way();
     let kt = KeysT::new(d, k);
     let mut z = vec![0f32; d.len * d.heads * d.d_head];
     let out = Out(z.as_mut_ptr());
-    for_units(d, d.len * d.keys * d.heads * d.d_head, |h, queries| {
-        let stride = kt.stride;
-        let mut buf = vec![0f32; ROWS * stride];
-        let mut i0 = queries.start;
-        while i0 < queries.end {
-            let rows = ROWS.min(queries.end - i0);
-            // The last row sees the most keys.
-            let n = d.visible(i0 + rows - 1);
-            score_block(way, d, q, &kt, h, i0, rows, n, &mut buf, stride);
-            for r in 0..rows {
-                let nr = d.visible(i0 + r);
-                let row = &mut buf[r * stride..][..n];
-                softmax_row_with(way, &mut row[..nr]);
-                row[nr..].fill(0.0);
+    let stride = kt.stride;
+    for_blocks(d, d.len * d.keys * d.heads * d.d_head, |b| {
+        let n = b.keys(d);
+        SCRATCH.with_borrow_mut(|buf| {
+            let need = b.rows.len() * stride;
+            if buf.len() < need {
+                buf.resize(need, 0.0);
             }
-            // SAFETY: rows (i0.., h) belong to this unit alone.
-            let mut zs = unsafe { z_rows(out, d, h, i0, rows) };
-            mix_block(way, d, &buf, stride, rows, n, v, h, &mut zs);
-            i0 += rows;
-        }
+            let mut rows: Vec<&mut [f32]> = buf[..need].chunks_mut(stride).collect();
+            score_rows(way, d, q, &kt, b.g, &b.rows, n, &mut rows);
+            for (row, &(_, i)) in rows.iter_mut().zip(&b.rows) {
+                let nr = d.visible(i);
+                softmax_row_with(way, &mut row[..nr]);
+                row[nr..n].fill(0.0);
+            }
+            let ps: Vec<&[f32]> = rows.iter().map(|r| &r[..n]).collect();
+            // SAFETY: the block's rows of z are its own.
+            let mut zs = unsafe { z_rows(out, d, &b.rows) };
+            mix_rows(way, d, &ps, n, v, b.g, &mut zs);
+        });
     });
     z
 }
@@ -493,20 +727,17 @@ pub fn scores(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let keys = d.keys;
     let mut s = vec![f32::NEG_INFINITY; d.heads * d.len * keys];
     let out = Out(s.as_mut_ptr());
-    for_units(d, d.len * keys * d.heads * d.d_head, |h, queries| {
-        let mut i0 = queries.start;
-        while i0 < queries.end {
-            let rows = ROWS.min(queries.end - i0);
-            let n = d.visible(i0 + rows - 1);
-            // SAFETY: rows (h, i0..i0 + rows) are this unit's alone, consecutive in s.
-            let block = unsafe {
-                std::slice::from_raw_parts_mut(out.at((h * d.len + i0) * keys), rows * keys)
-            };
-            score_block(way, d, q, &kt, h, i0, rows, n, block, keys);
-            for r in 0..rows {
-                block[r * keys + d.visible(i0 + r)..(r + 1) * keys].fill(f32::NEG_INFINITY);
-            }
-            i0 += rows;
+    for_blocks(d, d.len * keys * d.heads * d.d_head, |b| {
+        let n = b.keys(d);
+        // SAFETY: rows (h, i) of the block are its own.
+        let mut rows: Vec<&mut [f32]> = b
+            .rows
+            .iter()
+            .map(|&(h, i)| unsafe { out.slice((h * d.len + i) * keys, keys) })
+            .collect();
+        score_rows(way, d, q, &kt, b.g, &b.rows, n, &mut rows);
+        for (row, &(_, i)) in rows.iter_mut().zip(&b.rows) {
+            row[d.visible(i)..].fill(f32::NEG_INFINITY);
         }
     });
     s
@@ -532,16 +763,15 @@ pub fn mix(d: &Dims, pattern: &[f32], v: &[f32]) -> Vec<f32> {
     let way = way();
     let mut z = vec![0f32; d.len * d.heads * dh];
     let out = Out(z.as_mut_ptr());
-    for_units(d, d.len * keys * d.heads * dh, |h, queries| {
-        let mut i0 = queries.start;
-        while i0 < queries.end {
-            let rows = ROWS.min(queries.end - i0);
-            let p = &pattern[(h * d.len + i0) * keys..][..rows * keys];
-            // SAFETY: rows (i0.., h) belong to this unit alone.
-            let mut zs = unsafe { z_rows(out, d, h, i0, rows) };
-            mix_block(way, d, p, keys, rows, keys, v, h, &mut zs);
-            i0 += rows;
-        }
+    for_blocks(d, d.len * keys * d.heads * dh, |b| {
+        let ps: Vec<&[f32]> = b
+            .rows
+            .iter()
+            .map(|&(h, i)| &pattern[(h * d.len + i) * keys..][..keys])
+            .collect();
+        // SAFETY: the block's rows of z are its own.
+        let mut zs = unsafe { z_rows(out, d, &b.rows) };
+        mix_rows(way, d, &ps, keys, v, b.g, &mut zs);
     });
     z
 }
@@ -615,6 +845,12 @@ mod tests {
             d(77, 77, 9, 3, 64, 0),
             // d_head not a multiple of 16: the portable mix on every machine.
             d(19, 19, 2, 2, 24, 0),
+            // One head per kv head (GPT-2): 12 queries per block.
+            d(30, 30, 4, 4, 64, 0),
+            // More heads per kv head than a block has rows: one query of each per block.
+            d(9, 9, 16, 1, 16, 0),
+            // d_head a multiple of 16 but not of 64: AVX-512's 12 × 16 mix.
+            d(20, 20, 6, 2, 32, 3),
         ]
     }
 
@@ -627,7 +863,7 @@ mod tests {
         let mut lanes = [0f32; 8];
         let mut got = xs.clone();
         #[cfg(target_arch = "x86_64")]
-        if way() == Way::Avx2 {
+        if way() != Way::Portable {
             // SAFETY: this machine has AVX2 and FMA.
             let done = unsafe { avx2::exp_sub_sum(&mut got, 0.0, &mut lanes) };
             for x in &mut got[done..] {
@@ -671,62 +907,100 @@ mod tests {
     fn every_instruction_set_and_every_grouping_of_rows_gives_the_same_bits() {
         let ways: Vec<Way> = [
             #[cfg(target_arch = "x86_64")]
+            Way::Avx512,
+            #[cfg(target_arch = "x86_64")]
             Way::Avx2,
             Way::Portable,
         ]
         .into_iter()
-        .filter(|w| *w == Way::Portable || way() == *w)
+        .filter(|&w| match w {
+            #[cfg(target_arch = "x86_64")]
+            Way::Avx512 => way() == Way::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Way::Avx2 => way() != Way::Portable,
+            Way::Portable => true,
+        })
         .collect();
+        assert!(ways.contains(&way()), "the machine's own way is tested");
         for (c, d) in cases().iter().enumerate() {
             let q = random(d.len * d.heads * d.d_head, 31 + c as u64);
             let k = random(d.keys * d.kv_heads * d.d_head, 41 + c as u64);
             let v = random(d.keys * d.kv_heads * d.d_head, 51 + c as u64);
             let kt = KeysT::new(d, &k);
-            // Scores, pattern and z of every (head, query), computed `group` rows at a time.
-            let run = |w: Way, group: usize| {
-                let mut out = Vec::new();
-                for h in 0..d.heads {
-                    let mut i0 = 0;
-                    while i0 < d.len {
-                        let rows = group.min(d.len - i0);
-                        let n = d.visible(i0 + rows - 1);
-                        let stride = kt.stride;
-                        let mut buf = vec![0f32; rows * stride];
-                        score_block(w, d, &q, &kt, h, i0, rows, n, &mut buf, stride);
-                        let scores: Vec<Vec<f32>> = (0..rows)
-                            .map(|r| buf[r * stride..][..d.visible(i0 + r)].to_vec())
+            let per = d.heads / d.kv_heads;
+            // Scores, pattern and z of every (head, query), computed `group` rows at a time,
+            // the rows of a kv head taken head-major or query-major.
+            let run = |w: Way, group: usize, query_major: bool| {
+                let mut out = std::collections::BTreeMap::new();
+                for g in 0..d.kv_heads {
+                    let mut all: Vec<(usize, usize)> = (g * per..(g + 1) * per)
+                        .flat_map(|h| (0..d.len).map(move |i| (h, i)))
+                        .collect();
+                    if query_major {
+                        all.sort_by_key(|&(h, i)| (i, h));
+                    }
+                    for rows in all.chunks(group) {
+                        let n = rows.iter().map(|&(_, i)| d.visible(i)).max().unwrap();
+                        let mut buf = vec![vec![0f32; kt.stride]; rows.len()];
+                        let mut outs: Vec<&mut [f32]> =
+                            buf.iter_mut().map(|b| b.as_mut_slice()).collect();
+                        score_rows(w, d, &q, &kt, g, rows, n, &mut outs);
+                        let scores: Vec<Vec<f32>> = rows
+                            .iter()
+                            .zip(&buf)
+                            .map(|(&(_, i), b)| b[..d.visible(i)].to_vec())
                             .collect();
-                        for r in 0..rows {
-                            let nr = d.visible(i0 + r);
-                            softmax_row_with(w, &mut buf[r * stride..][..nr]);
-                            buf[r * stride + nr..(r + 1) * stride].fill(0.0);
+                        for (b, &(_, i)) in buf.iter_mut().zip(rows) {
+                            let nr = d.visible(i);
+                            softmax_row_with(w, &mut b[..nr]);
+                            b[nr..].fill(0.0);
                         }
-                        let mut zs = vec![vec![0f32; d.d_head]; rows];
+                        let mut zs = vec![vec![f32::NAN; d.d_head]; rows.len()];
                         let mut zr: Vec<&mut [f32]> =
                             zs.iter_mut().map(|z| z.as_mut_slice()).collect();
-                        mix_block(w, d, &buf, stride, rows, n, &v, h, &mut zr);
-                        for r in 0..rows {
-                            let nr = d.visible(i0 + r);
-                            let p = buf[r * stride..][..nr].to_vec();
-                            out.push((scores[r].clone(), p, zs[r].clone()));
+                        let ps: Vec<&[f32]> = buf.iter().map(|b| &b[..n]).collect();
+                        mix_rows(w, d, &ps, n, &v, g, &mut zr);
+                        for (r, &(h, i)) in rows.iter().enumerate() {
+                            let p = buf[r][..d.visible(i)].to_vec();
+                            out.insert((h, i), (scores[r].clone(), p, zs[r].clone()));
                         }
-                        i0 += rows;
                     }
                 }
+                assert_eq!(out.len(), d.heads * d.len);
                 out
             };
-            let want = run(Way::Portable, 1);
+            let want = run(Way::Portable, 1, false);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             for &w in &ways {
-                for group in 1..=ROWS {
-                    let got = run(w, group);
-                    for (r, (a, b)) in got.iter().zip(&want).enumerate() {
-                        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                        let at = format!("case {c} row {r} {w:?} {group} rows at a time");
-                        assert_eq!(bits(&a.0), bits(&b.0), "{at}: scores");
-                        assert_eq!(bits(&a.1), bits(&b.1), "{at}: pattern");
-                        assert_eq!(bits(&a.2), bits(&b.2), "{at}: z");
+                for group in 1..=BLOCK_ROWS + 2 {
+                    for query_major in [false, true] {
+                        let got = run(w, group, query_major);
+                        for ((at, a), b) in got.iter().zip(want.values()) {
+                            let at = format!("case {c} {at:?} {w:?} {group} rows at a time");
+                            assert!(a.2.iter().all(|x| x.is_finite()), "{at}: z");
+                            assert_eq!(bits(&a.0), bits(&b.0), "{at}: scores");
+                            assert_eq!(bits(&a.1), bits(&b.1), "{at}: pattern");
+                            assert_eq!(bits(&a.2), bits(&b.2), "{at}: z");
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_max_ignores_nans_like_f32_max() {
+        #[cfg(target_arch = "x86_64")]
+        if way() != Way::Portable {
+            for len in [0, 1, 7, 8, 9, 33] {
+                let mut row = random(len, len as u64);
+                if len > 3 {
+                    row[2] = f32::NAN;
+                }
+                let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // SAFETY: this machine has AVX2.
+                let got = unsafe { avx2::max(&row) };
+                assert_eq!(got.to_bits(), want.to_bits(), "length {len}");
             }
         }
     }

@@ -2,9 +2,10 @@
 //! [`NR`] output rows laid out `[panel][k][NR]` — the order the micro-kernel reads them, so no
 //! call repacks a weight (the `gemm` crate repacked every weight on every call: 36% of a forward).
 //!
-//! The micro-kernel keeps an `MR × NR` block of outputs in registers (6 × 16 on AVX2 + FMA: 12
-//! accumulators, 2 weight loads and 6 broadcasts per step of k) and sums each output over k in
-//! order, in one f32 accumulator with fused multiply-adds. Work is split over output panels
+//! The micro-kernel keeps a block of outputs in registers (6 × 16 on AVX2 + FMA: 12 accumulators,
+//! 2 weight loads and 6 broadcasts per step of k; 12 × 16 on AVX-512: 12 accumulators, one weight
+//! load and 12 broadcasts folded into the multiply-adds) and sums each output over k in order, in
+//! one f32 accumulator with fused multiply-adds, so every instruction set gives the same bits. Work is split over output panels
 //! (and chunks of rows when there are many) on candle's thread pool, the one pool the runtime
 //! uses. Instruction sets are detected at run time; other CPUs get a portable loop over the same
 //! layout.
@@ -13,14 +14,17 @@ use std::sync::OnceLock;
 
 /// Outputs per panel.
 pub const NR: usize = 16;
-/// Rows of `x` per micro-kernel call.
-const MR: usize = 6;
+/// Rows of `x` per micro-kernel call, at most (the AVX2 kernel takes up to [`MR_AVX2`]).
+const MR: usize = 12;
+/// Rows per call of the AVX2 kernel (its 16 registers hold 6 × 2 accumulators).
+const MR_AVX2: usize = 6;
 /// Rows of `x` per unit of parallel work (keeps a chunk of `x` in L2 while a panel streams).
 const ROW_CHUNK: usize = 96;
 
 /// The instruction set the f32 kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    Avx512,
     Avx2Fma,
     Portable,
 }
@@ -28,6 +32,7 @@ pub enum Isa {
 impl Isa {
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Avx512 => "avx512f",
             Isa::Avx2Fma => "avx2+fma",
             Isa::Portable => "portable",
         }
@@ -37,12 +42,14 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2Fma => false,
+            Isa::Avx512 | Isa::Avx2Fma => false,
             Isa::Portable => true,
         }
     }
@@ -52,11 +59,10 @@ impl Isa {
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        if Isa::Avx2Fma.available() {
-            Isa::Avx2Fma
-        } else {
-            Isa::Portable
-        }
+        [Isa::Avx512, Isa::Avx2Fma]
+            .into_iter()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Portable)
     })
 }
 
@@ -199,13 +205,16 @@ impl PackedF32 {
         // Rows in calls of nearly equal size (32 = 6+6+5+5+5+5, not 6·5+2): a call with few
         // rows spends its time loading weights, not multiplying.
         let n = rows.end - rows.start;
-        let calls = n.div_ceil(MR);
+        let most = if isa == Isa::Avx512 { MR } else { MR_AVX2 };
+        let calls = n.div_ceil(most);
         let mut r = rows.start;
         for call in 0..calls {
             let mr = n / calls + usize::from(call < n % calls);
             let a = &x[r * k..(r + mr) * k];
             let mut tile = [0f32; MR * NR];
             match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::tile(mr, k, a, b, &mut tile) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => unsafe { avx2::tile(mr, k, a, b, &mut tile) },
                 _ => portable_tile(mr, k, a, b, &mut tile),
@@ -239,6 +248,65 @@ fn portable_tile(mr: usize, k: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR 
             }
         }
         tile[i * NR..(i + 1) * NR].copy_from_slice(&acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// See [`super::portable_tile`], for up to [`MR`] rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` holds `mr · k` values and `b` holds `k · NR`.
+    pub(super) unsafe fn tile(
+        mr: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        tile: &mut [f32; MR * NR],
+    ) {
+        debug_assert!(a.len() >= mr * k && b.len() >= k * NR);
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        unsafe {
+            match mr {
+                12 => kernel::<12>(k, a, b, tile),
+                11 => kernel::<11>(k, a, b, tile),
+                10 => kernel::<10>(k, a, b, tile),
+                9 => kernel::<9>(k, a, b, tile),
+                8 => kernel::<8>(k, a, b, tile),
+                7 => kernel::<7>(k, a, b, tile),
+                6 => kernel::<6>(k, a, b, tile),
+                5 => kernel::<5>(k, a, b, tile),
+                4 => kernel::<4>(k, a, b, tile),
+                3 => kernel::<3>(k, a, b, tile),
+                2 => kernel::<2>(k, a, b, tile),
+                _ => kernel::<1>(k, a, b, tile),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const R: usize>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: &mut [f32; MR * NR],
+    ) {
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for p in 0..k {
+                let bp = _mm512_loadu_ps(b.add(p * NR));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(i * k + p));
+                    *acc = _mm512_fmadd_ps(av, bp, *acc);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), *acc);
+            }
+        }
     }
 }
 
@@ -318,7 +386,7 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        [Isa::Avx2Fma, Isa::Portable]
+        [Isa::Avx512, Isa::Avx2Fma, Isa::Portable]
             .into_iter()
             .filter(|i| i.available())
             .collect()
