@@ -1609,3 +1609,170 @@ fn a_dictionary_feature_s_card_scans_with_its_dictionary() {
     h.get_by_label_contains("density");
     assert!(h.query_by_label(&scan).is_none(), "scanned: no more offer");
 }
+
+/// The tiny Llama fixture with a context long enough for probes beyond PATTERN_TOKENS (its
+/// weights do not depend on the context length: rotary tables are computed).
+fn tiny_llama_long_context() -> PathBuf {
+    let dir = temp_dir("tiny-llama-long");
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny_llama().join(file), dir.join(file)).unwrap();
+    }
+    let text = std::fs::read_to_string(tiny_llama().join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["max_position_embeddings"] = 512.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Issue 14: a probe longer than PATTERN_TOKENS keeps no pattern. The head card says so and
+/// what keeping every pattern would cost, and a click computes that head's alone (equal, bit for
+/// bit, to `Model::head_pattern`), which the card then draws, max-pooled to fit; it is kept for
+/// the probe, at its precision, and dropped when the text changes.
+#[test]
+fn a_long_probe_offers_one_heads_pattern_and_the_card_draws_it() {
+    use egui_kittest::kittest::NodeT;
+    use hubel::app::receptive::Pending;
+    use hubel::app::worker::PATTERN_TOKENS;
+    use hubel::app::Command;
+    use hubel::model::{HeadPattern, Model, Precision};
+    let dir = tiny_llama_long_context();
+    let probe = "The cat sat on the mat. ".repeat(24);
+    let mut h = loaded(dir.clone(), &probe);
+    let ids: Vec<u32> = h
+        .state()
+        .runtime
+        .result
+        .as_ref()
+        .unwrap()
+        .tokens
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let len = ids.len();
+    // Longer than the card is wide at 3 px a cell (the card is at most a third of 1500 px).
+    assert!(len > PATTERN_TOKENS.max(170), "{len} tokens");
+    let f = FeatureId::head(1, 2);
+    h.state_mut().apply(Command::Select(Some(f)), 0.0);
+    h.run_steps(3);
+    assert!(
+        h.state().derived.curve.pattern.is_none(),
+        "the run kept none"
+    );
+    let info = h.state().runtime.model.clone().unwrap();
+    let message = format!(
+        "Patterns are kept for probes up to {PATTERN_TOKENS} tokens; this probe has {len} tokens \
+         (keeping all {} patterns would take {}).",
+        info.layers * info.heads,
+        hubel::jobs::human_bytes((info.layers * info.heads * len * len * 4) as f64)
+    );
+    h.get_by_label(&message);
+
+    let model = Model::open(&dir).unwrap();
+    let bits = |p: &HeadPattern| p.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let computed = |h: &Harness<'static, HubelApp>| match h
+        .state()
+        .runtime
+        .patterns
+        .get(f)
+        .map(|e| e.state.clone())
+    {
+        Some(Pending::Ready(c)) => c.pattern,
+        other => panic!("no pattern: {other:?}"),
+    };
+    for precision in [Precision::Exact, Precision::Fast] {
+        if precision == Precision::Fast {
+            h.state_mut().apply(Command::SetPrecision(precision), 0.0);
+            wait_for(&mut h, "the fast run", |a| {
+                a.runtime.precision() == Some(Precision::Fast) && !a.is_busy()
+            });
+            assert!(
+                h.state().runtime.patterns.get(f).is_none(),
+                "the exact path's pattern is not the fast path's"
+            );
+        }
+        let button = "Compute L1H2's pattern";
+        h.get_by_label(button).scroll_to_me();
+        h.run_steps(30);
+        h.get_by_label(button).click();
+        wait_for(&mut h, "the pattern", move |a| {
+            a.runtime
+                .patterns
+                .get(f)
+                .is_some_and(|e| matches!(e.state, Pending::Ready(_) | Pending::Failed(_)))
+        });
+        let shown = computed(&h);
+        let direct = model
+            .with_precision(precision)
+            .head_pattern(&ids, 1, 2, None)
+            .unwrap();
+        assert_eq!((shown.layer, shown.head, shown.len), (1, 2, len));
+        assert!(bits(&shown) == bits(&direct), "{precision:?}");
+        // The card draws it, max-pooled to its width.
+        let curve = h.state().derived.curve.clone();
+        assert!(curve.pattern_on_demand);
+        let grids = curve.pattern.expect("the card's pattern");
+        assert_eq!(
+            *grids,
+            hubel::analysis::pattern::PatternGrids::new(&direct.values, len)
+        );
+        let drawn = format!("Attention pattern of L1H2: {len} × {len} tokens, max-pooled");
+        h.get_by_label_contains(&drawn).scroll_to_me();
+        h.run_steps(30);
+        h.get_by_label_contains("computed for this probe on demand");
+        assert!(
+            h.query_by_label(button).is_none(),
+            "no offer once it is drawn"
+        );
+        // Hover names a cell's query and key ranges and its value: the largest of its block.
+        h.get_by_label_contains(&drawn).hover();
+        h.run_steps(5);
+        let hover = h
+            .get_by_label_contains("→ keys")
+            .accesskit_node()
+            .value()
+            .unwrap_or_default();
+        let range = |after: &str| -> std::ops::Range<usize> {
+            let rest = &hover[hover.find(after).unwrap() + after.len()..];
+            let (a, rest) = rest.split_once('–').unwrap();
+            let b = rest.split_once(' ').unwrap().0;
+            a.parse().unwrap()..b.parse::<usize>().unwrap() + 1
+        };
+        let (queries, keys) = (range("queries "), range("→ keys "));
+        assert!(queries.len() > 1 && queries.len() == keys.len(), "{hover}");
+        let max = queries
+            .flat_map(|q| keys.clone().map(move |k| (q, k)))
+            .map(|(q, k)| direct.values[q * len + k])
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(hover.ends_with(&format!(": max {max:.4}")), "{hover}");
+    }
+
+    // Another text: the pattern is of the old probe, dropped.
+    h.state_mut().state.probe = "The dog sat on the mat. ".repeat(24);
+    h.state_mut().request_run(0.0);
+    wait_for(&mut h, "the new text's run", move |a| {
+        !a.is_busy()
+            && a.runtime.result.as_ref().is_some_and(|r| {
+                r.tokens.len() != len || r.tokens.iter().zip(&ids).any(|(t, i)| t.id != *i)
+            })
+    });
+    assert!(h.state().runtime.patterns.get(f).is_none());
+    assert!(h.state().derived.curve.pattern.is_none());
+    h.get_by_label("Compute L1H2's pattern");
+
+    // A short probe: its run keeps the pattern, drawn cell by cell as before.
+    h.state_mut().state.probe = "The cat sat.".into();
+    h.state_mut().request_run(0.0);
+    wait_for(&mut h, "the short probe's run", |a| {
+        !a.is_busy()
+            && a.runtime
+                .result
+                .as_ref()
+                .is_some_and(|r| r.tokens.len() < 20)
+    });
+    let n = h.state().runtime.result.as_ref().unwrap().tokens.len();
+    let curve = h.state().derived.curve.clone();
+    assert!(!curve.pattern_on_demand);
+    assert_eq!(curve.pattern.unwrap().levels[0].block, 1);
+    h.get_by_label(&format!("Attention pattern of L1H2: {n} × {n} tokens"));
+    assert!(h.query_by_label("Compute L1H2's pattern").is_none());
+}

@@ -314,18 +314,18 @@ pub fn robust_scale(values: impl IntoIterator<Item = f32>, q: f32) -> f32 {
     }
 }
 
-/// A head's attention pattern `[query][key]` from a record.
-pub fn head_pattern(record: &ActivationRecord, layer: usize, head: usize) -> Option<Vec<Vec<f32>>> {
+/// A head's attention pattern in a record as one `[query, key]` slice, with its side: `(len,
+/// values)`; `None` when the record holds no square pattern of that layer and head.
+pub fn head_pattern_slice(
+    record: &ActivationRecord,
+    layer: usize,
+    head: usize,
+) -> Option<(usize, &[f32])> {
     let act = record.get(HookPoint::block(layer, BlockSite::Pattern))?;
-    let (heads, q, k) = (act.shape[0], act.shape[1], act.shape[2]);
-    if head >= heads {
+    let &[heads, q, k] = act.shape.as_slice() else {
         return None;
-    }
-    Some(
-        (0..q)
-            .map(|i| act.data[(head * q + i) * k..(head * q + i + 1) * k].to_vec())
-            .collect(),
-    )
+    };
+    (head < heads && q == k).then(|| (q, &act.data[head * q * k..(head + 1) * q * k]))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! out; no tensors, no egui.
 
 pub mod maps;
+pub mod pattern;
 
 /// `log softmax(logits)`, computed stably in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {

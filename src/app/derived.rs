@@ -2,6 +2,9 @@
 //! the selected feature's curves, the next-token lists at the chosen position. Recomputed only
 //! when one of its inputs ([`DerivedKey`]) changes; views only read it.
 
+use std::sync::Arc;
+
+use crate::analysis::pattern::PatternGrids;
 use crate::analysis::{self, maps, maps::MapCell, maps::Measure};
 use crate::circuits::dla::DlaReport;
 use crate::features::{Basis, FeatureId};
@@ -27,6 +30,14 @@ pub struct FeatureRow {
 pub struct RankEffects<'a> {
     pub serial: u64,
     pub report: &'a DlaReport,
+}
+
+/// The selected head's pattern computed on demand ([`super::patterns`]) and the serial of its
+/// query.
+#[derive(Clone, Copy)]
+pub struct OnDemandPattern<'a> {
+    pub serial: u64,
+    pub computed: &'a super::worker::Computed,
 }
 
 /// What the rows are ranked by when it is the direct effect, for the caption and the labels.
@@ -63,8 +74,11 @@ pub struct FeatureCurve {
     pub peak: f32,
     /// Largest-magnitude baseline value, with its sign (for "clamp to k × peak").
     pub signed_peak: f32,
-    /// A head's attention pattern `[query][key]` in the baseline run.
-    pub pattern: Option<Vec<Vec<f32>>>,
+    /// A head's attention pattern in the baseline run as the card draws it (max-pooled for
+    /// long probes): recorded by the run, or computed on demand.
+    pub pattern: Option<Arc<PatternGrids>>,
+    /// The pattern was computed on demand (the run kept none: a long probe).
+    pub pattern_on_demand: bool,
 }
 
 /// The inputs of [`Derived`]; when none changes, nothing is recomputed.
@@ -85,6 +99,8 @@ pub struct DerivedKey {
     pub index: usize,
     /// The serial of the direct effects the rows are ranked by (`None`: by activation).
     pub effects: Option<u64>,
+    /// The serial of the selected head's pattern computed on demand (`None`: none).
+    pub pattern: Option<u64>,
 }
 
 #[derive(Default)]
@@ -135,6 +151,7 @@ fn named(vocab: &[String], top: Vec<(u32, f32, f32)>) -> Vec<(String, f32)> {
 
 impl Derived {
     /// Brings the derived views up to date with `state` and `result`.
+    #[allow(clippy::too_many_arguments)]
     pub fn refresh(
         &mut self,
         state: &AppState,
@@ -143,6 +160,7 @@ impl Derived {
         vocab: &[String],
         index: Option<&crate::scan::ScanIndex>,
         effects: Option<RankEffects>,
+        on_demand: Option<OnDemandPattern>,
     ) {
         let Some(result) = result else {
             *self = Derived::default();
@@ -165,6 +183,7 @@ impl Derived {
             output_position: state.output_position,
             index: index.map_or(0, |i| i as *const _ as usize),
             effects: effects.map(|e| e.serial),
+            pattern: on_demand.map(|p| p.serial),
         };
         if self.key.as_ref() == Some(&key) {
             return;
@@ -284,6 +303,21 @@ impl Derived {
 
         let curve = match state.selection {
             Some(f) => {
+                // The run's own record of the pattern (short probes), else one computed on
+                // demand for this probe.
+                let recorded = (f.basis == Basis::Heads)
+                    .then(|| maps::head_pattern_slice(base, f.layer, f.index))
+                    .flatten();
+                let computed = on_demand.map(|p| p.computed).filter(|c| {
+                    f.basis == Basis::Heads
+                        && (c.pattern.layer, c.pattern.head) == (f.layer, f.index)
+                        && c.pattern.len == len
+                });
+                let (pattern, pattern_on_demand) = match (recorded, computed) {
+                    (Some((n, values)), _) => (Some(Arc::new(PatternGrids::new(values, n))), false),
+                    (None, Some(c)) => (Some(c.grids.clone()), true),
+                    (None, None) => (None, false),
+                };
                 let baseline = maps::feature_activations(base, f);
                 let counted = baseline.iter().skip(from);
                 let signed_peak =
@@ -296,9 +330,8 @@ impl Derived {
                     peak: signed_peak.abs(),
                     signed_peak,
                     intervened: inter.map(|i| maps::feature_activations(i, f)),
-                    pattern: (f.basis == Basis::Heads)
-                        .then(|| maps::head_pattern(base, f.layer, f.index))
-                        .flatten(),
+                    pattern,
+                    pattern_on_demand,
                     baseline,
                 }
             }

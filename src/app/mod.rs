@@ -21,6 +21,7 @@ pub mod file_dialog;
 pub mod fonts;
 pub mod icon;
 mod panels;
+pub mod patterns;
 pub mod receptive;
 pub mod state;
 pub mod text;
@@ -91,6 +92,9 @@ pub enum Command {
     SetOcclusionDelete(bool),
     /// Compute the occlusion map now (probes too long for it to run by itself).
     Occlude,
+    /// Compute this head's attention pattern over the probe shown (probes too long for every
+    /// pattern to be kept).
+    ComputePattern(FeatureId),
     /// Features that fire on a token or whose label holds the words.
     SearchFeatures(String),
     /// Show or hide the Experiments window.
@@ -242,6 +246,8 @@ pub struct Runtime {
     pub occlusion_delete: bool,
     /// The occlusion map was asked for by a click (long probes).
     occlusion_asked: bool,
+    /// Heads' patterns computed on demand for the probe shown (long probes).
+    pub patterns: patterns::Patterns,
     fidelity_serial: u64,
     fidelity_tx: std::sync::mpsc::Sender<FidelityAnswer>,
     fidelity_rx: std::sync::mpsc::Receiver<FidelityAnswer>,
@@ -275,6 +281,7 @@ impl Runtime {
             dictionaries: dictionary::Dictionaries::default(),
             occlusion_delete: false,
             occlusion_asked: false,
+            patterns: patterns::Patterns::default(),
             fidelity_serial: 0,
             fidelity_tx,
             fidelity_rx,
@@ -758,11 +765,23 @@ impl HubelApp {
         }
     }
 
+    /// The on-demand patterns belong to the probe shown: another text (or precision) drops them.
+    fn sync_patterns(&mut self) {
+        let rt = &mut self.runtime;
+        let tokens: Option<Vec<u32>> = rt
+            .result
+            .as_ref()
+            .map(|r| r.tokens.iter().map(|t| t.id).collect());
+        let precision = rt.precision().unwrap_or_default();
+        rt.patterns.sync(tokens.as_deref(), precision);
+    }
+
     /// Handles everything the worker sent since the last frame, and takes the jobs' status.
     pub fn drain_responses(&mut self, now: f64) {
         while let Ok(response) = self.runtime.worker.rx.try_recv() {
             self.handle(response, now);
         }
+        self.sync_patterns();
         self.runtime.refresh_jobs();
         self.poll_fetch();
         self.runtime.receptive.poll();
@@ -1597,6 +1616,7 @@ impl HubelApp {
                     }
                     Some(RequestKind::Card(serial)) => {
                         rt.receptive.fail_query(serial, message.clone());
+                        rt.patterns.answer(serial, Err(message.clone()));
                     }
                     Some(RequestKind::Job) | None => {}
                 }
@@ -1625,10 +1645,12 @@ impl HubelApp {
                             s.result = receptive::Pending::Ready(o);
                         }
                     }
+                    Ok(CardAnswer::Pattern(p)) => rt.patterns.answer(serial, Ok(p)),
                     Err(_) => {}
                 }
                 if let Some(m) = error {
-                    r.fail_query(serial, m);
+                    r.fail_query(serial, m.clone());
+                    rt.patterns.answer(serial, Err(m));
                 }
             }
             Response::JobDone { name, message } => {
@@ -1650,6 +1672,18 @@ impl HubelApp {
                 serial: c.effects_serial,
                 report: &e.report,
             });
+        // The selected head's pattern, when it was computed on demand for this probe.
+        let on_demand = self
+            .state
+            .selection
+            .and_then(|f| self.runtime.patterns.get(f))
+            .and_then(|e| match &e.state {
+                receptive::Pending::Ready(computed) => Some(derived::OnDemandPattern {
+                    serial: e.serial,
+                    computed,
+                }),
+                _ => None,
+            });
         self.derived.refresh(
             &self.state,
             self.runtime.result.as_ref(),
@@ -1657,6 +1691,7 @@ impl HubelApp {
             &self.runtime.vocab,
             self.runtime.receptive.index.index().map(|i| &**i),
             effects,
+            on_demand,
         );
     }
 
@@ -1791,6 +1826,13 @@ impl HubelApp {
                 self.runtime.occlusion_asked = true;
                 self.runtime.receptive.occlusion = None;
                 self.refresh_receptive();
+            }
+            Command::ComputePattern(f) => {
+                self.sync_patterns();
+                let serial = self.runtime.receptive.next_serial();
+                if let Some(query) = self.runtime.patterns.ask(f, serial) {
+                    self.send(Request::Card(query));
+                }
             }
             Command::ShowExperiments(open) => {
                 self.state.experiments_open = open;

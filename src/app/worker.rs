@@ -18,12 +18,15 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::analysis::pattern::PatternGrids;
 use crate::analysis::Fidelity;
 use crate::features::dictionary::Dictionary;
 use crate::features::FeatureId;
 use crate::hooks::{ActivationRecord, BlockSite, Capture, Intervention};
 use crate::jobs::{self, Interactive, JobCtx, JobError, JobResult, JobRunner};
-use crate::model::{Generate, Model, ModelError, ModelInfo, Precision, ProbeCache, Token};
+use crate::model::{
+    Generate, HeadPattern, Model, ModelError, ModelInfo, Precision, ProbeCache, Token,
+};
 use crate::probe::{self, RunSummary};
 
 pub type RunId = u64;
@@ -82,12 +85,24 @@ pub enum CardQuery {
         position: usize,
         delete: bool,
     },
+    /// One head's baseline attention pattern over the probe `tokens` at `precision` (probes
+    /// longer than [`PATTERN_TOKENS`] keep none): from the worker's cached input of its layer
+    /// when that probe is the one prepared, else by a forward stopped before that layer
+    /// ([`Model::head_pattern`]).
+    Pattern {
+        serial: u64,
+        feature: FeatureId,
+        tokens: Vec<u32>,
+        precision: Precision,
+    },
 }
 
 impl CardQuery {
     pub fn serial(&self) -> u64 {
         match self {
-            CardQuery::Rows { serial, .. } | CardQuery::Occlusion { serial, .. } => *serial,
+            CardQuery::Rows { serial, .. }
+            | CardQuery::Occlusion { serial, .. }
+            | CardQuery::Pattern { serial, .. } => *serial,
         }
     }
 }
@@ -97,6 +112,25 @@ impl CardQuery {
 pub enum CardAnswer {
     Rows(Vec<(usize, crate::model::FeatureRow)>),
     Occlusion(crate::model::Occlusion),
+    /// A head's pattern and the grids the card draws of it (pooled here, off the UI thread).
+    Pattern(Computed),
+}
+
+/// A head's pattern computed on demand, with its drawable grids.
+#[derive(Clone, Debug)]
+pub struct Computed {
+    pub pattern: Arc<HeadPattern>,
+    pub grids: Arc<PatternGrids>,
+}
+
+impl Computed {
+    fn new(pattern: HeadPattern) -> Self {
+        let grids = PatternGrids::new(&pattern.values, pattern.len);
+        Computed {
+            pattern: Arc::new(pattern),
+            grids: Arc::new(grids),
+        }
+    }
 }
 
 /// Which request a [`Response::Failed`] answers, so the UI stops waiting for just that one.
@@ -135,6 +169,9 @@ impl Request {
             }
             Request::Card(CardQuery::Occlusion { feature, .. }) => {
                 format!("the occlusion map of {feature}")
+            }
+            Request::Card(CardQuery::Pattern { feature, .. }) => {
+                format!("the attention pattern of {feature}")
             }
         }
     }
@@ -767,7 +804,8 @@ fn side_last(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
 
 use jobs::panic_message;
 
-/// A card's question, answered exactly (the index's numbers are exact-path numbers).
+/// A card's question, answered exactly (the index's numbers are exact-path numbers); a head's
+/// pattern at the precision it asks (the probe's).
 fn card_answer(
     model: &Model,
     query: CardQuery,
@@ -804,6 +842,20 @@ fn card_answer(
                 &tokens, feature, position, mode, coder, None,
             )?))
         }
+        // The worker answers these from its probe cache when it can (`Worker::head_pattern`).
+        CardQuery::Pattern {
+            feature,
+            tokens,
+            precision,
+            ..
+        } => Ok(CardAnswer::Pattern(Computed::new(
+            model.with_precision(precision).head_pattern(
+                &tokens,
+                feature.layer,
+                feature.index,
+                None,
+            )?,
+        ))),
     }
 }
 
@@ -871,9 +923,18 @@ impl Worker {
                 let serial = query.serial();
                 let answer = match &self.model {
                     None => Err("no model is loaded".to_string()),
-                    Some(model) => {
-                        card_answer(model, query, &self.dictionary).map_err(|e| e.to_string())
+                    Some(model) => match query {
+                        CardQuery::Pattern {
+                            feature,
+                            tokens,
+                            precision,
+                            ..
+                        } => self
+                            .head_pattern(model, feature, &tokens, precision)
+                            .map(|p| CardAnswer::Pattern(Computed::new(p))),
+                        query => card_answer(model, query, &self.dictionary),
                     }
+                    .map_err(|e| e.to_string()),
                 };
                 self.send(Response::Card { serial, answer });
             }
@@ -924,6 +985,32 @@ impl Worker {
                 request: req,
                 message,
             }),
+        }
+    }
+
+    /// A head's baseline pattern over `tokens` at `precision`: from the probe cache of that
+    /// precision when it holds these tokens (one layer's q and k and one head's scores), else
+    /// by a forward through the blocks before the head's.
+    fn head_pattern(
+        &self,
+        model: &Model,
+        feature: FeatureId,
+        tokens: &[u32],
+        precision: Precision,
+    ) -> Result<HeadPattern, ModelError> {
+        if feature.basis != crate::features::Basis::Heads {
+            return Err(ModelError::Format(format!(
+                "{feature} is not an attention head: only heads have a pattern"
+            )));
+        }
+        let model = model.with_precision(precision);
+        let (layer, head) = (feature.layer, feature.index);
+        match self.probes[slot(precision)]
+            .as_ref()
+            .filter(|p| p.cache.tokens() == tokens)
+        {
+            Some(probe) => model.head_pattern_cached(&probe.cache, layer, head),
+            None => model.head_pattern(tokens, layer, head, None),
         }
     }
 

@@ -9,6 +9,7 @@ mod hooks;
 pub mod kernels;
 mod lens;
 pub mod load;
+mod pattern;
 mod probe_ops;
 pub mod random;
 pub mod tokenizer;
@@ -25,6 +26,7 @@ pub use effect::EffectScale;
 pub use generate::{Generate, Sampling};
 pub use hooks::Hooks;
 pub use lens::LENS_ROWS;
+pub use pattern::HeadPattern;
 pub use probe_ops::{Coder, FeatureRow, GluSigns, Occlude, Occlusion};
 pub use tokenizer::{Token, Tokenizer};
 pub use transformer::KvCache;
@@ -145,6 +147,13 @@ impl ModelInfo {
                 _ => width(self.d_model),
             },
         }
+    }
+
+    /// The bytes a run keeps when it records every layer's attention pattern
+    /// (`blocks.{l}.attn.hook_pattern`, `[heads, len, len]` floats per layer) for a probe of
+    /// `len` tokens; one head's alone is `4 · len²` ([`Model::head_pattern`]).
+    pub fn pattern_bytes(&self, len: usize) -> u64 {
+        (self.layers * self.heads) as u64 * (len as u64).pow(2) * 4
     }
 
     /// Its shape in one line: `llama, 30 layers, d_model 576, d_mlp 1536, 9 heads / 3 kv, 134.5M
@@ -284,6 +293,8 @@ pub struct ProbeCache {
     tokens: Vec<u32>,
     /// The input of each block in the baseline (no-intervention) run, before its hooks.
     resid_pre: Vec<Tensor>,
+    /// Prepared on the fast path (its block inputs are the fast path's).
+    fast: bool,
     /// What the baseline run recorded.
     pub baseline: RunOutput,
 }
@@ -732,6 +743,7 @@ impl Model {
         Ok(ProbeCache {
             tokens: tokens.to_vec(),
             resid_pre,
+            fast: self.fast(),
             baseline,
         })
     }

@@ -527,6 +527,62 @@ impl Weights {
         seqs.hook(block_point(layer, BlockSite::ResidPost), (x + mlp_out)?)
     }
 
+    /// Head `head`'s attention pattern `[len, len]` (row-major, query × key) in block `layer`,
+    /// from that block's input `x` (`resid_pre`, `[len, d_model]`: one sequence from position 0),
+    /// with no hooks: the block's first norm, its q and k projections, rotary embedding, then
+    /// [`attention::scores`] and [`attention::softmax_rows`] on this head's q and its kv head's k
+    /// gathered into a single-head layout. Each score is the same fused multiply-add chain over
+    /// the dimensions in order as in [`Weights::attention`]'s materialised path, so the pattern
+    /// has the bits a run recording `hook_pattern` gets (with no edit before it). No other head's
+    /// or layer's scores are made: it holds `len²` floats (and the q and k rows of the layer).
+    pub(crate) fn head_pattern(
+        &self,
+        layer: usize,
+        head: usize,
+        x: &Tensor,
+        fast: bool,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (nh, nkv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let (Some(b), true) = (self.blocks.get(layer), head < nh) else {
+            return Err(super::ModelError::Format(format!(
+                "head {head} of block {layer} does not exist ({} blocks of {nh} heads)",
+                self.blocks.len()
+            )));
+        };
+        let (len, _) = x.dims2()?;
+        let h = b.ln1.forward(x)?;
+        let q = values(&b.attn.q.forward(&h, fast)?)?;
+        let k = values(&b.attn.k.forward(&h, fast)?)?;
+        // Query head `head` reads kv head `head / (nh / nkv)` (grouped-query attention).
+        let g = head / (nh / nkv);
+        let gather = |all: &[f32], heads: usize, at: usize| -> Vec<f32> {
+            all.chunks(heads * dh)
+                .flat_map(|row| &row[at * dh..(at + 1) * dh])
+                .copied()
+                .collect()
+        };
+        let (mut qh, mut kh) = (gather(&q, nh, head), gather(&k, nkv, g));
+        if let Some(rope) = &self.rope {
+            // Element by element, so one head alone gets the bits it gets among all of them.
+            rope.apply(&mut qh, 1, 0);
+            rope.apply(&mut kh, 1, 0);
+        }
+        let dims = attention::Dims {
+            len,
+            keys: len,
+            heads: 1,
+            kv_heads: 1,
+            d_head: dh,
+            offset: 0,
+            scale: 1.0 / (dh as f32).sqrt(),
+        };
+        // `scores` reads no value vector; it only checks its length.
+        let mut pattern = attention::scores(&dims, &qh, &kh, &vec![0f32; kh.len()]);
+        attention::softmax_rows(&mut pattern, len);
+        Ok(pattern)
+    }
+
     fn mlp(&self, layer: usize, x: &Tensor, seqs: &mut Seqs) -> Result<Tensor> {
         let p = |site| block_point(layer, site);
         let post = match &self.blocks[layer].mlp {

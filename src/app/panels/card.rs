@@ -7,6 +7,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::super::{colors, AppState, Command, EffectState};
 use super::ViewCtx;
+use crate::analysis::pattern::{PatternGrids, MAX_CELLS};
 use crate::features::Basis;
 use crate::hooks::Op;
 
@@ -230,13 +231,21 @@ impl CardView {
             ui.separator();
             ui.label("Attention pattern, baseline (query ↓ × key →)");
             match &curve.pattern {
-                Some(pattern) => pattern_ui(ui, pattern, tokens),
-                None => {
-                    ui.label(format!(
-                        "Patterns are recorded for probes up to {} tokens.",
-                        super::super::worker::PATTERN_TOKENS
-                    ));
+                Some(grids) => {
+                    if curve.pattern_on_demand {
+                        ui.label(
+                            egui::RichText::new(format!(
+                                "computed for this probe on demand (patterns are kept for probes \
+                                 up to {} tokens)",
+                                super::super::worker::PATTERN_TOKENS
+                            ))
+                            .weak()
+                            .small(),
+                        );
+                    }
+                    pattern_ui(ui, grids, tokens, f);
                 }
+                None => pattern_offer_ui(ui, cx, out, f),
             }
         }
         ui.separator();
@@ -373,57 +382,193 @@ impl CardView {
     }
 }
 
-fn pattern_ui(ui: &mut egui::Ui, pattern: &[Vec<f32>], tokens: &[String]) {
-    let n = pattern.len();
+/// `1,234`.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A head whose pattern the run did not keep (a long probe): what keeping them all would cost,
+/// and a button that computes this head's alone (its answer, or why it failed).
+fn pattern_offer_ui(
+    ui: &mut egui::Ui,
+    cx: &ViewCtx,
+    out: &mut Vec<Command>,
+    f: crate::features::FeatureId,
+) {
+    use super::super::receptive::Pending;
+    let limit = super::super::worker::PATTERN_TOKENS;
+    let len = cx.derived.tokens.len();
+    ui.label(match &cx.runtime.model {
+        Some(info) if len > limit => format!(
+            "Patterns are kept for probes up to {limit} tokens; this probe has {} tokens \
+             (keeping all {} patterns would take {}).",
+            grouped(len),
+            grouped(info.layers * info.heads),
+            crate::jobs::human_bytes(info.pattern_bytes(len) as f64)
+        ),
+        _ => format!("Patterns are kept for probes up to {limit} tokens; this run kept none."),
+    });
+    let name = f.label();
+    let ask = |ui: &mut egui::Ui, label: &str, out: &mut Vec<Command>| {
+        let bytes = crate::jobs::human_bytes((4 * len * len) as f64);
+        if ui
+            .button(label)
+            .on_hover_text(format!(
+                "This head's scores and softmax alone over the probe's {} tokens: {} × {} \
+                 values ({bytes}), from the probe's input of layer {}",
+                grouped(len),
+                grouped(len),
+                grouped(len),
+                f.layer
+            ))
+            .clicked()
+        {
+            out.push(Command::ComputePattern(f));
+        }
+    };
+    match cx.runtime.patterns.get(f).map(|e| &e.state) {
+        None => ask(ui, &format!("Compute {name}'s pattern"), out),
+        Some(Pending::Failed(e)) => {
+            ui.colored_label(
+                colors::ERROR,
+                format!("Could not compute {name}'s pattern: {e}"),
+            );
+            ask(ui, "Retry", out);
+        }
+        // Ready: drawn from the next frame's derived grids.
+        Some(Pending::Idle | Pending::Waiting(_) | Pending::Ready(_)) => {
+            ui.horizontal(|ui| {
+                super::spinner(ui);
+                ui.label(format!("Computing {name}'s pattern…"));
+            });
+        }
+    }
+}
+
+/// A head's pattern: every query × key cell, or, where cells would be narrower than 3 px, the
+/// finest max-pooled grid whose cells are not (made by `analysis::pattern`; this only picks one
+/// and draws it). Hover names a cell's queries and keys (positions and tokens) and its value.
+fn pattern_ui(
+    ui: &mut egui::Ui,
+    grids: &PatternGrids,
+    tokens: &[String],
+    f: crate::features::FeatureId,
+) {
     const AXIS: f32 = 46.0;
-    let side = ((ui.available_width() - AXIS) / n.max(1) as f32).clamp(3.0, 24.0);
+    const MIN_CELL: f32 = 3.0;
+    let avail = ui.available_width() - AXIS;
+    let fit = ((avail / MIN_CELL).floor().max(1.0) as usize).min(MAX_CELLS);
+    let grid = grids.finest_within(fit);
+    let (n, pooled) = (grid.cells, grid.block > 1);
+    let side = (avail / n.max(1) as f32).clamp(MIN_CELL, 24.0);
     let (outer, response) = ui.allocate_exact_size(
         Vec2::splat(side * n as f32) + Vec2::splat(AXIS),
         Sense::hover(),
     );
+    let description = if pooled {
+        format!(
+            "Attention pattern of {}: {} × {} tokens, max-pooled in blocks of {} × {} ({} × {} cells)",
+            f.label(),
+            grid.n,
+            grid.n,
+            grid.block,
+            grid.block,
+            n,
+            n
+        )
+    } else {
+        format!(
+            "Attention pattern of {}: {} × {} tokens",
+            f.label(),
+            grid.n,
+            grid.n
+        )
+    };
+    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &description));
     let rect = Rect::from_min_size(outer.min + Vec2::splat(AXIS), Vec2::splat(side * n as f32));
     let painter = ui.painter_at(outer);
     let font = egui::FontId::monospace(side.clamp(6.0, 9.0));
     let short = |t: &str| t.chars().take(6).collect::<String>();
-    for (i, t) in tokens.iter().enumerate().take(n) {
-        if side >= 6.0 || i % ((6.0 / side).ceil() as usize).max(1) == 0 {
-            // Query labels on the left, key labels above (drawn along the column).
-            painter.text(
-                egui::pos2(rect.left() - 2.0, rect.top() + side * (i as f32 + 0.5)),
-                egui::Align2::RIGHT_CENTER,
-                short(t),
-                font.clone(),
+    // Every cell labelled where there is room; else every few (a pooled axis by the position
+    // its block starts at).
+    let step = if pooled {
+        (10.0 / side).ceil().max(1.0) as usize
+    } else if side >= 6.0 {
+        1
+    } else {
+        ((6.0 / side).ceil() as usize).max(1)
+    };
+    for i in (0..n).step_by(step) {
+        let text = if pooled {
+            grid.span(i).start.to_string()
+        } else {
+            short(tokens.get(i).map_or("", String::as_str))
+        };
+        // Query labels on the left, key labels above (drawn along the column).
+        painter.text(
+            egui::pos2(rect.left() - 2.0, rect.top() + side * (i as f32 + 0.5)),
+            egui::Align2::RIGHT_CENTER,
+            &text,
+            font.clone(),
+            ui.visuals().text_color(),
+        );
+        painter.add(
+            egui::epaint::TextShape::new(
+                egui::pos2(rect.left() + side * i as f32, rect.top() - 2.0),
+                ui.painter()
+                    .layout_no_wrap(text, font.clone(), ui.visuals().text_color()),
                 ui.visuals().text_color(),
-            );
-            painter.add(
-                egui::epaint::TextShape::new(
-                    egui::pos2(rect.left() + side * i as f32, rect.top() - 2.0),
-                    ui.painter()
-                        .layout_no_wrap(short(t), font.clone(), ui.visuals().text_color()),
-                    ui.visuals().text_color(),
-                )
-                .with_angle(-std::f32::consts::FRAC_PI_2),
-            );
-        }
+            )
+            .with_angle(-std::f32::consts::FRAC_PI_2),
+        );
     }
-    for (q, row) in pattern.iter().enumerate() {
-        for (k, p) in row.iter().enumerate() {
+    for q in 0..n {
+        for k in 0..n {
             let cell = Rect::from_min_size(
                 egui::pos2(rect.left() + side * k as f32, rect.top() + side * q as f32),
                 Vec2::splat(side),
             );
-            painter.rect_filled(cell, 0.0, colors::sequential(*p, 1.0));
+            painter.rect_filled(cell, 0.0, colors::sequential(grid.at(q, k), 1.0));
         }
     }
     if let Some(p) = response.hover_pos().filter(|p| rect.contains(*p)) {
         let k = (((p.x - rect.left()) / side) as usize).min(n - 1);
         let q = (((p.y - rect.top()) / side) as usize).min(n - 1);
-        response.on_hover_text_at_pointer(format!(
-            "query {q} \"{}\" → key {k} \"{}\": {:.4}",
-            tokens.get(q).map_or("", String::as_str),
-            tokens.get(k).map_or("", String::as_str),
-            pattern[q][k]
-        ));
+        let token = |i: usize| tokens.get(i).map_or("", String::as_str);
+        let text = if pooled {
+            let (qs, ks) = (grid.span(q), grid.span(k));
+            let range = |r: std::ops::Range<usize>| {
+                let last = r.end.saturating_sub(1);
+                format!(
+                    "{}–{last} (\"{}\" … \"{}\")",
+                    r.start,
+                    token(r.start),
+                    token(last)
+                )
+            };
+            format!(
+                "queries {} → keys {}: max {:.4}",
+                range(qs),
+                range(ks),
+                grid.at(q, k)
+            )
+        } else {
+            format!(
+                "query {q} \"{}\" → key {k} \"{}\": {:.4}",
+                token(q),
+                token(k),
+                grid.at(q, k)
+            )
+        };
+        response.on_hover_text_at_pointer(text);
     }
 }
 
