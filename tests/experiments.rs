@@ -894,7 +894,7 @@ fn frozen_attention_holds_every_pattern_at_the_clean_run() {
             .unwrap()
             .data
             .iter()
-            .zip(&clean.record.get(p2).unwrap().data)
+            .zip(clean.record.get(p2).unwrap().data.iter())
             .any(|(a, b)| (a - b).abs() > 1e-4)
     };
     assert!(differs(&free), "the edit moves block 2's attention");

@@ -116,7 +116,7 @@ fn zero_ablation_changes_the_logits_and_only_from_its_layer_on() {
 /// `[pos, width]` values of `point` in `out`.
 fn values(out: &hubel::model::RunOutput, point: HookPoint) -> (usize, Vec<f32>) {
     let act = out.record.get(point).unwrap();
-    (act.shape[1], act.data.clone())
+    (act.shape[1], act.data.to_vec())
 }
 
 #[test]

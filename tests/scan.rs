@@ -94,7 +94,7 @@ fn brute(model: &Model, corpus: &Corpus, cfg: &ScanConfig) -> Brute {
                     .get(HookPoint::block(l, BlockSite::MlpPost))
                     .unwrap()
                     .data
-                    .clone(),
+                    .to_vec(),
             );
             let z = &out
                 .record

@@ -421,3 +421,58 @@ fn an_ablation_answers_the_next_token_first_and_every_position_after() {
             .collect::<Vec<_>>()
     );
 }
+
+/// The memory a probe holds, as the status bar states it, counted from the model's shapes by
+/// hand: what every layer records (MLP neurons, head outputs, attention output, residual stream,
+/// and each head's pattern for a short probe), every position's logits and the block inputs,
+/// once (the view's baseline shares the worker's). An ablation at layer 2 adds only what it
+/// recomputes (layers 2 on) and its logits; a second precision's probe adds its own.
+#[test]
+fn a_probe_states_the_memory_it_holds() {
+    let w = loaded();
+    let info = hubel::model::Model::open(tiny_llama())
+        .unwrap()
+        .info()
+        .clone();
+    let text = "The cat sat on the mat.";
+    w.send(run(1, text));
+    let first = next_run(&w);
+    let n = first.tokens.len();
+    assert!(n <= hubel::app::worker::PATTERN_TOKENS);
+    let per_layer =
+        n * (info.d_mlp + info.heads * info.d_head + 2 * info.d_model) + info.heads * n * n;
+    let logits = n * info.vocab;
+    let inputs = (info.layers + 1) * n * info.d_model;
+    let probe = 4 * (info.layers * per_layer + logits + inputs);
+    assert_eq!(first.held_bytes, probe);
+    assert_eq!(
+        first.baseline.logits.len(),
+        logits,
+        "the view has the logits"
+    );
+
+    let layer = 2.min(info.layers - 1);
+    let neuron = hubel::hooks::Intervention::zero(
+        hubel::hooks::HookPoint::block(layer, hubel::hooks::BlockSite::MlpPost),
+        vec![3],
+    );
+    w.send(Request::Run(RunRequest {
+        interventions: vec![neuron],
+        ..match run(2, text) {
+            Request::Run(r) => r,
+            _ => unreachable!(),
+        }
+    }));
+    let edited = next_run(&w);
+    let recomputed = 4 * ((info.layers - layer) * per_layer + logits);
+    assert_eq!(edited.held_bytes, probe + recomputed);
+
+    w.send(run_at(3, text, Precision::Fast));
+    let fast = next_run(&w);
+    assert_eq!(fast.precision, Precision::Fast);
+    assert_eq!(
+        fast.held_bytes,
+        2 * probe,
+        "both precisions' probes are kept"
+    );
+}

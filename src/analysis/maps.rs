@@ -338,18 +338,12 @@ mod tests {
         // 2 tokens, 3 neurons
         r.insert(
             HookPoint::block(1, BlockSite::MlpPost),
-            Activation {
-                shape: vec![2, 3],
-                data: vec![0.1, -5.0, 1.0, 0.2, 0.3, 2.0],
-            },
+            Activation::new(vec![2, 3], vec![0.1, -5.0, 1.0, 0.2, 0.3, 2.0]),
         );
         // 2 tokens, 2 heads, d_head 2
         r.insert(
             HookPoint::block(1, BlockSite::Z),
-            Activation {
-                shape: vec![2, 2, 2],
-                data: vec![3.0, 4.0, 0.0, 1.0, 0.0, 0.0, 6.0, 8.0],
-            },
+            Activation::new(vec![2, 2, 2], vec![3.0, 4.0, 0.0, 1.0, 0.0, 0.0, 6.0, 8.0]),
         );
         r
     }

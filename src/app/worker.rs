@@ -243,6 +243,11 @@ pub struct RunResult {
     pub precision: Precision,
     /// The dictionary whose codes both sides' records hold.
     pub dictionary: Option<Arc<Dictionary>>,
+    /// What the worker holds for this text (both precisions' probes when both were run): the
+    /// recorded activations, every position's logits, the block inputs an edit recomputes
+    /// from, and this result's intervened side (its every-position logits counted though they
+    /// follow).
+    pub held_bytes: usize,
 }
 
 /// A feature's effect, as the card lists it.
@@ -720,6 +725,7 @@ pub fn label_job(
 struct Probe {
     text: String,
     tokens: Vec<Token>,
+    /// Its baseline's logits moved to `baseline` (one copy); its record shares its values.
     cache: ProbeCache,
     baseline: Arc<Side>,
     continuation: Option<(usize, Vec<Token>)>,
@@ -1104,10 +1110,18 @@ impl Worker {
             if fresh {
                 let tokens = model.tokenize(&req.text)?;
                 let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-                let cache =
+                let mut cache =
                     model.prepare(&ids, &capture_for(ids.len()), Some(req.cancel.clone()))?;
                 layers_computed = model.config().n_layers;
-                let baseline = side(model, cache.baseline.clone(), &ids);
+                // One copy of the baseline: the record's values are shared with the cache
+                // (reruns fill their earlier layers from it), its logits move to the view's side.
+                let out = crate::model::RunOutput {
+                    logits: std::mem::take(&mut cache.baseline.logits),
+                    vocab: cache.baseline.vocab,
+                    record: cache.baseline.record.clone(),
+                    layers_computed: cache.baseline.layers_computed,
+                };
+                let baseline = side(model, out, &ids);
                 self.probes[slot] = Some(Probe {
                     text: req.text.clone(),
                     tokens,
@@ -1141,13 +1155,27 @@ impl Worker {
                     Some(req.cancel.clone()),
                 )?;
                 layers_computed = layers_computed.max(out.layers_computed);
+                let last = probe.baseline.logits.len() - probe.baseline.vocab;
                 let kl =
-                    crate::analysis::kl_divergence(probe.cache.baseline.last_logits(), &out.logits);
+                    crate::analysis::kl_divergence(&probe.baseline.logits[last..], &out.logits);
                 rest = Some(finals);
                 let mut side = side_last(model, out, &ids);
                 code(&mut side.record, &req.dictionary);
                 (Some(side), Some(kl))
             };
+            let held_bytes = self
+                .probes
+                .iter()
+                .flatten()
+                .map(|p| {
+                    p.cache.input_bytes()
+                        + p.baseline.record.bytes_beyond(None)
+                        + p.baseline.logits.len() * 4
+                })
+                .sum::<usize>()
+                + intervened.as_ref().map_or(0, |s: &Side| {
+                    s.record.bytes_beyond(Some(&probe.baseline.record)) + ids.len() * s.vocab * 4
+                });
             Ok(RunResult {
                 id: req.id,
                 tokens: probe.tokens.clone(),
@@ -1158,6 +1186,7 @@ impl Worker {
                 layers_computed,
                 precision: req.precision,
                 dictionary: req.dictionary.clone(),
+                held_bytes,
             })
         })();
         match result {

@@ -5,14 +5,27 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::point::{BlockSite, HookPoint};
 
-/// One captured activation, row-major.
+/// One captured activation, row-major. The values are shared: a clone (a probe's baseline kept
+/// by the worker and shown by the view, an edited run's unchanged earlier layers) costs no copy.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Activation {
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: std::sync::Arc<Vec<f32>>,
 }
 
 impl Activation {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Activation {
+            shape,
+            data: std::sync::Arc::new(data),
+        }
+    }
+
+    /// Bytes of its values.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+
     /// The row at `pos` of a `[pos, width]` activation.
     pub fn row(&self, pos: usize) -> &[f32] {
         let width: usize = self.shape[1..].iter().product();
@@ -95,6 +108,25 @@ impl ActivationRecord {
     }
 
     /// Every layer's codes, in layer order.
+    /// Bytes of the values it holds that `shared` does not (a value buffer both hold counts
+    /// once: an edited run's earlier layers are the baseline's own).
+    pub fn bytes_beyond(&self, shared: Option<&ActivationRecord>) -> usize {
+        let held_by_shared = |a: &Activation| {
+            shared.is_some_and(|s| {
+                s.map
+                    .values()
+                    .chain(s.codes.values())
+                    .any(|b| std::sync::Arc::ptr_eq(&a.data, &b.data))
+            })
+        };
+        self.map
+            .values()
+            .chain(self.codes.values())
+            .filter(|a| !held_by_shared(a))
+            .map(Activation::bytes)
+            .sum()
+    }
+
     pub fn iter_codes(&self) -> impl Iterator<Item = (usize, &Activation)> {
         self.codes.iter().map(|(l, a)| (*l, a))
     }

@@ -85,7 +85,7 @@ impl<'a> Hooks<'a> {
         let shape = t.dims().to_vec();
         let mut data = t.flatten_all()?.to_vec1::<f32>()?;
         if !edited {
-            self.record.insert(point, Activation { shape, data });
+            self.record.insert(point, Activation::new(shape, data));
             return Ok(t);
         }
         let view = View::new(point.layout(), &shape);
@@ -106,7 +106,7 @@ impl<'a> Hooks<'a> {
             return Ok(Tensor::from_vec(data, shape, t.device())?);
         }
         let out = Tensor::from_slice(&data, shape.as_slice(), t.device())?;
-        self.record.insert(point, Activation { shape, data });
+        self.record.insert(point, Activation::new(shape, data));
         Ok(out)
     }
 }

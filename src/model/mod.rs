@@ -303,6 +303,15 @@ impl ProbeCache {
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
+
+    /// Bytes of the block inputs it keeps (`(layers + 1) · len · d_model` floats), beyond its
+    /// baseline's record and logits.
+    pub fn input_bytes(&self) -> usize {
+        self.resid_pre
+            .iter()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
 }
 
 /// The output of a run's final norm, kept by [`Model::rerun_last`] for

@@ -227,6 +227,21 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                 }
                 .on_hover_text(format!("computed {}", r.precision.name()));
                 ui.label(format!("· {layers}"));
+                ui.separator();
+                ui.label(format!(
+                    "probe holds {}",
+                    crate::jobs::human_bytes(r.held_bytes as f64)
+                ))
+                .on_hover_text(format!(
+                    "What the worker keeps for this text of {}: every layer's MLP neurons, head \
+                     outputs, attention outputs and residual stream, every position's logits, \
+                     and each block's input (so an edit recomputes from its layer only). \
+                     Attention patterns are kept for probes up to {} tokens (beyond, a head's \
+                     card computes one on demand). It grows linearly with the probe's length, \
+                     up to the model's context.",
+                    crate::count(r.tokens.len(), "token", "tokens"),
+                    crate::app::worker::PATTERN_TOKENS
+                ));
             }
             if let CjkFont::Missing(msg) = cx.cjk {
                 ui.separator();

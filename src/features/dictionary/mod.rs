@@ -602,10 +602,7 @@ impl Dictionary {
                 let len = data.len() / self.atoms().max(1);
                 records[i].set_codes(
                     layer,
-                    crate::hooks::Activation {
-                        shape: vec![len, self.atoms()],
-                        data,
-                    },
+                    crate::hooks::Activation::new(vec![len, self.atoms()], data),
                 );
             }
         }
