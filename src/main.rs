@@ -53,9 +53,11 @@ exact f32 path.";
 /// Keeps freed memory in the process for the next allocation. A forward pass allocates and frees
 /// tensors of tens of megabytes per block; glibc's defaults give the large ones back to the
 /// system (`munmap`, heap trimming) and the next pass takes page faults to get them again: 13% of
-/// a 4,050-token probe's time was the kernel zeroing pages. With these thresholds that probe took
-/// 11.8 s instead of 14.2 s (same peak RSS within 1%). Allocations over 32 MB (glibc's upper
-/// limit for the threshold) still come from `mmap`.
+/// a 4,050-token probe's time was the kernel zeroing pages. With these thresholds (and the
+/// per-token loss unembedding 128 positions at a time, under 32 MB) that probe took 11.8 s
+/// instead of 14.2 s (same peak RSS within 1%). Allocations over 32 MB (glibc's upper limit for
+/// the threshold) still come from `mmap`; the viewer gives freed pages back when a probe's
+/// memory goes (`hubel::release_freed_memory`).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.

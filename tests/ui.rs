@@ -1706,11 +1706,14 @@ fn a_long_probe_offers_one_heads_pattern_and_the_card_draws_it() {
             .head_pattern(&ids, 1, 2, None)
             .unwrap();
         assert_eq!((shown.layer, shown.head, shown.len), (1, 2, len));
-        assert!(bits(&shown) == bits(&direct), "{precision:?}");
-        // The card draws it, max-pooled to its width.
+        assert!(shown.values.is_empty(), "only the grids are kept");
+        // The card draws it, max-pooled to its width; the finest grid is the pattern itself.
         let curve = h.state().derived.curve.clone();
         assert!(curve.pattern_on_demand);
         let grids = curve.pattern.expect("the card's pattern");
+        assert_eq!(grids.levels[0].block, 1);
+        let finest: Vec<u32> = grids.levels[0].values.iter().map(|v| v.to_bits()).collect();
+        assert!(finest == bits(&direct), "{precision:?}");
         assert_eq!(
             *grids,
             hubel::analysis::pattern::PatternGrids::new(&direct.values, len)

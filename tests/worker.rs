@@ -340,7 +340,7 @@ fn a_fast_run_says_so_and_its_fidelity_job_measures_it() {
     assert!((0.0..=1.0).contains(&m.top1_agreement));
     let dmax = e
         .iter()
-        .zip(f)
+        .zip(f.iter())
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert_eq!(
@@ -450,6 +450,12 @@ fn a_probe_states_the_memory_it_holds() {
         logits,
         "the view has the logits"
     );
+    // Each recorded value buffer is held twice, not copied: by the worker's cache (reruns fill
+    // their earlier layers from it) and by the view's side; the logits by the side alone.
+    for (point, act) in first.baseline.record.iter() {
+        assert_eq!(Arc::strong_count(&act.data), 2, "{point}");
+    }
+    assert_eq!(Arc::strong_count(&first.baseline.logits), 1);
 
     let layer = 2.min(info.layers - 1);
     let neuron = hubel::hooks::Intervention::zero(

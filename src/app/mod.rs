@@ -1508,7 +1508,13 @@ impl HubelApp {
                 if self.error_from_run {
                     self.error = None;
                 }
-                rt.result = Some(*result);
+                let old = rt.result.replace(*result);
+                if !same_text && old.is_some() {
+                    // The old text's record and logits (shared with the worker, which dropped
+                    // its copy) go now; give their pages back to the system.
+                    drop(old);
+                    crate::release_freed_memory();
+                }
                 // An effect read on the old baseline (a head's, or "on this probe") is stale.
                 if !same_baseline
                     && rt
@@ -1534,7 +1540,7 @@ impl HubelApp {
                     .filter(|r| r.id == id)
                     .and_then(|r| r.intervened.as_mut())
                 {
-                    side.logits = logits;
+                    side.logits = Arc::new(logits);
                     side.logits_from = 0;
                     side.summary = summary;
                 }

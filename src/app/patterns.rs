@@ -10,7 +10,8 @@ use super::worker::{CardQuery, Computed};
 use crate::features::FeatureId;
 use crate::model::Precision;
 
-/// Patterns kept for one probe (each `4 · len²` bytes: 6 MB at 1,234 tokens, 67 MB at 4,096)…
+/// Patterns kept for one probe (each `4 · len²` bytes while it is computed and pooled: 6 MB at
+/// 1,234 tokens, 67 MB at 4,096; kept as its grids, at most 256 cells a side)…
 pub const KEPT: usize = 4;
 /// …and bytes they may hold together (one is kept whatever its size).
 pub const KEPT_BYTES: usize = 256 << 20;

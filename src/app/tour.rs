@@ -633,7 +633,47 @@ impl Tour {
                 self.shot(ctx, "save_dialog");
                 true
             }
+            // A long probe: its heads keep no pattern; the card computes one on demand.
             52 => {
+                // The save dialog of the step before, closed as Cancel would.
+                self.app.dialogs = super::file_dialog::FileDialogs::new(false);
+                self.app.state.basis = crate::features::Basis::Heads;
+                self.app.state.probe =
+                    "The quick brown fox jumps over the lazy dog. Researchers record \
+                    every neuron of every layer. A probe viewer shows which features fire on which \
+                    tokens. She left the party early. "
+                        .repeat(12);
+                self.app.select(None);
+                self.app.request_run(now);
+                true
+            }
+            53 if self.ready(
+                self.app
+                    .runtime
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.tokens.len() > super::worker::PATTERN_TOKENS),
+            ) =>
+            {
+                self.feature = Some(FeatureId::head(4, 3));
+                self.app.select(self.feature);
+                if let Some(f) = self.feature {
+                    self.app.apply(super::Command::ComputePattern(f), now);
+                }
+                true
+            }
+            54 if self.ready(self.feature.is_some_and(|f| {
+                self.app
+                    .runtime
+                    .patterns
+                    .get(f)
+                    .is_some_and(|e| matches!(e.state, super::receptive::Pending::Ready(_)))
+            })) =>
+            {
+                self.shot(ctx, "head_pattern_long");
+                true
+            }
+            55 => {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 false
             }

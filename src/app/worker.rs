@@ -116,7 +116,9 @@ pub enum CardAnswer {
     Pattern(Computed),
 }
 
-/// A head's pattern computed on demand, with its drawable grids.
+/// A head's pattern computed on demand: which head, and the grids the card draws (the finest
+/// is the pattern itself when it has at most 256 tokens, else max-pooled). Its `values` are
+/// dropped once pooled (64 MB at 4,096 tokens that nothing else reads).
 #[derive(Clone, Debug)]
 pub struct Computed {
     pub pattern: Arc<HeadPattern>,
@@ -124,8 +126,9 @@ pub struct Computed {
 }
 
 impl Computed {
-    fn new(pattern: HeadPattern) -> Self {
+    fn new(mut pattern: HeadPattern) -> Self {
         let grids = PatternGrids::new(&pattern.values, pattern.len);
+        pattern.values = Vec::new();
         Computed {
             pattern: Arc::new(pattern),
             grids: Arc::new(grids),
@@ -211,8 +214,9 @@ pub struct Side {
     pub summary: RunSummary,
     /// Logits `[pos, vocab]` of positions `logits_from..` (for the next-token panel at a chosen
     /// position). An intervened side first comes with the last position's only
-    /// (`logits_from` = its position) and the rest follows ([`Response::RunLogits`]).
-    pub logits: Vec<f32>,
+    /// (`logits_from` = its position) and the rest follows ([`Response::RunLogits`]). Shared:
+    /// a recoded baseline (another dictionary's codes) keeps the same logits.
+    pub logits: Arc<Vec<f32>>,
     pub logits_from: usize,
     pub vocab: usize,
 }
@@ -783,7 +787,7 @@ fn side(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
     Side {
         summary,
         vocab: out.vocab,
-        logits: out.logits,
+        logits: Arc::new(out.logits),
         logits_from: 0,
         record: out.record,
     }
@@ -802,7 +806,7 @@ fn side_last(model: &Model, out: crate::model::RunOutput, ids: &[u32]) -> Side {
     Side {
         summary,
         vocab: out.vocab,
-        logits: out.logits,
+        logits: Arc::new(out.logits),
         logits_from: ids.len() - 1,
         record: out.record,
     }
@@ -1116,7 +1120,7 @@ impl Worker {
                 // One copy of the baseline: the record's values are shared with the cache
                 // (reruns fill their earlier layers from it), its logits move to the view's side.
                 let out = crate::model::RunOutput {
-                    logits: std::mem::take(&mut cache.baseline.logits),
+                    logits: cache.take_baseline_logits(),
                     vocab: cache.baseline.vocab,
                     record: cache.baseline.record.clone(),
                     layers_computed: cache.baseline.layers_computed,
@@ -1168,8 +1172,12 @@ impl Worker {
                 .iter()
                 .flatten()
                 .map(|p| {
+                    // What the cache holds, and what the view's side holds beyond it.
+                    let cached = &p.cache.baseline;
                     p.cache.input_bytes()
-                        + p.baseline.record.bytes_beyond(None)
+                        + cached.record.bytes_beyond(None)
+                        + cached.logits.len() * 4
+                        + p.baseline.record.bytes_beyond(Some(&cached.record))
                         + p.baseline.logits.len() * 4
                 })
                 .sum::<usize>()

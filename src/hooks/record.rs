@@ -107,7 +107,6 @@ impl ActivationRecord {
         self.codes.get(&layer)
     }
 
-    /// Every layer's codes, in layer order.
     /// Bytes of the values it holds that `shared` does not (a value buffer both hold counts
     /// once: an edited run's earlier layers are the baseline's own).
     pub fn bytes_beyond(&self, shared: Option<&ActivationRecord>) -> usize {
@@ -127,6 +126,7 @@ impl ActivationRecord {
             .sum()
     }
 
+    /// Every layer's codes, in layer order.
     pub fn iter_codes(&self) -> impl Iterator<Item = (usize, &Activation)> {
         self.codes.iter().map(|(l, a)| (*l, a))
     }

@@ -304,6 +304,13 @@ impl ProbeCache {
         &self.tokens
     }
 
+    /// Its baseline's every-position logits, handed over (a holder that shows them keeps the one
+    /// copy); `baseline.logits` is empty afterwards, so `last_logits` and `logits_at` on it no
+    /// longer answer.
+    pub fn take_baseline_logits(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.baseline.logits)
+    }
+
     /// Bytes of the block inputs it keeps (`(layers + 1) · len · d_model` floats), beyond its
     /// baseline's record and logits.
     pub fn input_bytes(&self) -> usize {

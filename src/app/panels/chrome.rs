@@ -233,12 +233,14 @@ pub fn status_bar_ui(ui: &mut egui::Ui, cx: &ViewCtx, out: &mut Vec<Command>) {
                     crate::jobs::human_bytes(r.held_bytes as f64)
                 ))
                 .on_hover_text(format!(
-                    "What the worker keeps for this text of {}: every layer's MLP neurons, head \
-                     outputs, attention outputs and residual stream, every position's logits, \
-                     and each block's input (so an edit recomputes from its layer only). \
-                     Attention patterns are kept for probes up to {} tokens (beyond, a head's \
-                     card computes one on demand). It grows linearly with the probe's length, \
-                     up to the model's context.",
+                    "What this text of {} holds (at each precision run, and the edited side \
+                     beyond what it shares with the baseline): every layer's MLP neurons, head \
+                     outputs, attention outputs and residual stream, a dictionary's codes when \
+                     its features are shown, every position's logits, and each block's input \
+                     (so an edit recomputes from its layer only). It grows linearly with the \
+                     probe's length, up to the model's context, plus every head's pattern up to \
+                     {} tokens (quadratic); beyond that a head's card computes one on demand, \
+                     kept apart (4 · tokens² bytes each).",
                     crate::count(r.tokens.len(), "token", "tokens"),
                     crate::app::worker::PATTERN_TOKENS
                 ));

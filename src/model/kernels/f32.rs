@@ -428,17 +428,21 @@ mod tests {
     fn every_isa_gives_the_same_bits() {
         // Same order of fused multiply-adds per output: the results are identical, so the exact
         // path does not depend on which machine it runs on.
-        let (rows, out, k) = (13, 70, 100);
-        let w = random(out * k, 1);
-        let x = random(rows * k, 2);
-        let packed = PackedF32::pack(&w, out, k);
-        let mut first: Option<Vec<f32>> = None;
-        for isa in isas() {
-            let mut y = vec![0f32; rows * out];
-            packed.matmul_with(isa, &x, rows, &mut y);
-            match &first {
-                None => first = Some(y),
-                Some(f) => assert_eq!(f, &y, "{} differs", isa.name()),
+        // Every row count of a kernel call (1 to 12), and chunks of many rows.
+        for rows in (1..=13).chain([37, 200]) {
+            let (out, k) = (70, 100);
+            let w = random(out * k, 1);
+            let x = random(rows * k, 2);
+            let packed = PackedF32::pack(&w, out, k);
+            let mut first: Option<Vec<u32>> = None;
+            for isa in isas() {
+                let mut y = vec![0f32; rows * out];
+                packed.matmul_with(isa, &x, rows, &mut y);
+                let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                match &first {
+                    None => first = Some(bits),
+                    Some(f) => assert_eq!(f, &bits, "{} differs at {rows} rows", isa.name()),
+                }
             }
         }
     }
