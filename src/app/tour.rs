@@ -642,7 +642,8 @@ impl Tour {
                     "The quick brown fox jumps over the lazy dog. Researchers record \
                     every neuron of every layer. A probe viewer shows which features fire on which \
                     tokens. She left the party early. "
-                        .repeat(12);
+                        .repeat(3);
+                self.app.apply(super::Command::ClearJobs(None), now);
                 self.app.select(None);
                 self.app.request_run(now);
                 true

@@ -21,6 +21,9 @@ pub struct CardView {
     clamp_k: f32,
     /// The feature search's query.
     search: String,
+    /// The head whose on-demand pattern the card last scrolled to (a pattern asked for is
+    /// brought into view once when it arrives: it lands below the card's other sections).
+    shown_pattern: Option<crate::features::FeatureId>,
 }
 
 impl Default for CardView {
@@ -29,6 +32,7 @@ impl Default for CardView {
             steer_alpha: 4.0,
             clamp_k: 2.0,
             search: String::new(),
+            shown_pattern: None,
         }
     }
 }
@@ -243,7 +247,11 @@ impl CardView {
                             .small(),
                         );
                     }
-                    pattern_ui(ui, grids, tokens, f);
+                    let rect = pattern_ui(ui, grids, tokens, f);
+                    if curve.pattern_on_demand && self.shown_pattern != Some(f) {
+                        ui.scroll_to_rect(rect, Some(egui::Align::Center));
+                        self.shown_pattern = Some(f);
+                    }
                 }
                 None => pattern_offer_ui(ui, cx, out, f),
             }
@@ -461,7 +469,7 @@ fn pattern_ui(
     grids: &PatternGrids,
     tokens: &[String],
     f: crate::features::FeatureId,
-) {
+) -> Rect {
     const AXIS: f32 = 46.0;
     const MIN_CELL: f32 = 3.0;
     let avail = ui.available_width() - AXIS;
@@ -570,6 +578,7 @@ fn pattern_ui(
         };
         response.on_hover_text_at_pointer(text);
     }
+    outer
 }
 
 /// What the dictionary knows of a feature from the text it was trained on: its density, the
