@@ -523,6 +523,7 @@ impl HubelApp {
         if self.state.probe.trim().is_empty() {
             // Nothing to run while the box is empty: the maps wait for text, no error.
             self.runtime.result = None;
+            self.sync_patterns();
             return;
         }
         let id = self.runtime.next_id;
@@ -766,6 +767,8 @@ impl HubelApp {
     }
 
     /// The on-demand patterns belong to the probe shown: another text (or precision) drops them.
+    /// Called where the result shown can change (a worker's answer, an emptied probe, a click
+    /// that asks), not every frame.
     fn sync_patterns(&mut self) {
         let rt = &mut self.runtime;
         let tokens: Option<Vec<u32>> = rt
@@ -778,10 +781,14 @@ impl HubelApp {
 
     /// Handles everything the worker sent since the last frame, and takes the jobs' status.
     pub fn drain_responses(&mut self, now: f64) {
+        let mut any = false;
         while let Ok(response) = self.runtime.worker.rx.try_recv() {
             self.handle(response, now);
+            any = true;
         }
-        self.sync_patterns();
+        if any {
+            self.sync_patterns();
+        }
         self.runtime.refresh_jobs();
         self.poll_fetch();
         self.runtime.receptive.poll();

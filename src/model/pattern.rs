@@ -96,18 +96,11 @@ impl Model {
     ) -> Result<HeadPattern> {
         self.check_feature(FeatureId::head(layer, head))?;
         if cache.fast != self.fast() {
+            let how = |fast| if fast { "on the fast path" } else { "exactly" };
             return Err(ModelError::Format(format!(
                 "the probe was prepared {} but the pattern is asked {}",
-                if cache.fast {
-                    "on the fast path"
-                } else {
-                    "exactly"
-                },
-                if self.fast() {
-                    "on the fast path"
-                } else {
-                    "exactly"
-                }
+                how(cache.fast),
+                how(self.fast())
             )));
         }
         let x = cache.resid_pre.get(layer).ok_or_else(|| {

@@ -577,8 +577,7 @@ impl Weights {
             offset: 0,
             scale: 1.0 / (dh as f32).sqrt(),
         };
-        // `scores` reads no value vector; it only checks its length.
-        let mut pattern = attention::scores(&dims, &qh, &kh, &vec![0f32; kh.len()]);
+        let mut pattern = attention::scores(&dims, &qh, &kh);
         attention::softmax_rows(&mut pattern, len);
         Ok(pattern)
     }
@@ -667,7 +666,7 @@ impl Weights {
             let (scores_at, pattern_at) = (p(BlockSite::AttnScores), p(BlockSite::Pattern));
             let zi = if hooks.touches(scores_at) || hooks.touches(pattern_at) {
                 // Someone records or edits them: materialise both, hooks in between.
-                let s = attention::scores(&dims, qs, ks, vs);
+                let s = attention::scores(&dims, qs, ks);
                 let s = hooks.hook(scores_at, Tensor::from_vec(s, (nh, len, keys), device)?)?;
                 let mut pattern = values(&s)?;
                 attention::softmax_rows(&mut pattern, keys);

@@ -36,7 +36,8 @@ impl Dims {
         (self.offset + i + 1).min(self.keys)
     }
 
-    fn check(&self, q: &[f32], k: &[f32], v: &[f32]) {
+    /// Panics unless `q` and `k` (and `v`, when given) have these shapes.
+    fn check(&self, q: &[f32], k: &[f32], v: Option<&[f32]>) {
         let Dims {
             len,
             keys,
@@ -51,7 +52,9 @@ impl Dims {
         );
         assert_eq!(q.len(), len * heads * d_head, "q");
         assert_eq!(k.len(), keys * kv_heads * d_head, "k");
-        assert_eq!(v.len(), keys * kv_heads * d_head, "v");
+        if let Some(v) = v {
+            assert_eq!(v.len(), keys * kv_heads * d_head, "v");
+        }
     }
 }
 
@@ -691,7 +694,7 @@ thread_local! {
 /// Fused causal attention: `z` `[len, heads, d_head]` from `q`, `k`, `v` without holding the
 /// score matrices (a unit holds one block's rows of scores at a time: O(keys), not O(len · keys)).
 pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-    d.check(q, k, v);
+    d.check(q, k, Some(v));
     let way = way();
     let kt = KeysT::new(d, k);
     let mut z = vec![0f32; d.len * d.heads * d.d_head];
@@ -721,8 +724,8 @@ pub fn attend(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
 }
 
 /// The scaled, masked scores `[heads, len, keys]` (`-inf` where a query may not look).
-pub fn scores(d: &Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-    d.check(q, k, v);
+pub fn scores(d: &Dims, q: &[f32], k: &[f32]) -> Vec<f32> {
+    d.check(q, k, None);
     let way = way();
     let kt = KeysT::new(d, k);
     let keys = d.keys;
@@ -1025,7 +1028,7 @@ mod tests {
                     "case {c} at {i}: {got} vs {want}"
                 );
             }
-            let mut p = scores(d, &q, &k, &v);
+            let mut p = scores(d, &q, &k);
             // Masked scores are -inf, visible ones finite.
             for h in 0..d.heads {
                 for i in 0..d.len {
@@ -1056,7 +1059,7 @@ mod tests {
         let q = random(d.len * d.heads * d.d_head, 5);
         let k = random(d.keys * d.kv_heads * d.d_head, 6);
         let v = random(d.keys * d.kv_heads * d.d_head, 7);
-        let mut p = scores(&d, &q, &k, &v);
+        let mut p = scores(&d, &q, &k);
         softmax_rows(&mut p, d.keys);
         let before = mix(&d, &p, &v);
         p[..d.len * d.keys].fill(0.0);
