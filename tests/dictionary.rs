@@ -2,8 +2,8 @@
 //! does not go through the dictionary code's batching (one `Model::run` per window, sums by hand).
 
 use hubel::features::dictionary::{
-    self, collect, decompose, edit, eval, fista, io, linalg, Activations, DictConfig, Dictionary,
-    Method, Normaliser, TrainOptions, TrainPoint,
+    self, collect, decompose, edit, eval, fista, io, linalg, pursuit, Activations, DictConfig,
+    Dictionary, Encoding, Method, Normaliser, Split, TrainOptions, TrainPoint,
 };
 use hubel::hooks::{BlockSite, Capture, HookPoint, Intervention, Op};
 use hubel::model::config::Arch;
@@ -201,7 +201,9 @@ fn evaluation_matches_a_direct_computation() {
     let model = model();
     let (dict, _, _) = check_training(Method::Topk, 64);
     let corpus = corpus();
-    let windows = eval::heldout_windows(&model, &corpus, 200, dict.config.stimuli).unwrap();
+    let windows =
+        eval::heldout_windows(&model, &corpus, 200, dict.config.split, dict.config.stimuli)
+            .unwrap();
     let report = eval::evaluate(&model, &dict, &windows, None).unwrap();
     let d = dict.d();
     let (mut err, mut xs, mut active, mut rows) = (0f64, Vec::<f32>::new(), 0usize, 0usize);
@@ -303,8 +305,197 @@ fn evaluation_matches_a_direct_computation() {
 fn heldout_text_never_overlaps_training() {
     let model = model();
     let c = corpus();
-    let err = eval::heldout_windows(&model, &c, 100_000, c.stimuli.len()).unwrap_err();
+    let n = c.stimuli.len();
+    let held: Vec<usize> = (0..n).filter(|&i| collect::is_heldout(i)).collect();
+    assert_eq!(held.len(), n / collect::HELDOUT_EVERY);
+    // Training reads every other stimulus and none of the held-out ones.
+    let all = collect(&model, &c, &[HOOK], 100_000, None).unwrap();
+    let mut read: Vec<u32> = all.stimulus.clone();
+    read.sort_unstable();
+    read.dedup();
+    assert_eq!(read.len() + held.len(), n);
+    assert!(held
+        .iter()
+        .all(|&i| read.binary_search(&(i as u32)).is_err()));
+    assert_eq!(all.stimuli(), read.len());
+    // A small budget draws from the whole corpus, not its first stimuli.
+    let few = collect(&model, &c, &[HOOK], 150, None).unwrap();
+    assert!(few.stimuli() < n / 4, "{} stimuli", few.stimuli());
+    assert!(few.stimulus.iter().any(|&s| (s as usize) < n / 2));
+    assert!(few.stimulus.iter().any(|&s| (s as usize) >= n / 2));
+    // Held-out windows are the held-out stimuli's tokens, each once.
+    let mut got = eval::heldout_windows(&model, &c, 100_000, Split::Spread, 0).unwrap();
+    let mut want: Vec<Vec<u32>> = held
+        .iter()
+        .map(|&i| model.tokenizer().encode_ids(&c.stimuli[i].text).unwrap())
+        .collect();
+    assert!(want
+        .iter()
+        .all(|w| w.len() >= 3 && w.len() <= collect::WINDOW));
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // A budget stops early.
+    let one = eval::heldout_windows(&model, &c, 1, Split::Spread, 0).unwrap();
+    assert_eq!(one.len(), 1);
+
+    // Dictionaries saved before the spread split were trained on the first `stimuli`: their
+    // held-out text is read from the end, never one of those.
+    let err = eval::heldout_windows(&model, &c, 100_000, Split::Head, n).unwrap_err();
     assert!(err.to_string().contains("no held-out text"), "{err}");
+    let tail = eval::heldout_windows(&model, &c, 100_000, Split::Head, n - 7).unwrap();
+    let want: Vec<Vec<u32>> = (n - 7..n)
+        .rev()
+        .map(|i| model.tokenizer().encode_ids(&c.stimuli[i].text).unwrap())
+        .collect();
+    assert_eq!(tail, want);
+    // Too few stimuli for a held-out one: said so.
+    let small = Corpus::from_texts("small", &["one two three four", "five six seven eight"]);
+    let err = eval::heldout_windows(&model, &small, 100, Split::Spread, 0).unwrap_err();
+    assert!(err.to_string().contains("every 20th"), "{err}");
+    // A config written before the split (and before encodings) reads as the old split.
+    let mut json = serde_json::to_value(DictConfig::new(Method::Topk, vec![HOOK], 8, 4)).unwrap();
+    assert_eq!(json["split"], "spread");
+    assert!(
+        json.get("encoding").is_none(),
+        "a native encoding is not written"
+    );
+    json.as_object_mut().unwrap().remove("split");
+    let old: DictConfig = serde_json::from_value(json).unwrap();
+    assert_eq!((old.split, old.encoding), (Split::Head, Encoding::Native));
+}
+
+#[test]
+fn pursuit_recovers_a_planted_sparse_code() {
+    // 48 random unit atoms in 64 dimensions: x made of three of them is found exactly, and a
+    // larger k adds nothing once x is explained.
+    let (m, d) = (48, 64);
+    let w = dictionary::random_atoms(m, d, 3);
+    let mut x = vec![0f32; d];
+    for (j, v) in [(5, 3.0), (17, 1.5), (30, 0.8)] {
+        linalg::axpy(v, &w[j * d..(j + 1) * d], &mut x);
+    }
+    for k in [3, 10] {
+        let mut code = pursuit::codes(&w, d, &x, k).remove(0);
+        code.sort_by_key(|c| c.0);
+        assert_eq!(
+            code.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [5, 17, 30],
+            "k {k}"
+        );
+        for (&(_, got), want) in code.iter().zip([3.0, 1.5, 0.8]) {
+            assert!((got - want).abs() < 1e-4, "k {k}: {code:?}");
+        }
+    }
+    // A negative part is left out: non-negative codes.
+    linalg::axpy(-2.0, &w[9 * d..10 * d], &mut x);
+    let code = pursuit::codes(&w, d, &x, 4).remove(0);
+    assert!(code.iter().all(|&(j, v)| v > 0.0 && j != 9), "{code:?}");
+}
+
+#[test]
+fn pursuit_codes_are_least_squares_on_their_atoms() {
+    // Any row, an overcomplete dictionary: at most k atoms, every coefficient positive and
+    // optimal given the others (the residual is orthogonal to each chosen atom), and the
+    // residual no larger than the best single atom's.
+    let (m, d, k) = (40, 16, 6);
+    let w = dictionary::random_atoms(m, d, 11);
+    let x: Vec<f32> = (0..3 * d).map(|i| (i as f32 * 0.731).sin() * 2.0).collect();
+    for (r, code) in pursuit::codes(&w, d, &x, k).iter().enumerate() {
+        let xr = &x[r * d..(r + 1) * d];
+        assert!(!code.is_empty() && code.len() <= k, "{code:?}");
+        let mut res = xr.to_vec();
+        for &(j, v) in code {
+            assert!(v > 0.0 && v.is_finite());
+            linalg::axpy(-v, &w[j as usize * d..(j as usize + 1) * d], &mut res);
+        }
+        for &(j, _) in code {
+            let corr = linalg::dot(&res, &w[j as usize * d..(j as usize + 1) * d]);
+            assert!(
+                corr.abs() < 1e-3,
+                "row {r}, atom {j}: residual · atom = {corr}"
+            );
+        }
+        let best_single = (0..m)
+            .map(|j| linalg::dot(xr, &w[j * d..(j + 1) * d]).max(0.0))
+            .fold(0f32, f32::max);
+        let single = linalg::norm2(xr) - best_single * best_single;
+        assert!(linalg::norm2(&res) <= single + 1e-4, "row {r}");
+    }
+}
+
+#[test]
+fn a_topk_dictionary_coded_by_pursuit() {
+    let model = model();
+    let (dict, _, acts) = check_training(Method::Topk, 64);
+    let pursued = dict.clone().with_encoding(Encoding::Pursuit).unwrap();
+    assert_ne!(
+        dict.sha256(),
+        pursued.sha256(),
+        "scans keyed by the hash see the change"
+    );
+    // The Gram matrix kept for pursuit gives the codes a fresh one does.
+    let fresh = Dictionary {
+        gram: None,
+        ..pursued.clone()
+    };
+    assert_eq!(
+        pursued.encode(0, &acts.data[0][..40 * dict.d()]),
+        fresh.encode(0, &acts.data[0][..40 * dict.d()])
+    );
+    assert!(pursued.title().contains("pursuit"));
+    // Same atoms; codes of at most k atoms that reconstruct the training rows better.
+    let x = &acts.data[0];
+    let d = dict.d();
+    let (mut err_native, mut err_pursuit) = (0f64, 0f64);
+    for (codes, err) in [
+        (dict.encode(0, x), &mut err_native),
+        (pursued.encode(0, x), &mut err_pursuit),
+    ] {
+        for (i, code) in codes.iter().enumerate() {
+            assert!(code.len() <= dict.config.k);
+            let xh = dict.decode(0, code);
+            *err += x[i * d..(i + 1) * d]
+                .iter()
+                .zip(&xh)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>();
+        }
+    }
+    assert!(
+        finite(err_pursuit, "pursuit error") < finite(err_native, "encoder error"),
+        "pursuit {err_pursuit}, encoder {err_native}"
+    );
+    // Saved and loaded with its encoding; evaluated with it.
+    let dir = std::env::temp_dir().join(format!("hubel-pursuit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("d.safetensors");
+    io::save(&pursued, &path).unwrap();
+    assert_eq!(
+        io::load(&path).unwrap(),
+        pursued,
+        "the encoding and its Gram matrix"
+    );
+    let windows = eval::heldout_windows(&model, &corpus(), 200, Split::Spread, 0).unwrap();
+    let native = eval::evaluate(&model, &dict, &windows, None).unwrap();
+    let report = eval::evaluate(&model, &pursued, &windows, None).unwrap();
+    assert!(
+        report.l0 <= dict.config.k as f64 && report.l0 > 0.0,
+        "{report:?}"
+    );
+    assert!(
+        report.fvu < native.fvu,
+        "pursuit {report:?}, encoder {native:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    // Pursuit needs k and a Gram matrix it can hold.
+    let (fista, _, _) = check_training(Method::Fista, 16);
+    let err = fista.with_encoding(Encoding::Pursuit).unwrap_err();
+    assert!(err.to_string().contains("λ"), "{err}");
+    let mut opts = TrainOptions::new(Method::Fista, 16);
+    opts.encoding = Encoding::Pursuit;
+    let err = dictionary::train(&acts, &opts, &mut no_progress()).unwrap_err();
+    assert!(err.to_string().contains("pursuit"), "{err}");
 }
 
 #[test]
@@ -459,6 +650,7 @@ fn decompose_returns_planted_atoms() {
         threshold: Vec::new(),
         info: Vec::new(),
         sources: Vec::new(),
+        gram: None,
     };
     let out = decompose::decompose(&model, &dict, "q", None, hook, 5).unwrap();
     assert_eq!(out.token, "q");

@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -14,7 +15,7 @@ use egui_kittest::Harness;
 use hubel::app::fonts::FontSource;
 use hubel::app::state::DictionaryForm;
 use hubel::app::{AppConfig, AppState, Command, HubelApp};
-use hubel::features::dictionary::Method;
+use hubel::features::dictionary::{io, Encoding, Method};
 use hubel::hooks::Op;
 
 const DROID: &str = "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf";
@@ -139,6 +140,20 @@ fn a_dictionary_trains_and_a_word_is_decomposed_and_ablated() {
     assert_eq!(dict.atoms(), 32);
     h.get_by_label_contains("epoch ");
     assert!(h.get_all_by_label_contains(&dict.title()).next().is_some());
+
+    // Its codes by pursuit over the same atoms: the dictionary in use changes (and the worker is
+    // told), the file and the atoms do not; everything below runs with pursuit's codes.
+    h.get_by_label("pursuit over its atoms").click();
+    h.run_steps(3);
+    let d = &h.state().runtime.dictionaries;
+    let current = d.current.clone().unwrap();
+    assert_eq!(current.config.encoding, Encoding::Pursuit);
+    assert_eq!(current.w_dec, dict.w_dec);
+    assert_eq!(d.path.as_ref(), Some(&path));
+    assert!(Arc::ptr_eq(d.worker_dict.as_ref().unwrap(), &current));
+    assert_eq!(io::load(&path).unwrap().config.encoding, Encoding::Native);
+    assert!(current.title().ends_with("codes by pursuit"));
+    h.get_by_label(&current.title());
 
     // The atlas lists the atoms that fire, each with its label.
     h.get_by_label("Factor atlas").click();

@@ -13,7 +13,9 @@ use super::circuits::Slot;
 use super::worker::ModelJob;
 use crate::features::dictionary::atlas::{self, Row};
 use crate::features::dictionary::decompose::{self, Decomposition};
-use crate::features::dictionary::{self, io, DictError, Dictionary, TrainPoint, TrainSpec};
+use crate::features::dictionary::{
+    self, io, DictError, Dictionary, Encoding, TrainPoint, TrainSpec,
+};
 use crate::hooks::HookPoint;
 use crate::jobs::JobError;
 
@@ -98,6 +100,33 @@ impl Dictionaries {
         self.snapshot = path.is_none();
         self.current = Some(dict);
         self.path = path;
+    }
+
+    /// Codes rows of the dictionary in use with `encoding` from now on (the file is not
+    /// rewritten: opening it again gives its own encoding).
+    pub fn set_encoding(&mut self, encoding: Encoding, layers: usize) {
+        let Some(current) = self.current.clone() else {
+            return;
+        };
+        if current.config.encoding == encoding {
+            return;
+        }
+        match (*current).clone().with_encoding(encoding) {
+            Ok(d) => {
+                let (path, snapshot) = (self.path.clone(), self.snapshot);
+                let title = d.title();
+                self.set_current(Arc::new(d), path, layers);
+                self.snapshot = snapshot;
+                self.message = Some(Ok(match encoding {
+                    Encoding::Pursuit => format!(
+                        "{title}: each row's code is found by pursuit over the atoms (at most k), \
+                         not by the encoder"
+                    ),
+                    Encoding::Native => format!("{title}: codes by its encoder"),
+                }));
+            }
+            Err(e) => self.message = Some(Err(e.to_string())),
+        }
     }
 
     /// Opens a dictionary file or a SAELens folder.

@@ -126,6 +126,8 @@ pub enum Command {
     ShowDictionary(bool),
     /// Train a dictionary from the window's form, as a job.
     TrainDictionary,
+    /// Code rows of the dictionary in use by its own encoder or by pursuit over its atoms.
+    DictionaryEncoding(crate::features::dictionary::Encoding),
     /// Decompose the form's word (in its context) with the dictionary in use, as a job.
     DecomposeWord,
     /// Edit one dictionary feature in the probe: its atom times its code change at every token
@@ -954,6 +956,9 @@ impl HubelApp {
         opts.k = form.k;
         opts.lambda = form.lambda;
         opts.epochs = form.epochs.max(1);
+        if form.pursuit && form.method == crate::features::dictionary::Method::Topk {
+            opts.encoding = crate::features::dictionary::Encoding::Pursuit;
+        }
         let spec = crate::features::dictionary::TrainSpec {
             hooks,
             tokens: form.tokens.max(1),
@@ -1884,6 +1889,10 @@ impl HubelApp {
             Command::PatchCell { layer, position } => self.patch_cell(layer, position, now),
             Command::ShowDictionary(open) => self.state.dictionary_open = open,
             Command::TrainDictionary => self.start_dictionary_training(),
+            Command::DictionaryEncoding(e) => {
+                let layers = self.runtime.layers();
+                self.runtime.dictionaries.set_encoding(e, layers);
+            }
             Command::DecomposeWord => self.start_decompose(),
             Command::EditAtom { hook, atom, edit } => self.edit_atom(hook, atom, edit, now),
             Command::EditFeature(f, edit) => self.edit_dictionary_feature(f, edit, now),

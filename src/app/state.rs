@@ -133,6 +133,8 @@ pub struct DictionaryForm {
     pub epochs: usize,
     /// WordNet's example sentences only (else glosses and examples).
     pub examples_only: bool,
+    /// A top-k dictionary codes rows by pursuit over its atoms, not by its encoder.
+    pub pursuit: bool,
     /// The decomposition's word, context (empty: the word alone) and layer (`None`: the
     /// dictionary's first).
     pub word: String,
@@ -152,6 +154,7 @@ impl Default for DictionaryForm {
             tokens: 20_000,
             epochs: 30,
             examples_only: false,
+            pursuit: false,
             word: "apple".into(),
             context: "She ate an apple and a pear.".into(),
             layer: None,

@@ -7,7 +7,7 @@ by whoever filed the issue on held-out text of its own. This script removes that
 1. `hubel dict train ... --save-rows train.npy` trains hubel's SAE (timed by hubel) and writes
    the training rows it collected (layer 6 `hook_resid_post`, positions >= 1, original space);
 2. `hubel dict eval D --save-rows heldout.npy --json` evaluates it on held-out text (the
-   corpus's last stimuli) and writes those rows;
+   held-out stimuli: every 20th of the corpus, never trained on) and writes those rows;
 3. PyTorch trains a top-k SAE (Gao et al. 2024: tied initialisation, b_dec at the mean, unit
    decoder rows, AuxK for dead latents, Adam) on train.npy with the same k, atoms and epochs, at
    a few learning rates, and its FVU is computed on heldout.npy exactly as hubel's is:

@@ -16,7 +16,7 @@ use super::ViewCtx;
 use crate::features::dictionary::atlas::{group_counts, Group};
 use crate::features::dictionary::decompose::Decomposition;
 use crate::features::dictionary::edit::Edit;
-use crate::features::dictionary::{Dictionary, Method};
+use crate::features::dictionary::{Dictionary, Encoding, Method};
 
 pub fn dictionary_window_ui(
     ctx: &egui::Context,
@@ -62,6 +62,37 @@ fn window_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Ve
             ui.label("No dictionary yet: train one, or open one.");
         }
     });
+    if let Some(dict) = d
+        .current
+        .as_ref()
+        .filter(|x| x.config.method == Method::Topk)
+    {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Codes by");
+            for (e, text, hint) in [
+                (
+                    Encoding::Native,
+                    "its encoder",
+                    "One linear map and the top k: what the SAE was trained with",
+                ),
+                (
+                    Encoding::Pursuit,
+                    "pursuit over its atoms",
+                    "Non-negative orthogonal matching pursuit over the same atoms, at most k a \
+                     token: closer reconstructions of text the SAE was not trained on, at the \
+                     same L0, and slower",
+                ),
+            ] {
+                if ui
+                    .selectable_label(dict.config.encoding == e, text)
+                    .on_hover_text(hint)
+                    .clicked()
+                {
+                    out.push(Command::DictionaryEncoding(e));
+                }
+            }
+        });
+    }
     ui.horizontal_wrapped(|ui| {
         if ui.button("Open dictionary…").clicked() {
             out.push(Command::AskFile(FileAction::OpenDictionary));
@@ -177,8 +208,15 @@ fn train_ui(ui: &mut egui::Ui, state: &mut AppState, cx: &ViewCtx, out: &mut Vec
             ui.end_row();
         }
         ui.label("Corpus");
-        ui.checkbox(&mut f.examples_only, "WordNet example sentences only");
+        ui.checkbox(&mut f.examples_only, "WordNet example sentences only")
+            .on_hover_text("Training text is drawn from the whole corpus; every 20th stimulus is held out");
         ui.end_row();
+        if f.method == Method::Topk {
+            ui.label("Codes");
+            ui.checkbox(&mut f.pursuit, "by pursuit over the atoms")
+                .on_hover_text("The trained SAE codes rows by non-negative orthogonal matching pursuit over its atoms (at most k), not by its encoder: closer reconstructions of unseen text at the same L0");
+            ui.end_row();
+        }
     });
     ui.horizontal_wrapped(|ui| {
         let loaded = cx.runtime.model.is_some();

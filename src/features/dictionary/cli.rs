@@ -12,18 +12,22 @@ use crate::scan::Corpus;
 pub const USAGE: &str = "\
   hubel dict train --method fista|topk|itda --layers 6[,8,…] --atoms N --out D.safetensors
              [--k K] [--lambda L (fista, default 2)] [--tokens N] [--epochs E] [--lr R] [--batch B] [--seconds S]
-             [--corpus wordnet|wordnet-examples|FILE]
+             [--encode native|pursuit] [--corpus wordnet|wordnet-examples|FILE]
              [--model PATH] [--json] [--save-rows ROWS.npy]
              learn a dictionary of residual streams (hook_resid_post of each layer; `embed` for
              the embedding) from the corpus (default 20000 tokens, position 0 left out):
              fista = one non-negative dictionary shared by the layers (Yun et al. 2021),
              topk = a top-k sparse autoencoder (default k 32), itda = atoms taken from real
-             activations by matching pursuit (Leask et al. 2025); --save-rows writes the training
-             rows of the first layer ([tokens, d_model] float32, the original space)
-  hubel dict eval D [--tokens N] [--corpus wordnet|wordnet-examples|FILE] [--model PATH] [--json]
-             [--save-rows ROWS.npy]
-             on held-out text (the corpus's last stimuli): fvu, l0, dead_frac, ce_recovered;
-             --save-rows writes the held-out rows of its first hook (positions ≥ 1)
+             activations by matching pursuit (Leask et al. 2025); training text is drawn from
+             the whole corpus, every 20th stimulus is held out; --encode pursuit: codes by
+             non-negative orthogonal matching pursuit over the atoms (at most k), not the
+             encoder; --save-rows writes the training rows of the first layer ([tokens, d_model]
+             float32, the original space)
+  hubel dict eval D [--tokens N] [--encode native|pursuit] [--corpus wordnet|wordnet-examples|FILE]
+             [--model PATH] [--json] [--save-rows ROWS.npy]
+             on held-out text (every 20th stimulus, never trained on): fvu, l0, dead_frac,
+             ce_recovered; --encode evaluates another encoding of the same atoms; --save-rows
+             writes the held-out rows of its first hook (positions ≥ 1)
   hubel dict info D [--atoms N] [--json]
              what the dictionary is, and its first atoms with labels and examples
   hubel dict export D --saelens DIR      write a SAELens folder (cfg.json, sae_weights.safetensors)
@@ -120,6 +124,9 @@ fn train(mut args: Vec<String>) -> anyhow::Result<()> {
     if let Some(s) = number(&mut args, "--seconds")? {
         opts.max_seconds = Some(s.max(1) as f32);
     }
+    if let Some(e) = value(&mut args, "--encode")? {
+        opts.encoding = super::Encoding::parse(&e)?;
+    }
     let tokens = number(&mut args, "--tokens")?.unwrap_or(20_000);
     let corpus = value(&mut args, "--corpus")?;
     let model = value(&mut args, "--model")?;
@@ -208,6 +215,9 @@ fn train(mut args: Vec<String>) -> anyhow::Result<()> {
 
 fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
     let tokens = number(&mut args, "--tokens")?.unwrap_or(5_000);
+    let encoding = value(&mut args, "--encode")?
+        .map(|e| super::Encoding::parse(&e))
+        .transpose()?;
     let corpus = value(&mut args, "--corpus")?;
     let model = value(&mut args, "--model")?;
     let json = flag(&mut args, "--json");
@@ -217,7 +227,11 @@ fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
     if tokens == 0 || tokens > 10_000_000 {
         bail!("--tokens must be between 1 and 10000000, not {tokens}");
     }
-    let dict = Arc::new(open_dict(&path)?);
+    let mut dict = open_dict(&path)?;
+    if let Some(e) = encoding {
+        dict = dict.with_encoding(e)?;
+    }
+    let dict = Arc::new(dict);
     let model = Arc::new(open_model(model)?);
     check_model(&dict, &model)?;
     let corpus = open_corpus(corpus)?;
@@ -236,7 +250,13 @@ fn evaluate(mut args: Vec<String>) -> anyhow::Result<()> {
             }
         );
     }
-    let windows = eval::heldout_windows(&model, &corpus, tokens, dict.config.stimuli)?;
+    let windows = eval::heldout_windows(
+        &model,
+        &corpus,
+        tokens,
+        dict.config.split,
+        dict.config.stimuli,
+    )?;
     if let Some(out) = &save_rows {
         let hook = dict.config.hooks[0];
         let d = dict.d();
@@ -354,6 +374,12 @@ fn export(mut args: Vec<String>) -> anyhow::Result<()> {
     let dict = open_dict(&path)?;
     io::export_saelens(&dict, Path::new(&dir))?;
     println!("SAELens folder {dir} ({})", dict.title());
+    if dict.config.encoding == super::Encoding::Pursuit {
+        eprintln!(
+            "note: this dictionary codes rows by pursuit over its atoms; SAELens's format carries \
+             its encoder, which SAELens will use instead"
+        );
+    }
     Ok(())
 }
 

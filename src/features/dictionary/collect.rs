@@ -38,8 +38,40 @@ impl Activations {
 
     /// The number of distinct stimuli read.
     pub fn stimuli(&self) -> usize {
-        self.stimulus.iter().max().map_or(0, |&m| m as usize + 1)
+        let mut s = self.stimulus.clone();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
     }
+}
+
+/// Every `HELDOUT_EVERY`-th stimulus of a corpus (by index: `i % HELDOUT_EVERY ==
+/// HELDOUT_EVERY − 1`) is held-out text, never trained on; the others are training text.
+pub const HELDOUT_EVERY: usize = 20;
+
+/// Whether stimulus `i` is held out ([`HELDOUT_EVERY`]).
+pub fn is_heldout(i: usize) -> bool {
+    i % HELDOUT_EVERY == HELDOUT_EVERY - 1
+}
+
+/// The order stimuli are read in, for training (`heldout` false) or held-out text: their
+/// indices shuffled by a fixed hash (SplitMix64 of the index), so that a budget of tokens draws
+/// from the whole corpus (WordNet's files go noun, verb, adjective, adverb: its first 20k tokens
+/// are all nouns) and the order never changes between runs, machines or crate versions.
+pub fn spread_order(stimuli: usize, heldout: bool) -> Vec<usize> {
+    let mut order: Vec<(u64, usize)> = (0..stimuli)
+        .filter(|&i| is_heldout(i) == heldout)
+        .map(|i| (splitmix64(i as u64), i))
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Windows of at most this many tokens (the scan's window).
@@ -47,7 +79,7 @@ pub const WINDOW: usize = 128;
 /// Tokens per batched forward.
 pub const BATCH_TOKENS: usize = 2048;
 
-/// Runs stimuli of `corpus` from its start (held-out text is read from its end:
+/// Runs the training stimuli of `corpus` in [`spread_order`] (held-out ones are left for
 /// [`super::eval::heldout_windows`]) through `model` until `tokens` rows
 /// (positions ≥ 1) are collected at every hook in `hooks`; the forward stops after the last
 /// block they need. Reports tokens as progress on `ctx` and stops at its checkpoint.
@@ -86,17 +118,17 @@ pub fn collect(
     }
     let last = hooks.iter().filter_map(|h| h.layer()).max().unwrap_or(0);
     let len = WINDOW.min(model.config().n_ctx).max(2);
-    // Windows, in corpus order, until the budget of rows is met.
+    // Windows, in spread order, until the budget of rows is met.
     let mut windows: Vec<Vec<u32>> = Vec::new();
     let mut stimulus: Vec<u32> = Vec::new();
     let mut planned = 0usize;
-    for (i, stim) in corpus.stimuli.iter().enumerate() {
+    for i in spread_order(corpus.stimuli.len(), false) {
         if planned >= tokens {
             break;
         }
         let ids = model
             .tokenizer()
-            .encode_ids(&stim.text)
+            .encode_ids(&corpus.stimuli[i].text)
             .map_err(|e| DictError::Invalid(e.to_string()))?;
         for chunk in ids.chunks(len) {
             if chunk.len() < 2 || planned >= tokens {

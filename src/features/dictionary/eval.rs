@@ -1,5 +1,6 @@
-//! A dictionary judged on held-out text (stimuli from the end of the corpus; training read from
-//! its start), in the original space:
+//! A dictionary judged on held-out text (every 20th stimulus of the corpus, never trained on:
+//! [`super::collect::is_heldout`]; dictionaries saved before that split, from the end of the
+//! corpus), in the original space:
 //! - FVU = Σ‖x − x̂‖² / Σ‖x − mean‖² over held-out tokens at positions ≥ 1 (the mean is the
 //!   held-out tokens' own);
 //! - L0 = mean active atoms per token; dead_frac = atoms active on no held-out token;
@@ -15,7 +16,7 @@ use crate::model::{Logits, Model};
 use crate::scan::Corpus;
 
 use super::linalg::Code;
-use super::{DictError, Dictionary};
+use super::{DictError, Dictionary, Split};
 
 /// `hubel dict eval --json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,22 +36,28 @@ pub struct EvalReport {
     pub per_hook: Vec<EvalReport>,
 }
 
-/// Held-out windows: stimuli read from the end of the corpus, never one of the `avoid` first
-/// ones, until `tokens` positions ≥ 1.
+/// Held-out windows of a dictionary trained with `split` on `trained` stimuli, until `tokens`
+/// positions ≥ 1: for [`Split::Spread`] the held-out stimuli ([`super::collect::is_heldout`],
+/// never trained on) in their spread order, drawn from the whole corpus; for [`Split::Head`]
+/// (dictionaries trained on the corpus's first stimuli) stimuli read from its end, never one of
+/// the `trained` first ones.
 pub fn heldout_windows(
     model: &Model,
     corpus: &Corpus,
     tokens: usize,
-    avoid: usize,
+    split: Split,
+    trained: usize,
 ) -> Result<Vec<Vec<u32>>, DictError> {
     let len = super::collect::WINDOW.min(model.config().n_ctx).max(2);
+    let n = corpus.stimuli.len();
+    let order: Vec<usize> = match split {
+        Split::Spread => super::collect::spread_order(n, true),
+        Split::Head => (trained.min(n)..n).rev().collect(),
+    };
     let mut out = Vec::new();
     let mut planned = 0;
-    for i in (0..corpus.stimuli.len()).rev() {
+    for i in order {
         if planned >= tokens {
-            break;
-        }
-        if i < avoid {
             break;
         }
         let ids = model
@@ -65,11 +72,19 @@ pub fn heldout_windows(
         }
     }
     if out.is_empty() {
-        return Err(DictError::Invalid(format!(
-            "the corpus {} has no held-out text beyond the {avoid} stimuli the dictionary was \
-             trained on",
-            corpus.name
-        )));
+        return Err(DictError::Invalid(match split {
+            Split::Spread => format!(
+                "the corpus {} has no held-out text: every {}th stimulus is held out, and it has \
+                 {n} (held-out stimuli need at least 2 tokens)",
+                corpus.name,
+                super::collect::HELDOUT_EVERY
+            ),
+            Split::Head => format!(
+                "the corpus {} has no held-out text beyond the {trained} stimuli the dictionary \
+                 was trained on",
+                corpus.name
+            ),
+        }));
     }
     Ok(out)
 }
@@ -142,12 +157,21 @@ pub fn evaluate(
             };
             let mut spliced: Vec<Vec<Intervention>> = Vec::new();
             let mut ablated: Vec<Vec<Intervention>> = Vec::new();
+            // The batch's rows (positions ≥ 1) coded at once: a solver's Gram matrix is made
+            // once per batch, not once per window.
+            let mut rows = Vec::with_capacity(n * d);
             for (w, out) in batch.iter().zip(&clean) {
                 let act = out.record.get(hook).ok_or_else(|| {
                     DictError::Invalid(format!("{hook} was not recorded (an internal error)"))
                 })?;
-                let x = &act.data[d..w.len() * d];
-                let codes: Vec<Code> = dict.encode(h, x);
+                rows.extend_from_slice(&act.data[d..w.len() * d]);
+            }
+            let mut all_codes = dict.encode(h, &rows).into_iter();
+            let mut at = 0;
+            for w in &batch {
+                let x = &rows[at * d..(at + w.len() - 1) * d];
+                at += w.len() - 1;
+                let codes: Vec<Code> = all_codes.by_ref().take(w.len() - 1).collect();
                 let mut ivs = Vec::with_capacity(w.len() - 1);
                 for (p, code) in codes.iter().enumerate() {
                     let xhat = dict.decode(h, code);

@@ -221,7 +221,8 @@ pub fn load(path: &Path) -> Result<Dictionary, DictError> {
             format!("it describes {} atoms but has {m}", info.len()),
         ));
     }
-    Ok(Dictionary {
+    let encoding = config.encoding;
+    Dictionary {
         config,
         norms,
         w_dec,
@@ -231,7 +232,10 @@ pub fn load(path: &Path) -> Result<Dictionary, DictError> {
         threshold,
         info,
         sources: Vec::new(),
-    })
+        gram: None,
+    }
+    .with_encoding(encoding)
+    .map_err(|e| format_err(path, e.to_string()))
 }
 
 /// Writes `dict` as a SAELens folder: `cfg.json` + `sae_weights.safetensors`, the normalisation
@@ -428,5 +432,6 @@ pub fn import_saelens(dir: &Path) -> Result<Dictionary, DictError> {
         threshold,
         info: Vec::new(),
         sources: Vec::new(),
+        gram: None,
     })
 }

@@ -32,6 +32,7 @@ pub mod fista;
 pub mod io;
 pub mod itda;
 pub mod linalg;
+pub mod pursuit;
 pub mod topk;
 
 use crate::hooks::HookPoint;
@@ -222,12 +223,18 @@ pub struct DictConfig {
     pub model_sha256: String,
     #[serde(default)]
     pub corpus: String,
-    /// Training rows (tokens at positions ≥ 1) and the stimuli they came from (the first ones
-    /// of the corpus; held-out text is read from its end).
+    /// Training rows (tokens at positions ≥ 1) and the number of stimuli they came from.
     #[serde(default)]
     pub tokens: usize,
     #[serde(default)]
     pub stimuli: usize,
+    /// How rows are coded: the method's own way, or pursuit over its atoms.
+    #[serde(default, skip_serializing_if = "Encoding::is_native")]
+    pub encoding: Encoding,
+    /// Which stimuli it was trained on and which are its held-out text. Files without it were
+    /// trained on the corpus's first `stimuli` ([`Split::Head`]).
+    #[serde(default = "head")]
+    pub split: Split,
     #[serde(default)]
     pub seconds: f32,
     /// The last training figures.
@@ -237,6 +244,57 @@ pub struct DictConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn head() -> Split {
+    Split::Head
+}
+
+/// How a dictionary turns a row into a code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The method's own: an SAE's encoder, FISTA's solver, ITDA's matching pursuit.
+    #[default]
+    Native,
+    /// Non-negative orthogonal matching pursuit over the atoms, at most `k` of them
+    /// ([`pursuit`]): better reconstructions than an SAE's encoder on unseen text, at the same L0.
+    Pursuit,
+}
+
+impl Encoding {
+    pub fn is_native(&self) -> bool {
+        *self == Encoding::Native
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Native => "native",
+            Encoding::Pursuit => "pursuit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DictError> {
+        match s {
+            "native" | "encoder" => Ok(Encoding::Native),
+            "pursuit" | "omp" => Ok(Encoding::Pursuit),
+            other => Err(DictError::Invalid(format!(
+                "unknown encoding {other:?}: native (the method's own) or pursuit"
+            ))),
+        }
+    }
+}
+
+/// How a corpus is split into training and held-out text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Training stimuli drawn from the whole corpus in a fixed shuffled order; every 20th
+    /// stimulus held out ([`collect::spread_order`], [`collect::is_heldout`]).
+    Spread,
+    /// Trained on the corpus's first `stimuli`, held-out text read from its end (dictionaries
+    /// saved before the spread split; for WordNet that trained on nouns and held out adverbs).
+    Head,
 }
 
 impl DictConfig {
@@ -256,6 +314,8 @@ impl DictConfig {
             corpus: String::new(),
             tokens: 0,
             stimuli: 0,
+            split: Split::Spread,
+            encoding: Encoding::Native,
             seconds: 0.0,
             trained: None,
         }
@@ -321,6 +381,10 @@ pub struct Dictionary {
     /// ITDA: the training row each atom was taken from (until [`decompose::describe`] turns them
     /// into examples); empty otherwise.
     pub sources: Vec<u32>,
+    /// The atoms' Gram matrix `[atoms, atoms]`, kept for pursuit's codes: made by
+    /// [`Dictionary::with_encoding`] (and on load) from the final atoms, shared by clones. `None`
+    /// for other encodings (their solvers make their own per call).
+    pub gram: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// The most atoms of a FISTA or ITDA dictionary (their Gram matrix is atoms² floats: 256 MB).
@@ -347,6 +411,7 @@ impl Dictionary {
             threshold: Vec::new(),
             info: Vec::new(),
             sources: Vec::new(),
+            gram: None,
         }
     }
 
@@ -400,6 +465,17 @@ impl Dictionary {
     pub fn encode_normalised(&self, xn: &[f32]) -> Vec<Code> {
         let d = self.d();
         let rows = xn.len() / d.max(1);
+        if self.config.encoding == Encoding::Pursuit {
+            let centred = self.minus_b_dec(xn);
+            let m = self.atoms();
+            return match self.gram.as_deref().filter(|g| g.len() == m * m) {
+                Some(g) => {
+                    let c = linalg::matmul_t(&centred, rows, &self.w_dec, m, d);
+                    pursuit::solve(g, &c, m, rows, self.config.k)
+                }
+                None => pursuit::codes(&self.w_dec, d, &centred, self.config.k),
+            };
+        }
         match self.config.method {
             Method::Topk | Method::Relu | Method::Jumprelu => {
                 let input: Vec<f32> = if self.config.apply_b_dec_to_input {
@@ -457,15 +533,61 @@ impl Dictionary {
     /// A short name: `topk 1024 @ blocks.6.hook_resid_post`.
     pub fn title(&self) -> String {
         format!(
-            "{} {} @ {}",
+            "{} {} @ {}{}",
             self.config.method.name(),
             self.atoms(),
-            self.hooks_text()
+            self.hooks_text(),
+            match self.config.encoding {
+                Encoding::Native => "",
+                Encoding::Pursuit => ", codes by pursuit",
+            }
         )
     }
 
-    /// SHA-256 of everything its codes depend on (method, hooks, k, λ, the normalisers and the
-    /// weights), in hex: what a scan of its features is keyed by.
+    /// The same dictionary coding its rows with `encoding`. Pursuit keeps an atoms × atoms Gram
+    /// matrix (at most [`MAX_GRAM_ATOMS`] atoms; made here, so the atoms must not change
+    /// afterwards) and needs `k`, the most atoms a code uses.
+    pub fn with_encoding(mut self, encoding: Encoding) -> Result<Self, DictError> {
+        if encoding == Encoding::Pursuit {
+            if self.atoms() > MAX_GRAM_ATOMS {
+                return Err(DictError::Invalid(format!(
+                    "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms, \
+                     this dictionary has {}",
+                    self.atoms()
+                )));
+            }
+            if !matches!(self.config.method, Method::Topk | Method::Itda) || self.config.k == 0 {
+                return Err(DictError::Invalid(format!(
+                    "pursuit codes at most k atoms a row, and a {} dictionary's sparsity comes \
+                     from {}: pursuit is for top-k SAEs and ITDA",
+                    self.config.method.name(),
+                    if self.config.method == Method::Fista {
+                        "λ"
+                    } else {
+                        "its encoder"
+                    }
+                )));
+            }
+        }
+        self.config.encoding = encoding;
+        self.gram = match encoding {
+            Encoding::Pursuit => {
+                let (m, d) = (self.atoms(), self.d());
+                Some(std::sync::Arc::new(linalg::matmul_t(
+                    &self.w_dec,
+                    m,
+                    &self.w_dec,
+                    m,
+                    d,
+                )))
+            }
+            Encoding::Native => None,
+        };
+        Ok(self)
+    }
+
+    /// SHA-256 of everything its codes depend on (method, hooks, k, λ, the encoding, the
+    /// normalisers and the weights), in hex: what a scan of its features is keyed by.
     pub fn sha256(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -483,6 +605,10 @@ impl Dictionary {
             )
             .as_bytes(),
         );
+        // Natively coded dictionaries keep the hash they had before encodings existed.
+        if !c.encoding.is_native() {
+            h.update(format!("|{}", c.encoding.name()).as_bytes());
+        }
         let mut floats = |v: &[f32]| {
             h.update((v.len() as u64).to_le_bytes());
             // In chunks: no copy of the whole array.
@@ -798,6 +924,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Wall-clock limit for the optimisation (after collection); `None`: all epochs.
     pub max_seconds: Option<f32>,
+    /// How the trained dictionary codes rows (its labels and examples are found with it).
+    pub encoding: Encoding,
 }
 
 impl TrainOptions {
@@ -818,6 +946,7 @@ impl TrainOptions {
             },
             seed: 0x5EED,
             max_seconds: None,
+            encoding: Encoding::Native,
         }
     }
 }
@@ -852,6 +981,18 @@ pub fn train(
     if matches!(opts.method, Method::Topk | Method::Itda) && opts.k == 0 {
         return Err(DictError::Invalid("--k must be at least 1".into()));
     }
+    if opts.encoding == Encoding::Pursuit && opts.method == Method::Fista {
+        return Err(DictError::Invalid(
+            "pursuit codes at most k atoms a row; a FISTA dictionary's sparsity comes from λ: \
+             pursuit is for --method topk or itda"
+                .into(),
+        ));
+    }
+    if opts.encoding == Encoding::Pursuit && opts.atoms > MAX_GRAM_ATOMS {
+        return Err(DictError::Invalid(format!(
+            "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms"
+        )));
+    }
     let d = acts.d;
     let norms: Vec<Normaliser> = acts.data.iter().map(|x| Normaliser::fit(x, d)).collect();
     let xn: Vec<Vec<f32>> = acts
@@ -879,7 +1020,7 @@ pub fn train(
         }
     };
     dict.config.atoms = dict.w_dec.len() / d;
-    Ok(dict)
+    dict.with_encoding(opts.encoding)
 }
 
 /// Σ‖x − x̂‖² and Σ‖x − mean‖² of rows (any space), for FVU.
