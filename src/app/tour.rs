@@ -613,6 +613,8 @@ impl Tour {
                     tab: super::state::DictionaryTab::Atlas,
                     ..Default::default()
                 };
+                // The window was closed for the main view's shots: the atlas is in it.
+                self.app.apply(super::Command::ShowDictionary(true), now);
                 self.app.apply(super::Command::TrainDictionary, now);
                 true
             }

@@ -11,7 +11,9 @@ by whoever filed the issue on held-out text of its own. This script removes that
 3. PyTorch trains a top-k SAE (Gao et al. 2024: tied initialisation, b_dec at the mean, unit
    decoder rows, AuxK for dead latents, Adam) on train.npy with the same k, atoms and epochs, at
    a few learning rates, and its FVU is computed on heldout.npy exactly as hubel's is:
-   sum ||x - x_hat||^2 / sum ||x - mean||^2 over the held-out rows.
+   sum ||x - x_hat||^2 / sum ||x - mean||^2 over the held-out rows;
+4. both SAEs' atoms also code the held-out rows by non-negative orthogonal matching pursuit
+   written here (torch, batched), beside `hubel dict eval --encode pursuit`.
 
 Run from the repository root with a venv that has torch and numpy (no model hub access needed):
     python tools/bench/dictionary.py [--hubel target/release/hubel] [--threads 2]
@@ -37,6 +39,60 @@ def run(cmd):
 def fvu(x, x_hat):
     mean = x.mean(0, keepdims=True)
     return float(((x - x_hat) ** 2).sum() / ((x - mean) ** 2).sum())
+
+
+def pursuit(r, w_dec, k, iters=300):
+    """Non-negative orthogonal matching pursuit, batched over rows (torch), written here from its
+    definition (not from hubel's code): k times, add the unchosen atom with the largest positive
+    correlation with the residual, then refit every chosen atom's coefficient by non-negative
+    least squares (accelerated projected gradient, warm-started). r: [n, d] rows with b_dec taken
+    off; w_dec: [m, d] unit atoms. Returns dense codes [n, m]."""
+    import torch
+
+    r = torch.as_tensor(np.array(r), dtype=torch.float64)
+    w = torch.as_tensor(np.array(w_dec), dtype=torch.float64)
+    n, m = r.shape[0], w.shape[0]
+    alpha = r @ w.T  # [n, m]
+    gram = w @ w.T
+    rows = torch.arange(n)
+    chosen = torch.zeros(n, m, dtype=torch.bool)
+    support = torch.zeros(n, 0, dtype=torch.long)
+    coef = torch.zeros(n, 0, dtype=torch.float64)
+    active = torch.ones(n, dtype=torch.bool)
+    floor = None
+    for step in range(k):
+        rho = alpha - torch.einsum("nt,ntm->nm", coef, gram[support])
+        rho = rho.masked_fill(chosen, -float("inf"))
+        best, j = rho.max(1)
+        if floor is None:
+            floor = best * 1e-6
+        active &= best > floor
+        if not active.any():
+            break
+        # Rows that stopped get a dummy atom with coefficient 0 (kept at 0 below).
+        chosen[rows[active], j[active]] = True
+        support = torch.cat([support, j[:, None]], 1)
+        coef = torch.cat([coef, torch.zeros(n, 1, dtype=torch.float64)], 1)
+        frozen = torch.zeros_like(coef, dtype=torch.bool)
+        frozen[:, -1] = ~active
+        if step > 0:
+            frozen[:, :-1] |= prev_frozen
+        prev_frozen = frozen.clone()
+        g_ss = gram[support[:, :, None], support[:, None, :]]  # [n, t, t]
+        a_s = torch.gather(alpha, 1, support)
+        lip = g_ss.abs().sum(2).max(1).values[:, None]
+        c, y, t = coef.clone(), coef.clone(), 1.0
+        for _ in range(iters):
+            grad = torch.einsum("nab,nb->na", g_ss, y) - a_s
+            c_new = torch.clamp(y - grad / lip, min=0).masked_fill(frozen, 0)
+            t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            y = c_new + (t - 1) / t_new * (c_new - c)
+            c, t = c_new, t_new
+        coef = c
+    z = torch.zeros(n, m, dtype=torch.float64)
+    if support.shape[1]:
+        z.scatter_add_(1, support, coef)
+    return z.numpy().astype(np.float32)
 
 
 def train_torch(x, atoms, k, epochs, lr, batch, seed):
@@ -98,15 +154,45 @@ def train_torch(x, atoms, k, epochs, lr, batch, seed):
             step += 1
     seconds = time.perf_counter() - t0
 
-    def encode_decode(rows):
+    def encode_decode(rows, by_pursuit=False):
         with torch.no_grad():
             r = torch.from_numpy(rows)
-            pre = (r - b_dec) @ w_enc + b_enc
-            vals, idx = torch.topk(torch.relu(pre), k, dim=1)
-            z = torch.zeros_like(pre).scatter(1, idx, vals)
+            if by_pursuit:
+                z = torch.from_numpy(pursuit((r - b_dec).numpy(), w_dec.detach().numpy(), k))
+            else:
+                pre = (r - b_dec) @ w_enc + b_enc
+                vals, idx = torch.topk(torch.relu(pre), k, dim=1)
+                z = torch.zeros_like(pre).scatter(1, idx, vals)
             return (z @ w_dec + b_dec).numpy(), float((z > 0).sum(1).float().mean())
 
     return encode_decode, seconds
+
+
+def load_safetensors(path):
+    import struct
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + a : 8 + n + b], dtype=np.float32).reshape(v["shape"])
+    return out
+
+
+def hubel_pursuit_fvu(dpath, h, k):
+    """hubel's dictionary (its atoms and normaliser read from the file) coded by this script's
+    pursuit: an independent check of `hubel dict eval --encode pursuit`."""
+    t = load_safetensors(dpath)
+    shift, scale = t["norm.0.shift"].reshape(-1), t["norm.0.scale"].reshape(-1)
+    xn = (h - shift) / scale
+    z = pursuit(xn - t["b_dec"], t["W_dec"], k)
+    x_hat = (z @ t["W_dec"] + t["b_dec"]) * scale + shift
+    return fvu(h, x_hat), float((z > 0).sum(1).mean())
 
 
 def main():
@@ -148,13 +234,24 @@ def main():
     h = np.load(held_rows).astype(np.float32)
     print(f"rows: {x.shape[0]} training, {h.shape[0]} held out, d {x.shape[1]}; "
           f"{args.threads} threads", file=sys.stderr)
+    pursued = json.loads(
+        run([args.hubel, "dict", "eval", dpath, "--tokens", str(args.heldout), "--corpus",
+             args.corpus, "--encode", "pursuit", "--json"])
+    )
     rows = [("hubel top-k SAE (its default recipe)", hubel_seconds, report["fvu"], report["l0"],
-             report["ce_recovered"])]
+             report["ce_recovered"]),
+            ("the same, codes by hubel's pursuit (`--encode pursuit`)", hubel_seconds,
+             pursued["fvu"], pursued["l0"], pursued["ce_recovered"])]
+    fv, l0 = hubel_pursuit_fvu(dpath, h, args.k)
+    rows.append(("the same atoms, codes by this script's pursuit", hubel_seconds, fv, l0, None))
     for lr in [float(v) for v in args.lrs.split(",")]:
         f, seconds = train_torch(x, args.atoms, args.k, args.epochs, lr, args.batch, 0)
         x_hat, l0 = f(h)
         rows.append((f"PyTorch top-k SAE, Adam lr {lr:g}, batch {args.batch}", seconds,
                      fvu(h, x_hat), l0, None))
+        x_hat, l0 = f(h, by_pursuit=True)
+        rows.append((f"the same, codes by this script's pursuit", seconds, fvu(h, x_hat), l0,
+                     None))
     print(f"| SAE ({args.atoms} atoms, k {args.k}, {args.epochs} epochs over {x.shape[0]} rows) "
           f"| train | held-out FVU | L0 | ce_recovered |")
     print("|---|---|---|---|---|")

@@ -75,7 +75,7 @@ pub fn heldout_windows(
         return Err(DictError::Invalid(match split {
             Split::Spread => format!(
                 "the corpus {} has no held-out text: every {}th stimulus is held out, and it has \
-                 {n} (held-out stimuli need at least 2 tokens)",
+                 {n} (a held-out stimulus needs at least 3 tokens)",
                 corpus.name,
                 super::collect::HELDOUT_EVERY
             ),
