@@ -434,16 +434,26 @@ fn a_topk_dictionary_coded_by_pursuit() {
         pursued.sha256(),
         "scans keyed by the hash see the change"
     );
-    // The Gram matrix kept for pursuit gives the codes a fresh one does.
-    let fresh = Dictionary {
-        gram: None,
-        ..pursued.clone()
-    };
+    // The Gram matrix is made by the first encode and kept; atoms changed afterwards get a new
+    // one from with_encoding (the codes are those of a Gram matrix made from the new atoms).
+    let rows = &acts.data[0][..40 * dict.d()];
+    assert!(!pursued.gram.is_made());
+    let first = pursued.encode(0, rows);
+    assert!(pursued.gram.is_made());
+    assert_eq!(pursued.encode(0, rows), first);
+    let mut moved = pursued.clone();
+    moved.w_dec.swap(0, dict.d() + 1);
+    let moved = moved.with_encoding(Encoding::Pursuit).unwrap();
+    let xn = moved.norms[0].apply_rows(rows);
+    let centred: Vec<f32> = xn
+        .chunks_exact(dict.d())
+        .flat_map(|r| r.iter().zip(&moved.b_dec).map(|(v, b)| v - b))
+        .collect();
     assert_eq!(
-        pursued.encode(0, &acts.data[0][..40 * dict.d()]),
-        fresh.encode(0, &acts.data[0][..40 * dict.d()])
+        moved.encode(0, rows),
+        pursuit::codes(&moved.w_dec, dict.d(), &centred, dict.config.k)
     );
-    assert!(pursued.title().contains("pursuit"));
+    assert_ne!(moved.encode(0, rows), first);
     // Same atoms; codes of at most k atoms that reconstruct the training rows better.
     let x = &acts.data[0];
     let d = dict.d();
@@ -650,7 +660,7 @@ fn decompose_returns_planted_atoms() {
         threshold: Vec::new(),
         info: Vec::new(),
         sources: Vec::new(),
-        gram: None,
+        gram: Default::default(),
     };
     let out = decompose::decompose(&model, &dict, "q", None, hook, 5).unwrap();
     assert_eq!(out.token, "q");

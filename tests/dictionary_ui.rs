@@ -142,7 +142,8 @@ fn a_dictionary_trains_and_a_word_is_decomposed_and_ablated() {
     assert!(h.get_all_by_label_contains(&dict.title()).next().is_some());
 
     // Its codes by pursuit over the same atoms: the dictionary in use changes (and the worker is
-    // told), the file and the atoms do not; everything below runs with pursuit's codes.
+    // told), the file and the atoms do not; the steps below (atlas, decomposition, ablation) use
+    // the dictionary coded by pursuit.
     h.get_by_label("pursuit over its atoms").click();
     h.run_steps(3);
     let d = &h.state().runtime.dictionaries;

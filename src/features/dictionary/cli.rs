@@ -25,9 +25,10 @@ pub const USAGE: &str = "\
              float32, the original space)
   hubel dict eval D [--tokens N] [--encode native|pursuit] [--corpus wordnet|wordnet-examples|FILE]
              [--model PATH] [--json] [--save-rows ROWS.npy]
-             on held-out text (every 20th stimulus, never trained on): fvu, l0, dead_frac,
-             ce_recovered; --encode evaluates another encoding of the same atoms; --save-rows
-             writes the held-out rows of its first hook (positions ≥ 1)
+             on held-out text (every 20th stimulus, never trained on; for dictionaries saved
+             before that split, the corpus's last stimuli): fvu, l0, dead_frac, ce_recovered;
+             --encode evaluates another encoding of the same atoms; --save-rows writes the
+             held-out rows of its first hook (positions ≥ 1)
   hubel dict info D [--atoms N] [--json]
              what the dictionary is, and its first atoms with labels and examples
   hubel dict export D --saelens DIR      write a SAELens folder (cfg.json, sae_weights.safetensors)

@@ -232,7 +232,7 @@ pub fn load(path: &Path) -> Result<Dictionary, DictError> {
         threshold,
         info,
         sources: Vec::new(),
-        gram: None,
+        gram: Default::default(),
     }
     .with_encoding(encoding)
     .map_err(|e| format_err(path, e.to_string()))
@@ -432,6 +432,6 @@ pub fn import_saelens(dir: &Path) -> Result<Dictionary, DictError> {
         threshold,
         info: Vec::new(),
         sources: Vec::new(),
-        gram: None,
+        gram: Default::default(),
     })
 }

@@ -381,10 +381,42 @@ pub struct Dictionary {
     /// ITDA: the training row each atom was taken from (until [`decompose::describe`] turns them
     /// into examples); empty otherwise.
     pub sources: Vec<u32>,
-    /// The atoms' Gram matrix `[atoms, atoms]`, kept for pursuit's codes: made by
-    /// [`Dictionary::with_encoding`] (and on load) from the final atoms, shared by clones. `None`
-    /// for other encodings (their solvers make their own per call).
-    pub gram: Option<std::sync::Arc<Vec<f32>>>,
+    /// The atoms' Gram matrix `[atoms, atoms]` for pursuit's codes, made by the first encode
+    /// (on whichever thread codes rows: the worker's, not the UI's) and shared by clones.
+    /// [`Dictionary::with_encoding`] starts an empty one; other encodings leave it unused.
+    pub gram: GramCache,
+}
+
+/// A lazily made Gram matrix. Derived data: it compares equal to any other, and a dictionary
+/// whose atoms change must get a new one ([`Dictionary::with_encoding`] gives one).
+#[derive(Clone, Default)]
+pub struct GramCache(std::sync::Arc<std::sync::OnceLock<Vec<f32>>>);
+
+impl GramCache {
+    /// The Gram matrix of these `[m, d]` atoms, made on first use.
+    pub fn get(&self, w: &[f32], m: usize, d: usize) -> &[f32] {
+        self.0.get_or_init(|| linalg::matmul_t(w, m, w, m, d))
+    }
+
+    pub fn is_made(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl PartialEq for GramCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for GramCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GramCache({})",
+            if self.is_made() { "made" } else { "empty" }
+        )
+    }
 }
 
 /// The most atoms of a FISTA or ITDA dictionary (their Gram matrix is atoms² floats: 256 MB).
@@ -411,7 +443,7 @@ impl Dictionary {
             threshold: Vec::new(),
             info: Vec::new(),
             sources: Vec::new(),
-            gram: None,
+            gram: GramCache::default(),
         }
     }
 
@@ -468,13 +500,12 @@ impl Dictionary {
         if self.config.encoding == Encoding::Pursuit {
             let centred = self.minus_b_dec(xn);
             let m = self.atoms();
-            return match self.gram.as_deref().filter(|g| g.len() == m * m) {
-                Some(g) => {
-                    let c = linalg::matmul_t(&centred, rows, &self.w_dec, m, d);
-                    pursuit::solve(g, &c, m, rows, self.config.k)
-                }
-                None => pursuit::codes(&self.w_dec, d, &centred, self.config.k),
-            };
+            if m == 0 || rows == 0 || self.config.k == 0 {
+                return vec![Vec::new(); rows];
+            }
+            let g = self.gram.get(&self.w_dec, m, d);
+            let c = linalg::matmul_t(&centred, rows, &self.w_dec, m, d);
+            return pursuit::solve(g, &c, m, rows, self.config.k);
         }
         match self.config.method {
             Method::Topk | Method::Relu | Method::Jumprelu => {
@@ -545,8 +576,8 @@ impl Dictionary {
     }
 
     /// The same dictionary coding its rows with `encoding`. Pursuit keeps an atoms × atoms Gram
-    /// matrix (at most [`MAX_GRAM_ATOMS`] atoms; made here, so the atoms must not change
-    /// afterwards) and needs `k`, the most atoms a code uses.
+    /// matrix (at most [`MAX_GRAM_ATOMS`] atoms; made by the first encode after this call, so
+    /// atoms changed later need this call again) and needs `k`, the most atoms a code uses.
     pub fn with_encoding(mut self, encoding: Encoding) -> Result<Self, DictError> {
         if encoding == Encoding::Pursuit {
             if self.atoms() > MAX_GRAM_ATOMS {
@@ -556,7 +587,7 @@ impl Dictionary {
                     self.atoms()
                 )));
             }
-            if !matches!(self.config.method, Method::Topk | Method::Itda) || self.config.k == 0 {
+            if !matches!(self.config.method, Method::Topk | Method::Itda) {
                 return Err(DictError::Invalid(format!(
                     "pursuit codes at most k atoms a row, and a {} dictionary's sparsity comes \
                      from {}: pursuit is for top-k SAEs and ITDA",
@@ -568,21 +599,14 @@ impl Dictionary {
                     }
                 )));
             }
+            if self.config.k == 0 {
+                return Err(DictError::Invalid(
+                    "pursuit codes at most k atoms a row, and this dictionary's k is 0".into(),
+                ));
+            }
         }
         self.config.encoding = encoding;
-        self.gram = match encoding {
-            Encoding::Pursuit => {
-                let (m, d) = (self.atoms(), self.d());
-                Some(std::sync::Arc::new(linalg::matmul_t(
-                    &self.w_dec,
-                    m,
-                    &self.w_dec,
-                    m,
-                    d,
-                )))
-            }
-            Encoding::Native => None,
-        };
+        self.gram = GramCache::default();
         Ok(self)
     }
 

@@ -7,15 +7,19 @@
 //! ([`super::Encoding::Pursuit`]), not a different dictionary.
 //!
 //! Everything runs on the Gram matrix G = W Wᵀ: the correlations of the residual are
-//! `xWᵀ − c G_S`, and the refit is coordinate descent on ½ cᵀ G_SS c − cᵀ (xWᵀ)_S with c ≥ 0,
-//! started from the previous step's coefficients.
+//! `xWᵀ − c G_S`, each divided by its atom's length √G_jj to choose (atoms need not be unit
+//! length: an imported SAELens SAE's are not), and the refit is coordinate descent on
+//! ½ cᵀ G_SS c − cᵀ (xWᵀ)_S with c ≥ 0, started from the previous step's coefficients.
 
 use super::linalg::{self, axpy, Code};
 
 /// Coordinate-descent sweeps of one refit, at most.
 const SWEEPS: usize = 200;
 /// A refit stops when no coefficient moves by more than this share of the largest.
-const TOL: f32 = 1e-5;
+const TOL: f32 = 1e-6;
+/// Pursuit stops when the residual's best (length-normalised) correlation falls under this share
+/// of the first step's: what is left is below the refit's accuracy, not signal.
+const FLOOR: f32 = 1e-4;
 
 /// Codes of the rows of `x` (`[n, d]`, already centred) over the atoms `w` (`[m, d]`).
 pub fn codes(w: &[f32], d: usize, x: &[f32], k: usize) -> Vec<Code> {
@@ -31,10 +35,21 @@ pub fn codes(w: &[f32], d: usize, x: &[f32], k: usize) -> Vec<Code> {
 
 /// Pursuit for every row of `c` (`xWᵀ`, `[n, m]`) with the Gram matrix `g`, on both cores.
 pub fn solve(g: &[f32], c: &[f32], m: usize, n: usize, k: usize) -> Vec<Code> {
+    // 1/‖w_j‖ (0 for an atom of length 0: never chosen).
+    let inv_len: Vec<f32> = (0..m)
+        .map(|j| {
+            let d = g[j * m + j];
+            if d > 0.0 {
+                1.0 / d.sqrt()
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let parts = linalg::par_chunks(n, Vec::new, |out: &mut Vec<Code>, range| {
         let mut scratch = Scratch::new(m);
         for i in range {
-            out.push(row(&c[i * m..(i + 1) * m], g, m, k, &mut scratch));
+            out.push(row(&c[i * m..(i + 1) * m], g, &inv_len, k, &mut scratch));
         }
     });
     parts.into_iter().flatten().collect()
@@ -61,7 +76,8 @@ impl Scratch {
     }
 }
 
-fn row(alpha: &[f32], g: &[f32], m: usize, k: usize, s: &mut Scratch) -> Code {
+fn row(alpha: &[f32], g: &[f32], inv_len: &[f32], k: usize, s: &mut Scratch) -> Code {
+    let m = inv_len.len();
     let k = k.min(m);
     s.rho.copy_from_slice(alpha);
     for &j in &s.support {
@@ -71,21 +87,22 @@ fn row(alpha: &[f32], g: &[f32], m: usize, k: usize, s: &mut Scratch) -> Code {
     s.coef.clear();
     s.gss.clear();
     s.gss.resize(k * k, 0.0);
-    // Once the residual's best correlation is this small, what is left is rounding.
     let mut floor = 0f32;
     for _ in 0..k {
         let best = s
             .rho
             .iter()
+            .zip(inv_len)
             .enumerate()
             .filter(|&(j, _)| !s.chosen[j])
-            .max_by(|a, b| a.1.total_cmp(b.1));
-        let Some((j, &value)) = best else { break };
+            .map(|(j, (&r, &l))| (j, r * l))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((j, value)) = best else { break };
         if value.is_nan() || value <= floor {
             break;
         }
         if s.support.is_empty() {
-            floor = value * 1e-6;
+            floor = value * FLOOR;
         }
         let at = s.support.len();
         s.chosen[j] = true;
@@ -155,5 +172,23 @@ mod tests {
         let code = &codes(&w, d, &x, 4)[0];
         assert_eq!(code, &vec![(1, 3.0), (4, 0.5)]);
         assert_eq!(codes(&w, d, &x, 1)[0], vec![(1, 3.0)]);
+    }
+
+    /// Atoms of other lengths: chosen by direction, not length. A long atom at 45° to x would
+    /// win on raw correlation; the atom along x is chosen and carries x alone.
+    #[test]
+    fn chooses_by_direction_whatever_the_atoms_length() {
+        let d = 2;
+        let w = [1.0, 0.0, 10.0, 10.0];
+        let x = [2.0, 0.0];
+        assert_eq!(codes(&w, d, &x, 1)[0], vec![(0, 2.0)]);
+        let long = [4.0, 0.0, 0.0, 1.0];
+        let code = &codes(&long, d, &[2.0, 3.0], 2)[0];
+        assert_eq!(code.len(), 2);
+        let get = |j: u32| code.iter().find(|c| c.0 == j).unwrap().1;
+        assert!(
+            (get(0) - 0.5).abs() < 1e-5 && (get(1) - 3.0).abs() < 1e-5,
+            "{code:?}"
+        );
     }
 }
