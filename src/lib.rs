@@ -63,7 +63,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per call, not only per process: two threads saving the same path at once (a
+    // checkpoint and a result, or two jobs of one spec) must not share a temp file, or one's
+    // rename finds it gone.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -74,4 +79,36 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    /// Threads saving one path at once all succeed; the file holds one whole write; no temp
+    /// file is left.
+    #[test]
+    fn concurrent_atomic_writes_to_one_path() {
+        let dir = std::env::temp_dir().join(format!("hubel-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.bin");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|t| vec![t; 4096 + t as usize]).collect();
+        std::thread::scope(|s| {
+            for c in &contents {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        super::atomic_write(path, c).unwrap();
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&path).unwrap();
+        assert!(contents.contains(&got), "a torn or mixed write");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["d.bin"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
