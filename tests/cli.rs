@@ -187,6 +187,38 @@ fn assert_fails_with(args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
 }
 
+/// `--encode`: an unknown name, and pursuit for a FISTA dictionary, refused before any model or
+/// corpus is read.
+#[test]
+fn a_bad_dictionary_encoding_is_a_message() {
+    assert_fails_with(
+        &["dict", "eval", "no-such.safetensors", "--encode", "bogus"],
+        "unknown encoding \"bogus\": native (the method's own) or pursuit",
+    );
+    let train = |method: &'static str, encode: &'static str| {
+        [
+            "dict",
+            "train",
+            "--method",
+            method,
+            "--layers",
+            "0",
+            "--atoms",
+            "8",
+            "--out",
+            "never-written.safetensors",
+            "--encode",
+            encode,
+        ]
+    };
+    assert_fails_with(&train("topk", "omp2"), "unknown encoding \"omp2\"");
+    assert_fails_with(
+        &train("fista", "pursuit"),
+        "a FISTA dictionary's sparsity comes from λ",
+    );
+    assert!(!std::path::Path::new("never-written.safetensors").exists());
+}
+
 #[test]
 fn bad_input_is_a_message_and_a_non_zero_exit() {
     let m = tiny_gpt2();

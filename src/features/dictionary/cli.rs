@@ -127,6 +127,7 @@ fn train(mut args: Vec<String>) -> anyhow::Result<()> {
     }
     if let Some(e) = value(&mut args, "--encode")? {
         opts.encoding = super::Encoding::parse(&e)?;
+        super::check_encoding(&opts)?;
     }
     let tokens = number(&mut args, "--tokens")?.unwrap_or(20_000);
     let corpus = value(&mut args, "--corpus")?;

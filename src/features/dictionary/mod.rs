@@ -975,6 +975,23 @@ impl TrainOptions {
     }
 }
 
+/// Whether `opts.encoding` suits its method and size: refused before anything is collected.
+pub fn check_encoding(opts: &TrainOptions) -> Result<(), DictError> {
+    if opts.encoding == Encoding::Pursuit && opts.method == Method::Fista {
+        return Err(DictError::Invalid(
+            "pursuit codes at most k atoms a row; a FISTA dictionary's sparsity comes from λ: \
+             pursuit is for --method topk or itda"
+                .into(),
+        ));
+    }
+    if opts.encoding == Encoding::Pursuit && opts.atoms > MAX_GRAM_ATOMS {
+        return Err(DictError::Invalid(format!(
+            "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms"
+        )));
+    }
+    Ok(())
+}
+
 /// Trains a dictionary on collected rows (normalisers fitted per hook), calling `on_point`
 /// with the running figures; then labels every atom from its top training examples.
 pub fn train(
@@ -1005,18 +1022,7 @@ pub fn train(
     if matches!(opts.method, Method::Topk | Method::Itda) && opts.k == 0 {
         return Err(DictError::Invalid("--k must be at least 1".into()));
     }
-    if opts.encoding == Encoding::Pursuit && opts.method == Method::Fista {
-        return Err(DictError::Invalid(
-            "pursuit codes at most k atoms a row; a FISTA dictionary's sparsity comes from λ: \
-             pursuit is for --method topk or itda"
-                .into(),
-        ));
-    }
-    if opts.encoding == Encoding::Pursuit && opts.atoms > MAX_GRAM_ATOMS {
-        return Err(DictError::Invalid(format!(
-            "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms"
-        )));
-    }
+    check_encoding(opts)?;
     let d = acts.d;
     let norms: Vec<Normaliser> = acts.data.iter().map(|x| Normaliser::fit(x, d)).collect();
     let xn: Vec<Vec<f32>> = acts
@@ -1119,6 +1125,7 @@ pub fn train_job(
     spec: &TrainSpec,
     on_point: &mut OnPoint<'_>,
 ) -> Result<Dictionary, DictError> {
+    check_encoding(&spec.opts)?;
     let started = std::time::Instant::now();
     let acts = collect(model, corpus, &spec.hooks, spec.tokens, ctx)?;
     let collected = started.elapsed().as_secs_f32();
