@@ -580,30 +580,7 @@ impl Dictionary {
     /// atoms changed later need this call again) and needs `k`, the most atoms a code uses.
     pub fn with_encoding(mut self, encoding: Encoding) -> Result<Self, DictError> {
         if encoding == Encoding::Pursuit {
-            if self.atoms() > MAX_GRAM_ATOMS {
-                return Err(DictError::Invalid(format!(
-                    "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms, \
-                     this dictionary has {}",
-                    self.atoms()
-                )));
-            }
-            if !matches!(self.config.method, Method::Topk | Method::Itda) {
-                return Err(DictError::Invalid(format!(
-                    "pursuit codes at most k atoms a row, and a {} dictionary's sparsity comes \
-                     from {}: pursuit is for top-k SAEs and ITDA",
-                    self.config.method.name(),
-                    if self.config.method == Method::Fista {
-                        "λ"
-                    } else {
-                        "its encoder"
-                    }
-                )));
-            }
-            if self.config.k == 0 {
-                return Err(DictError::Invalid(
-                    "pursuit codes at most k atoms a row, and this dictionary's k is 0".into(),
-                ));
-            }
+            pursuit_suits(self.config.method, self.atoms(), self.config.k)?;
         }
         self.config.encoding = encoding;
         self.gram = GramCache::default();
@@ -977,16 +954,37 @@ impl TrainOptions {
 
 /// Whether `opts.encoding` suits its method and size: refused before anything is collected.
 pub fn check_encoding(opts: &TrainOptions) -> Result<(), DictError> {
-    if opts.encoding == Encoding::Pursuit && opts.method == Method::Fista {
+    match opts.encoding {
+        Encoding::Pursuit => pursuit_suits(opts.method, opts.atoms, opts.k),
+        Encoding::Native => Ok(()),
+    }
+}
+
+/// Pursuit needs a k (top-k SAEs and ITDA have one; FISTA's sparsity comes from λ, an imported
+/// ReLU/JumpReLU SAE's from its encoder) and an atoms × atoms Gram matrix it can hold.
+fn pursuit_suits(method: Method, atoms: usize, k: usize) -> Result<(), DictError> {
+    if !matches!(method, Method::Topk | Method::Itda) {
+        let why = match method {
+            Method::Fista => "a FISTA dictionary's sparsity comes from λ".to_string(),
+            m => format!(
+                "a {} dictionary's sparsity comes from its encoder",
+                m.name()
+            ),
+        };
+        return Err(DictError::Invalid(format!(
+            "pursuit codes at most k atoms a row, and {why}: pursuit is for top-k SAEs and ITDA \
+             (--method topk or itda)"
+        )));
+    }
+    if k == 0 {
         return Err(DictError::Invalid(
-            "pursuit codes at most k atoms a row; a FISTA dictionary's sparsity comes from λ: \
-             pursuit is for --method topk or itda"
-                .into(),
+            "pursuit codes at most k atoms a row, and this dictionary's k is 0".into(),
         ));
     }
-    if opts.encoding == Encoding::Pursuit && opts.atoms > MAX_GRAM_ATOMS {
+    if atoms > MAX_GRAM_ATOMS {
         return Err(DictError::Invalid(format!(
-            "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms"
+            "pursuit keeps an atoms × atoms Gram matrix: at most {MAX_GRAM_ATOMS} atoms, this \
+             dictionary has {atoms}"
         )));
     }
     Ok(())
